@@ -1,0 +1,31 @@
+# One command sets up and runs the demo, one runs the tests (`.ci/run` calls `make test`).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU-only machines: set TORCH_SPEC to a CPU build, e.g. "torch==2.13.0" from a local wheel or
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu; GPU machines take the default CUDA build of PyPI.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+
+.PHONY: setup demo test lint clean
+
+$(BIN)/synthmed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(BIN)/synthmed
+
+setup: $(BIN)/synthmed
+
+demo: setup
+	$(BIN)/synthmed demo --out demo_run
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo_run runs

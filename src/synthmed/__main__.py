@@ -1,0 +1,3 @@
+from synthmed.cli import app
+
+app(prog_name="synthmed")

@@ -1,0 +1,163 @@
+"""The `synthmed` command line: thin wrappers that build a config object and call a pipeline stage."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from synthmed.config import GenerateConfig, format_validation_error, load_train_config, read_yaml
+from synthmed.errors import SynthmedError
+from synthmed.models.presets import PRESETS
+
+app = typer.Typer(
+    help="synthmed: train latent diffusion models on your own medical images and generate labelled synthetic data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+err = Console(stderr=True)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a SynthmedError as one line and exit with code 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SynthmedError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; the last checkpoint is kept: continue with --resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+class Stage(StrEnum):
+    all = "all"
+    autoencoder = "autoencoder"
+    diffusion = "diffusion"
+
+
+@app.command()
+@user_errors
+def train(
+    stage: Annotated[Stage, typer.Argument(help="Which stage to train: all = autoencoder then diffusion.")] = Stage.all,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (fields of TrainConfig).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Data source (overrides data.source).")] = None,
+    run: Annotated[Path | None, typer.Option(help="Run directory (overrides run_dir).")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"Architecture preset: {', '.join(PRESETS)}.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the autoencoder and/or the class-conditional diffusion model.
+
+    Checkpoints, logs (log.jsonl) and preview grids go to the run directory; --resume continues exactly where
+    a killed run stopped. On resume without --config the run's saved config.yaml is used.
+    """
+    from synthmed.training.run import STAGES, resolve_run_config
+    from synthmed.training.run import train as run_training
+
+    overrides: dict[str, Any] = {}
+    if data is not None:
+        overrides["data"] = {"source": str(data)}
+    if run is not None:
+        overrides["run_dir"] = str(run)
+    if preset is not None:
+        overrides["preset"] = preset
+    cfg = None
+    if config is not None or data is not None:
+        cfg = load_train_config(config, overrides)
+    elif preset is not None:
+        raise SynthmedError("--preset needs --config or --data", field="preset")
+    cfg = resolve_run_config(cfg, run, resume)
+    stages = STAGES if stage == Stage.all else (stage.value,)
+    run_training(cfg, stages, resume=resume, progress=progress)
+    err.print(f"done: {cfg.run_dir}")
+
+
+@app.command()
+@user_errors
+def generate(
+    run: Annotated[Path | None, typer.Option(help="Trained run directory.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder: <label>/syn_<seed>.png + manifest.jsonl.")] = None,
+    label: Annotated[str | None, typer.Option(help="Class to generate (omit for unconditional).")] = None,
+    count: Annotated[int | None, typer.Option(help="Number of images.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (1 = none).")] = None,
+    seed: Annotated[int | None, typer.Option(help="First seed; image i gets seed+i.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="ddim, ddpm or pndm (rflow for rectified-flow models).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    bit_depth: Annotated[int | None, typer.Option(help="PNG bit depth: 8 or 16.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 (bit-reproducible), bf16, fp16 or auto.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with GenerateConfig fields.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Generate labelled synthetic images with a provenance manifest (re-running continues an interrupted job)."""
+    from synthmed.sampling.pipeline import generate_to_folder
+
+    values = read_yaml(config) if config else {}
+    given = {"run_dir": run, "out": out, "label": label, "count": count, "steps": steps, "guidance": guidance,
+             "seed": seed, "sampler": sampler, "batch_size": batch_size, "bit_depth": bit_depth,
+             "precision": precision, "device": device}
+    values |= {k: v for k, v in given.items() if v is not None}
+    try:
+        cfg = GenerateConfig.model_validate(values)
+    except ValidationError as exc:
+        raise SynthmedError(format_validation_error(exc, str(config or "(arguments)"))) from exc
+    generate_to_folder(cfg, progress=progress)
+    err.print(f"done: {cfg.count} images in {cfg.out}")
+
+
+@app.command()
+@user_errors
+def regenerate(
+    manifest: Annotated[Path, typer.Argument(help="A manifest.jsonl written by synthmed generate.")],
+    file: Annotated[str, typer.Option(help="The row's file name, e.g. PNEUMONIA/syn_00000003.png.")],
+    out: Annotated[Path, typer.Option(help="Where to write the regenerated PNG.")],
+    run: Annotated[Path | None, typer.Option(help="Run directory (default: the one in the manifest row).")] = None,
+) -> None:
+    """Re-create one image of a manifest from its recorded seed and settings."""
+    from synthmed.reporting.images import save_png
+    from synthmed.sampling.pipeline import Pipeline, read_manifest
+
+    rows = [r for r in read_manifest(manifest) if r.get("file") == file]
+    if not rows:
+        raise SynthmedError(f"no row for '{file}'", path=manifest)
+    row = rows[-1]
+    pipe = Pipeline.load(run or row["run_dir"], device=row["device"], precision=row["precision"],
+                         checkpoint=row["checkpoint"])
+    save_png(pipe.regenerate(row), out, int(row.get("bit_depth", 8)))
+    err.print(f"done: {out}")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's data, run and report.")] = Path("demo_run"),
+    quick: Annotated[bool, typer.Option(help="A seconds-long smoke run (tiny model) instead of the real demo.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train on MNI152 brain MRI slices shipped with nilearn (no download) and write report.html."""
+    from synthmed.reporting.demo import run_demo
+
+    report = run_demo(out, quick=quick, progress=progress)
+    err.print(f"done: open {report}")
+
+
+@app.command()
+def presets() -> None:
+    """List the architecture presets."""
+    import yaml
+
+    typer.echo(yaml.safe_dump(PRESETS, sort_keys=False))

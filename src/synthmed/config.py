@@ -1,0 +1,244 @@
+"""Pydantic config objects, one per command, loadable from YAML on top of a named preset.
+
+Every model forbids unknown keys, so a typo in a YAML file is reported with its dotted field name
+instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from synthmed.errors import SynthmedError
+from synthmed.models.presets import PRESETS
+
+DEFAULT_PRESET = "small64"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    """Where the images are and how they become model inputs."""
+
+    source: Path | None = Field(
+        None, description="Folder of class sub-folders, MedMNIST-style .npz, or CSV manifest (path,label)."
+    )
+    image_size: int = Field(64, ge=8, le=2048, description="Square model input size in pixels.")
+    resize_mode: Literal["pad", "crop", "stretch"] = Field(
+        "pad", description="pad: keep aspect ratio, fit the long side and pad; crop: fit the short side and "
+        "centre-crop; stretch: ignore aspect ratio."
+    )
+    clip_percentiles: tuple[float, float] = Field(
+        (0.0, 99.0), description="Intensity percentiles mapped to [0, 1]; values outside are clipped."
+    )
+    classes: list[str] | None = Field(None, description="Classes to use, in this order (default: all, sorted).")
+    pattern: str | None = Field(
+        None, description="Glob for image files inside each class folder (default: <class>/images/* if that "
+        "folder exists, else every file below the class folder outside mask/label folders)."
+    )
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    on_error: Literal["skip", "raise"] = Field(
+        "skip", description="skip: unreadable files are left out and listed in split.json; raise: stop."
+    )
+    allow_single_class: bool = Field(False, description="Accept a data set with one class (unconditional use).")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        lo, hi = self.clip_percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}")
+        if self.val_fraction + self.holdout_fraction >= 0.9:
+            raise ValueError("val_fraction + holdout_fraction must leave at least 10% for training")
+        return self
+
+
+class StageConfig(Strict):
+    """Optimisation settings shared by every training stage."""
+
+    steps: int = Field(1000, ge=1, description="Optimiser steps for this stage.")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="Periodic checkpoints kept besides last.pt.")
+    preview_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+
+
+class AutoencoderArch(Strict):
+    channels: list[int] = [32, 64, 64]
+    num_res_blocks: int = Field(1, ge=1)
+    attention_levels: list[bool] = [False, False, False]
+    latent_channels: int = Field(3, ge=1)
+    norm_num_groups: int = Field(16, ge=1)
+    with_nonlocal_attn: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if len(self.channels) not in (3, 4):
+            raise ValueError("channels needs 3 levels (4x compression) or 4 levels (8x compression)")
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError("attention_levels needs one entry per channels entry")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"every channel count must be divisible by norm_num_groups={self.norm_num_groups}")
+        return self
+
+    @property
+    def compression(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+class AutoencoderConfig(StageConfig):
+    arch: AutoencoderArch = AutoencoderArch()
+    kl_weight: float = Field(1e-6, ge=0)
+    adv_weight: float = Field(0.0, ge=0, description="PatchDiscriminator loss weight; 0 disables it.")
+    adv_start: int = Field(0, ge=0, description="Step at which the adversarial loss switches on.")
+    disc_channels: int = Field(32, ge=4)
+    disc_layers: int = Field(2, ge=1)
+    perceptual_weights: Path | None = Field(
+        None, description="Local TorchScript feature network for a perceptual loss; none is downloaded."
+    )
+    perceptual_weight: float = Field(0.3, ge=0)
+
+
+class UNetArch(Strict):
+    channels: list[int] = [64, 128, 128]
+    num_res_blocks: int = Field(1, ge=1)
+    attention_levels: list[bool] = [False, True, True]
+    num_head_channels: int = Field(32, ge=1)
+    norm_num_groups: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError("attention_levels needs one entry per channels entry")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"every channel count must be divisible by norm_num_groups={self.norm_num_groups}")
+        return self
+
+
+class NoiseConfig(Strict):
+    """The training noise process; generation builds its sampler from the same settings."""
+
+    kind: Literal["ddpm", "rflow"] = "ddpm"
+    num_train_timesteps: int = Field(1000, ge=10)
+    schedule: Literal["linear_beta", "scaled_linear_beta", "cosine"] = "scaled_linear_beta"
+    beta_start: float = Field(0.0015, gt=0)
+    beta_end: float = Field(0.0195, gt=0)
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+
+
+class DiffusionConfig(StageConfig):
+    arch: UNetArch = UNetArch()
+    noise: NoiseConfig = NoiseConfig()
+    label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Classifier-free guidance label dropout.")
+    scale_factor_samples: int = Field(256, ge=8, description="Training images used to estimate the latent scale.")
+
+
+class RuntimeConfig(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU."
+    )
+    num_threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice).")
+    tensorboard: bool = False
+
+
+class TrainConfig(Strict):
+    """Everything `synthmed train` needs; written resolved into the run directory."""
+
+    run_dir: Path = Path("runs/default")
+    seed: int = 0
+    preset: str = DEFAULT_PRESET
+    data: DataConfig = DataConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+class GenerateConfig(Strict):
+    """Everything `synthmed generate` needs."""
+
+    run_dir: Path
+    out: Path
+    label: str | None = None
+    count: int = Field(16, gt=0)
+    steps: int = Field(25, gt=0, le=1000)
+    guidance: float = Field(3.0, ge=0.0)
+    seed: int = 0
+    sampler: str = "ddim"
+    batch_size: int = Field(16, gt=0)
+    bit_depth: Literal[8, 16] = 8
+    checkpoint: Literal["ema", "raw"] = "ema"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"field '{loc}': {e['msg']}")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise SynthmedError("config file not found", path=path) from exc
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise SynthmedError(f"not a readable YAML file ({exc})", path=path) from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SynthmedError("the YAML top level must be a mapping of fields", path=path)
+    return raw
+
+
+def build_train_config(values: dict[str, Any], source: str = "(arguments)") -> TrainConfig:
+    """Apply ``values`` on top of their preset's defaults and validate."""
+    preset = values.get("preset", DEFAULT_PRESET)
+    if preset not in PRESETS:
+        raise SynthmedError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}", field="preset")
+    merged = _deep_merge(PRESETS[preset], values)
+    merged["preset"] = preset
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as err:
+        raise SynthmedError(format_validation_error(err, source)) from err
+
+
+def load_train_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (or none), apply dotted-free nested ``overrides`` and validate on the preset."""
+    values = read_yaml(path) if path is not None else {}
+    if overrides:
+        values = _deep_merge(values, overrides)
+    return build_train_config(values, source=str(path) if path else "(arguments)")
+
+
+def save_yaml(model: BaseModel, path: Path) -> None:
+    tmp = Path(f"{path}.tmp{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False))
+    os.replace(tmp, path)

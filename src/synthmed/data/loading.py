@@ -1,0 +1,264 @@
+"""From records to tensors, and `prepare`: discover, check, split and freeze a data set for one run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthmed.config import DataConfig
+from synthmed.data.preprocess import preprocess
+from synthmed.data.progress import track
+from synthmed.data.readers import decode_image, read_bytes, validate_array
+from synthmed.data.sources import (
+    Discovery,
+    Record,
+    Skipped,
+    discover,
+    handle_failure,
+    load_npz,
+    npz_arrays,
+    parse_npz_source,
+    require_source,
+    select_classes,
+    source_kind,
+    source_root,
+)
+from synthmed.data.splits import assign_splits, read_split_file, write_split
+from synthmed.errors import SynthmedError
+
+log = logging.getLogger(__name__)
+
+#: Bump when preprocessing output changes, so stale caches are never reused.
+PREPROCESS_VERSION = 1
+# Settings that decide the split; changing one while split.json exists would silently mean another split.
+_SPLIT_SETTINGS = ("seed", "val_fraction", "holdout_fraction", "classes", "pattern")
+
+
+class ItemReader:
+    """Reads records of one data source as raw (H, W) arrays; an .npz is opened once, not per item."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.src = require_source(cfg)
+        self.kind = source_kind(self.src)
+        self.root = source_root(self.src)
+        self._npz: dict[str, np.ndarray] | None = None
+
+    def read(self, record: Record) -> np.ndarray:
+        if self.kind == "npz":
+            return self._read_npz_item(record)
+        path = self.root / record.source
+        data = read_bytes(path)
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            raise SynthmedError(
+                "file content changed since the split was made; restore it or start a new run directory",
+                path=path,
+            )
+        return decode_image(data, path)
+
+    def _read_npz_item(self, record: Record) -> np.ndarray:
+        if self._npz is None:
+            self._npz = load_npz(self.src)
+        key, index = parse_npz_source(record.source)
+        try:
+            images, _ = npz_arrays(self._npz, key, self.src)
+            item = images[index]
+        except (KeyError, IndexError) as exc:
+            raise SynthmedError(f"no item {key}/{index} in the .npz", path=self.src) from exc
+        return validate_array(item, record.source)
+
+
+@dataclass
+class Loaded:
+    images: torch.Tensor  # (N, 1, S, S) float32 in [0, 1]
+    labels: torch.Tensor  # (N,) int64 indices into class_names
+    records: list[Record]  # the N records loaded, in order
+    skipped: list[Skipped]
+
+
+def load_arrays(records: Sequence[Record], cfg: DataConfig, class_names: Sequence[str]) -> Loaded:
+    """Read and preprocess ``records``; unreadable ones are skipped or raised per ``cfg.on_error``."""
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = sorted({r.label for r in records} - index.keys())
+    if unknown:
+        raise SynthmedError(
+            f"records carry labels {unknown} that are not among the classes {list(class_names)}"
+        )
+    reader = ItemReader(cfg)
+    size = cfg.image_size
+    images = np.empty((len(records), 1, size, size), dtype=np.float32)
+    kept: list[Record] = []
+    skipped: list[Skipped] = []
+    for record in track(records, "Loading images"):
+        try:
+            images[len(kept)] = preprocess(reader.read(record), cfg)
+        except SynthmedError as exc:
+            handle_failure(exc, record.source, skipped, cfg.on_error)
+            continue
+        kept.append(record)
+    labels = torch.tensor([index[r.label] for r in kept], dtype=torch.int64)
+    return Loaded(torch.from_numpy(images[: len(kept)].copy()), labels, kept, skipped)
+
+
+def cache_key(records: Sequence[Record], cfg: DataConfig, split: str, class_names: Sequence[str]) -> str:
+    """Hash of everything the loaded tensors depend on: item contents, labels, order and preprocessing."""
+    doc = {
+        "v": PREPROCESS_VERSION,
+        "split": split,
+        "classes": list(class_names),
+        "size": cfg.image_size,
+        "resize": cfg.resize_mode,
+        "clip": list(cfg.clip_percentiles),
+        "items": [[r.sha256, r.label] for r in records],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def load_split_arrays(
+    records: Sequence[Record],
+    cfg: DataConfig,
+    split: str,
+    cache_dir: Path | None = None,
+    *,
+    class_names: Sequence[str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 1, S, S) float32 images and (N,) int64 class indices for one split, cached under ``cache_dir``.
+
+    The cache is keyed by item hashes and preprocessing settings, so a resumed run loads instantly and
+    any change to the data or the settings rebuilds it. Skipped items are logged as warnings.
+    """
+    chosen = [r for r in records if r.split == split]
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{split}-{cache_key(chosen, cfg, split, class_names)[:24]}.pt"
+        cached = _read_cache(path)
+        if cached is not None:
+            return cached
+    loaded = load_arrays(chosen, cfg, class_names)
+    for s in loaded.skipped:
+        log.warning("skipped %s: %s", s.source, s.reason)
+    if path is not None:
+        _write_cache(path, loaded)
+    return loaded.images, loaded.labels
+
+
+def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return blob["images"], blob["labels"]
+    except Exception as exc:  # a damaged cache is rebuilt, never fatal
+        log.warning("ignoring unreadable data cache %s (%s)", path, exc)
+        return None
+
+
+def _write_cache(path: Path, loaded: Loaded) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    blob = {"images": loaded.images, "labels": loaded.labels, "sources": [r.source for r in loaded.records]}
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def check_readable(discovery: Discovery, cfg: DataConfig) -> Discovery:
+    """Decode every file once so unreadable ones are skipped (or raised) before the split is made."""
+    src = require_source(cfg)
+    if source_kind(src) == "npz":
+        return discovery  # .npz items were fully validated during discovery
+    reader = ItemReader(cfg)
+    kept: list[Record] = []
+    skipped = list(discovery.skipped)
+    for record in track(discovery.records, "Checking images"):
+        try:
+            reader.read(record)
+        except SynthmedError as exc:
+            handle_failure(exc, record.source, skipped, cfg.on_error)
+            continue
+        kept.append(record)
+    order = [c for c in discovery.class_names if any(r.label == c for r in kept)]
+    kept, class_names = select_classes(kept, order, cfg, src)
+    return Discovery(kept, class_names, skipped)
+
+
+@dataclass
+class Prepared:
+    class_names: list[str]
+    records: list[Record]  # every usable record, each with its split
+    skipped: list[Skipped]
+
+
+def split_settings(cfg: DataConfig, seed: int) -> dict[str, Any]:
+    return {
+        "source": str(cfg.source),
+        "seed": seed,
+        "val_fraction": cfg.val_fraction,
+        "holdout_fraction": cfg.holdout_fraction,
+        "classes": cfg.classes,
+        "pattern": cfg.pattern,
+        "on_error": cfg.on_error,
+    }
+
+
+def prepare(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
+    """Discover, check and split the data set and write ``split_path``; or re-use an existing split file.
+
+    A re-used split is verified against the data set (class names, file hashes: cheap, no decoding)
+    and against the split settings, so a changed data set fails loudly instead of changing the split.
+    """
+    split_path = Path(split_path)
+    if split_path.exists():
+        return _reuse(cfg, seed, split_path)
+    found = check_readable(discover(cfg), cfg)
+    records = assign_splits(found.records, seed, cfg.val_fraction, cfg.holdout_fraction)
+    write_split(split_path, records, found.class_names, found.skipped, split_settings(cfg, seed))
+    return Prepared(found.class_names, records, found.skipped)
+
+
+def _reuse(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
+    saved = read_split_file(split_path)
+    now = split_settings(cfg, seed)
+    changed = [k for k in _SPLIT_SETTINGS if k in saved.settings and saved.settings[k] != now[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.settings[k]!r} -> {now[k]!r}" for k in changed)
+        raise SynthmedError(
+            f"split settings differ from the existing split ({diffs}); restore them, or delete the file "
+            "(or use a new run directory) to make a new split",
+            path=split_path,
+        )
+    found = discover(cfg)
+    if found.class_names != saved.class_names:
+        raise SynthmedError(
+            f"the data set's classes are now {found.class_names}, the split was made with "
+            f"{saved.class_names}; use a new run directory for a changed data set",
+            path=split_path,
+        )
+    _verify_items(found, saved.records, saved.skipped, split_path)
+    return Prepared(saved.class_names, saved.records, saved.skipped)
+
+
+def _verify_items(found: Discovery, saved: Sequence[Record], skipped: Sequence[Skipped], where: Path) -> None:
+    saved_hash = {r.source: r.sha256 for r in saved}
+    known = saved_hash.keys() | {s.source for s in skipped}
+    current = {r.source: r.sha256 for r in found.records}
+    changed = [s for s, h in current.items() if s in saved_hash and saved_hash[s] != h]
+    added = [s for s in current if s not in known]
+    missing = [s for s in saved_hash if s not in current]
+    problems = [
+        (n, items) for n, items in (("changed", changed), ("new", added), ("missing", missing)) if items
+    ]
+    if problems:
+        summary = "; ".join(f"{len(items)} {name} (e.g. {items[0]!r})" for name, items in problems)
+        raise SynthmedError(
+            f"the data set differs from the one this split was made from: {summary}. Restore the data, or "
+            "start a new run directory to make a new split",
+            path=where,
+        )

@@ -1,0 +1,235 @@
+"""Decode one 2D image file (PNG, JPEG, BMP, TIFF or DICOM) into a finite float32 (H, W) array.
+
+Every failure, whatever library raised it, leaves as a SynthmedError naming the file: readers face
+files from the wild, and one damaged scan must be reported (or skipped), never crash a long run.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+from synthmed.errors import SynthmedError
+
+#: Extensions read as images; anything else is only read when it carries the DICOM magic.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
+DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+#: Largest image accepted (64 megapixels, e.g. 8000 x 8000): far above any radiograph or mammogram,
+#: far below what exhausts memory, so a hostile header claiming 100k x 100k fails fast.
+MAX_PIXELS = 64_000_000
+#: Largest file read into memory.
+MAX_FILE_BYTES = 1 << 30
+# Pillow only tries these decoders: fewer parsers face untrusted bytes, and 'MPO' covers camera JPEGs.
+_PIL_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF")
+# Modes whose integer/float range is meaningful and must not be squeezed into 8 bits.
+_WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, the weights Pillow's convert("L") uses
+_DICM_OFFSET = 128
+
+
+def has_dicom_magic(head: bytes) -> bool:
+    """True when ``head`` (the first 132+ bytes of a file) carries the DICOM Part 10 'DICM' marker."""
+    return head[_DICM_OFFSET : _DICM_OFFSET + 4] == b"DICM"
+
+
+def is_image_file(path: Path) -> bool:
+    """Cheap check used by discovery: a known image extension, or the DICOM magic for any other name."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    try:
+        with path.open("rb") as f:
+            return has_dicom_magic(f.read(_DICM_OFFSET + 4))
+    except OSError:
+        return False
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole file, or a SynthmedError saying why it cannot be read."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if path.is_dir():
+            raise SynthmedError("is a folder, not an image file", path=path)
+        if size == 0:
+            raise SynthmedError("file is empty (0 bytes)", path=path)
+        if size > MAX_FILE_BYTES:
+            raise SynthmedError(
+                f"file is {size / 2**30:.1f} GiB, above the 1 GiB limit for one image", path=path
+            )
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise SynthmedError("file not found", path=path) from exc
+    except OSError as exc:
+        raise SynthmedError(f"cannot read file ({exc.strerror or exc})", path=path) from exc
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read one 2D image as finite float32 (H, W); colour becomes luminance, DICOM gets its LUTs."""
+    path = Path(path)
+    return decode_image(read_bytes(path), path)
+
+
+def decode_image(data: bytes, path: Path) -> np.ndarray:
+    """Decode bytes already read from ``path`` (named in errors and used to pick the decoder)."""
+    path = Path(path)
+    if not data:
+        raise SynthmedError("file is empty (0 bytes)", path=path)
+    is_dicom = path.suffix.lower() in DICOM_EXTENSIONS or has_dicom_magic(data)
+    try:
+        arr = _decode_dicom(data, path) if is_dicom else _decode_pil(data, path)
+        return validate_array(arr, str(path))
+    except SynthmedError:
+        raise
+    except Exception as exc:  # any decoder failure on hostile bytes becomes our one error type
+        kind = "DICOM" if is_dicom else "image"
+        raise SynthmedError(
+            f"damaged or unsupported {kind} file ({type(exc).__name__}: {exc})", path=path
+        ) from exc
+
+
+def _decode_pil(data: bytes, path: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+        except UnidentifiedImageError as exc:
+            raise SynthmedError(
+                "not a PNG, JPEG, BMP, TIFF or DICOM image (content not recognised)", path=path
+            ) from exc
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            # Pillow's own guard (turned into an error above) fires first for the largest claims.
+            raise SynthmedError(f"image header claims too many pixels ({exc})", path=path) from exc
+        with im:
+            _check_size(im.width, im.height, path)
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                raise SynthmedError(
+                    f"multi-frame image with {frames} frames; save one 2D image per file", path=path
+                )
+            im = ImageOps.exif_transpose(im)  # phone/camera JPEGs store rotation in EXIF
+            return _pil_to_array(im)
+
+
+def _pil_to_array(im: Image.Image) -> np.ndarray:
+    if im.mode in _WIDE_MODES:
+        return np.asarray(im)
+    if im.mode != "L":
+        # RGB(A), LA, P, 1, CMYK...: luminance; alpha is dropped because it is not anatomy.
+        im = im.convert("L")
+    return np.asarray(im)
+
+
+def _check_size(width: int, height: int, path: Path) -> None:
+    if width <= 0 or height <= 0:
+        raise SynthmedError(f"image has no pixels ({width} x {height})", path=path)
+    if width * height > MAX_PIXELS:
+        raise SynthmedError(
+            f"image is {width} x {height} pixels, above the {MAX_PIXELS:,}-pixel safety limit "
+            "(a corrupt or hostile header, or an image far larger than any training input)",
+            path=path,
+        )
+
+
+def _decode_dicom(data: bytes, path: Path) -> np.ndarray:
+    with warnings.catch_warnings():
+        # pydicom warns on every slightly non-conformant tag; real archives are full of them.
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        except Exception as exc:
+            raise SynthmedError(
+                f"not a readable DICOM file ({type(exc).__name__}: {exc})", path=path
+            ) from exc
+        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise SynthmedError(
+                "DICOM file has no pixel data (a report, structured document or DICOMDIR?)", path=path
+            )
+        _check_dicom_shape(ds, path)
+        try:
+            arr = ds.pixel_array
+        except Exception as exc:
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            name = getattr(syntax, "name", "unknown transfer syntax")
+            raise SynthmedError(
+                f"cannot decode DICOM pixel data ({name}): {exc}. Compressed DICOM may need "
+                "'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg'",
+                path=path,
+            ) from exc
+        return _dicom_to_grey(arr, ds, path)
+
+
+def _check_dicom_shape(ds: pydicom.Dataset, path: Path) -> None:
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise SynthmedError(
+            f"multi-frame DICOM with {frames} frames; synthmed trains on single 2D images, "
+            "so export one frame per file",
+            path=path,
+        )
+    _check_size(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), path)
+
+
+def _dicom_to_grey(arr: np.ndarray, ds: pydicom.Dataset, path: Path) -> np.ndarray:
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if arr.ndim == 3 and samples == 1:
+        raise SynthmedError(f"DICOM pixel data holds {arr.shape[0]} frames; export one per file", path=path)
+    if photometric == "PALETTE COLOR":
+        return apply_color_lut(arr, ds)  # RGB; validate_array turns it into luminance
+    if arr.ndim != 2:
+        return arr  # RGB/YBR: pydicom already converted YBR to RGB
+    # Stored values -> physical units (e.g. Hounsfield) -> the display window the modality chose.
+    arr = apply_voi_lut(apply_modality_lut(arr, ds), ds)
+    arr = np.asarray(arr, dtype=np.float64)
+    if photometric == "MONOCHROME1":
+        arr = arr.max() + arr.min() - arr  # MONOCHROME1 shows low values bright; flip to the usual sense
+    return arr
+
+
+def validate_array(arr: object, source: str) -> np.ndarray:
+    """Check one image array and return it as contiguous float32 (H, W).
+
+    Accepts (H, W) and (H, W, C) with C in 1 (squeezed), 3 or 4 (luminance of RGB; alpha ignored).
+    Rejects non-numeric dtypes (bool, complex, object, strings), other shapes, empty and non-finite data.
+    """
+    try:
+        a = np.asarray(arr)
+    except Exception as exc:
+        raise SynthmedError(f"not an array ({type(exc).__name__}: {exc})", path=source) from exc
+    if a.dtype.kind not in "uif":
+        raise SynthmedError(
+            f"pixel type {a.dtype} is not a real number type (expected unsigned/signed integers or floats)",
+            path=source,
+        )
+    a = _to_2d(a, source)
+    if a.size == 0:
+        raise SynthmedError(f"image has no pixels (shape {a.shape})", path=source)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(a, dtype=np.float32)  # float64 beyond float32 range becomes inf: caught
+    bad = out.size - int(np.count_nonzero(np.isfinite(out)))
+    if bad:
+        raise SynthmedError(
+            f"{bad} of {out.size} pixels are NaN or infinite (or exceed float32)", path=source
+        )
+    return out
+
+
+def _to_2d(a: np.ndarray, source: str) -> np.ndarray:
+    if a.ndim == 2:
+        return a
+    if a.ndim == 3 and a.shape[-1] == 1:
+        return a[..., 0]
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        if a.size == 0:
+            return a[..., 0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            return a[..., :3].astype(np.float64) @ _LUMA
+    raise SynthmedError(
+        f"expected a 2-D image (H, W) or (H, W, C) with C in 1, 3 or 4; got shape {a.shape}", path=source
+    )

@@ -1,0 +1,467 @@
+"""Find a data set's images and labels: a folder of class folders, a MedMNIST-style .npz or a CSV manifest.
+
+Discovery lists and content-hashes files (fast: no decoding); decoding happens once, later, when the
+images are checked or loaded. Record sources are relative to the data set's root so split.json stays
+valid when the data set moves.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from synthmed.config import DataConfig
+from synthmed.data.progress import track
+from synthmed.data.readers import IMAGE_EXTENSIONS, is_image_file, validate_array
+from synthmed.errors import SynthmedError
+
+SourceKind = Literal["folder", "npz", "csv"]
+#: Split names used everywhere (records, split.json, loading).
+SPLITS = ("train", "val", "holdout")
+# Folders holding segmentations, never training images.
+_MASK_DIRS = frozenset({"mask", "masks", "label", "labels", "segmentation", "segmentations"})
+# BUSI-style masks stored beside their image: 'benign (1)_mask.png', 'benign (1)_mask_1.png'.
+_MASK_STEM = re.compile(r"_mask(_\d+)?$", re.IGNORECASE)
+_NPZ_SPLITS = (("train", "train"), ("val", "val"), ("test", "holdout"))
+_CSV_SPLITS = {
+    "": None,
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "holdout": "holdout",
+    "test": "holdout",
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image: where it is (relative to the data set root), its class, content hash and split."""
+
+    source: str
+    label: str
+    sha256: str
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file left out of the data set, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class Discovery:
+    records: list[Record]
+    class_names: list[str]
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def require_source(cfg: DataConfig) -> Path:
+    if cfg.source is None:
+        raise SynthmedError(
+            "no data source given: set it to a folder of class folders, a .npz or a CSV manifest",
+            field="data.source",
+        )
+    src = Path(cfg.source).expanduser()
+    if not src.exists():
+        raise SynthmedError("data source not found", path=src)
+    return src
+
+
+def source_kind(src: Path) -> SourceKind:
+    if src.is_dir():
+        return "folder"
+    suffix = src.suffix.lower()
+    if suffix == ".npz":
+        return "npz"
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    raise SynthmedError(
+        "unsupported data source: give a folder of class folders, a MedMNIST-style .npz or a CSV "
+        "manifest with 'path' and 'label' columns",
+        path=src,
+    )
+
+
+def source_root(src: Path) -> Path:
+    """The folder record sources are relative to."""
+    return src if src.is_dir() else src.parent
+
+
+def handle_failure(exc: SynthmedError, source: str, skipped: list[Skipped], on_error: str) -> None:
+    """Apply the on_error policy to one unreadable item: re-raise, or record it as skipped."""
+    if on_error == "raise":
+        raise exc
+    skipped.append(Skipped(source, str(exc)))
+
+
+def hash_file(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise SynthmedError("file is empty (0 bytes)", path=path)
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError as exc:
+        raise SynthmedError("file not found", path=path) from exc
+    except OSError as exc:
+        raise SynthmedError(f"cannot read file ({exc.strerror or exc})", path=path) from exc
+
+
+def hash_array(arr: np.ndarray) -> str:
+    """Content hash of one in-memory image: dtype and shape, then the pixel bytes."""
+    a = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.data)
+    return h.hexdigest()
+
+
+def discover(cfg: DataConfig) -> Discovery:
+    """List the data set at ``cfg.source``: records (hashed, not decoded), class names, skipped files."""
+    src = require_source(cfg)
+    kind = source_kind(src)
+    if kind == "folder":
+        records, skipped, order = _discover_folder(src, cfg)
+    elif kind == "npz":
+        records, skipped, order = _discover_npz(src, cfg)
+    else:
+        records, skipped, order = _discover_csv(src, cfg)
+    records, class_names = select_classes(records, order, cfg, src)
+    return Discovery(records, class_names, skipped)
+
+
+def select_classes(
+    records: Sequence[Record], order: Sequence[str], cfg: DataConfig, where: Path
+) -> tuple[list[Record], list[str]]:
+    """Apply ``cfg.classes`` (restrict and order) and insist on two classes unless single-class is allowed."""
+    present = {r.label for r in records}
+    if not present:
+        raise SynthmedError("no readable image files found", path=where)
+    available = [c for c in order if c in present]
+    class_names = available
+    if cfg.classes is not None:
+        if len(set(cfg.classes)) != len(cfg.classes):
+            raise SynthmedError(f"lists a class twice: {cfg.classes}", field="data.classes")
+        unknown = [c for c in cfg.classes if c not in present]
+        if unknown:
+            raise SynthmedError(
+                f"class(es) {unknown} not found (or without readable images) in {where}; "
+                f"available classes: {available}",
+                field="data.classes",
+            )
+        class_names = list(cfg.classes)
+        records = [r for r in records if r.label in set(class_names)]
+    if len(class_names) < 2 and not cfg.allow_single_class:
+        raise SynthmedError(
+            f"only one class ({class_names[0]!r}) found in {where}; a class-conditional model needs at "
+            "least two (one sub-folder or label per class). Add another class, or set "
+            "data.allow_single_class: true to train an unconditional model",
+            field="data.source",
+        )
+    return list(records), class_names
+
+
+# --- folder of class folders -------------------------------------------------------------------
+
+
+def _discover_folder(root: Path, cfg: DataConfig) -> tuple[list[Record], list[Skipped], list[str]]:
+    skipped: list[Skipped] = []
+    class_dirs = []
+    for entry in sorted(root.iterdir()):
+        if _hidden(entry.name):
+            continue
+        if entry.is_dir():
+            if entry.name.lower() not in _MASK_DIRS:
+                class_dirs.append(entry)
+        else:
+            skipped.append(Skipped(entry.name, "outside any class sub-folder (expected <root>/<class>/...)"))
+    if not class_dirs:
+        raise SynthmedError("no class sub-folders found; expected <folder>/<class name>/<images>", path=root)
+    found = [(f, d.name) for d in class_dirs for f in _class_files(d, cfg.pattern)]
+    if not found:
+        hint = f" matching data.pattern {cfg.pattern!r}" if cfg.pattern else ""
+        raise SynthmedError(f"no image files found in the class sub-folders{hint}", path=root)
+    if cfg.pattern is None:
+        _reject_nested_split_layout(root, found)
+    records = []
+    for path, label in track(found, "Hashing files"):
+        rel = path.relative_to(root).as_posix()
+        if not is_image_file(path):
+            skipped.append(Skipped(rel, f"not an image file ({_ext_hint(path)})"))
+            continue
+        try:
+            records.append(Record(rel, label, hash_file(path)))
+        except SynthmedError as exc:
+            handle_failure(exc, rel, skipped, cfg.on_error)
+    if not records:
+        raise SynthmedError(
+            "no image files (PNG, JPEG, BMP, TIFF or DICOM) found in the class folders", path=root
+        )
+    return records, skipped, sorted({r.label for r in records})
+
+
+def _class_files(class_dir: Path, pattern: str | None) -> list[Path]:
+    if pattern is not None:
+        try:
+            candidates: Iterator[Path] = class_dir.glob(pattern)
+            files = [p for p in candidates if p.is_file() and not _hidden_below(p, class_dir)]
+        except (ValueError, NotImplementedError) as exc:
+            raise SynthmedError(f"invalid glob pattern {pattern!r} ({exc})", field="data.pattern") from exc
+        return sorted(files)
+    images = class_dir / "images"
+    if images.is_dir():
+        files = [p for p in images.iterdir() if p.is_file() and not _hidden(p.name)]
+    else:
+        files = list(_walk_files(class_dir))
+    return sorted(p for p in files if not _MASK_STEM.search(p.stem))
+
+
+def _walk_files(top: Path) -> Iterator[Path]:
+    """Every non-hidden file below ``top``, outside mask/label folders (symlinked folders not followed)."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d) and d.lower() not in _MASK_DIRS)
+        for name in filenames:
+            if not _hidden(name):
+                yield Path(dirpath, name)
+
+
+def _reject_nested_split_layout(root: Path, found: list[tuple[Path, str]]) -> None:
+    """Catch the classic mistake of pointing at e.g. cxr-kermany/ instead of cxr-kermany/train/.
+
+    When every 'class' folder holds the same two or more sub-folders and no files of its own, the
+    real classes are one level down and the top level is a split.
+    """
+    subdirs: dict[str, set[str]] = {}
+    for path, label in found:
+        parts = path.relative_to(root / label).parts
+        subdirs.setdefault(label, set()).add(parts[0] if len(parts) > 1 else "")
+    sets = list(subdirs.values())
+    shared = sets[0]
+    if len(sets) >= 2 and len(shared) >= 2 and "" not in shared and all(s == shared for s in sets):
+        raise SynthmedError(
+            f"every class folder ({sorted(subdirs)}) contains the same sub-folders {sorted(shared)}: "
+            f"these look like the real classes. Point data.source at one of "
+            f"{[str(root / c) for c in sorted(subdirs)]}",
+            path=root,
+        )
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _hidden_below(path: Path, top: Path) -> bool:
+    return any(_hidden(part) for part in path.relative_to(top).parts)
+
+
+def _ext_hint(path: Path) -> str:
+    ext = path.suffix.lower() or "no extension"
+    return f"{ext}, no DICOM marker; readable: {', '.join(sorted(IMAGE_EXTENSIONS))}"
+
+
+# --- MedMNIST-style .npz -----------------------------------------------------------------------
+
+
+def npz_source(npz: Path, split_key: str, index: int) -> str:
+    return f"{npz.name}#{split_key}/{index}"
+
+
+def parse_npz_source(source: str) -> tuple[str, int]:
+    """'<file>#train/17' -> ('train', 17)."""
+    try:
+        _, _, item = source.rpartition("#")
+        key, _, index = item.partition("/")
+        return key, int(index)
+    except ValueError as exc:
+        raise SynthmedError("not an .npz item name '<file>#<split>/<index>'", path=source) from exc
+
+
+def npz_split_keys(arrays: dict[str, np.ndarray]) -> list[tuple[str, str | None]]:
+    """(array prefix, split) pairs present: MedMNIST's train/val/test, or one unsplit 'images' array."""
+    pairs: list[tuple[str, str | None]] = [(k, s) for k, s in _NPZ_SPLITS if f"{k}_images" in arrays]
+    if not pairs and "images" in arrays:
+        pairs = [("all", None)]
+    return pairs
+
+
+def npz_arrays(arrays: dict[str, np.ndarray], key: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    image_key, label_key = ("images", "labels") if key == "all" else (f"{key}_images", f"{key}_labels")
+    if label_key not in arrays:
+        raise SynthmedError(f"has '{image_key}' but no '{label_key}' array", path=path)
+    return arrays[image_key], arrays[label_key]
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a MedMNIST-style .npz that synthmed uses; pickled content is refused."""
+    wanted = {f"{k}_{part}" for k, _ in _NPZ_SPLITS for part in ("images", "labels")}
+    wanted |= {"images", "labels", "label_names", "class_names"}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise SynthmedError("is a single .npy array, not an .npz archive", path=path)
+            arrays = {k: npz[k] for k in npz.files if k in wanted}
+    except SynthmedError:
+        raise
+    except Exception as exc:  # zip/zlib/format/pickle errors on damaged or hostile archives
+        raise SynthmedError(f"not a readable .npz archive ({type(exc).__name__}: {exc})", path=path) from exc
+    if not npz_split_keys(arrays):
+        raise SynthmedError(
+            "no image arrays: expected MedMNIST-style train_images/train_labels (and val_, test_) "
+            "or images/labels",
+            path=path,
+        )
+    return arrays
+
+
+def _discover_npz(path: Path, cfg: DataConfig) -> tuple[list[Record], list[Skipped], list[str]]:
+    arrays = load_npz(path)
+    names = _npz_label_names(arrays, path)
+    records: list[Record] = []
+    skipped: list[Skipped] = []
+    used: set[int] = set()
+    for key, split in npz_split_keys(arrays):
+        images, raw_labels = npz_arrays(arrays, key, path)
+        labels = _npz_labels(images, raw_labels, key, names, path)
+        used.update(int(v) for v in np.unique(labels))
+        for i in track(range(len(images)), f"Checking {path.name} {key}"):
+            src = npz_source(path, key, i)
+            try:
+                validate_array(images[i], src)
+            except SynthmedError as exc:
+                handle_failure(exc, src, skipped, cfg.on_error)
+                continue
+            label = names[labels[i]] if names else str(labels[i])
+            records.append(Record(src, label, hash_array(images[i]), split))
+    order = names if names else [str(v) for v in sorted(used)]  # label order, not string order ('10' < '2')
+    return records, skipped, order
+
+
+def _npz_label_names(arrays: dict[str, np.ndarray], path: Path) -> list[str] | None:
+    key = "label_names" if "label_names" in arrays else "class_names" if "class_names" in arrays else None
+    if key is None:
+        return None
+    raw = arrays[key]
+    if raw.ndim != 1 or raw.dtype.kind not in "USiu" or raw.size == 0:
+        raise SynthmedError(f"'{key}' must be a 1-D array of strings, got {raw.dtype} {raw.shape}", path=path)
+    names = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in raw.tolist()]
+    if len(set(names)) != len(names):
+        raise SynthmedError(f"'{key}' lists a class name twice: {names}", path=path)
+    return names
+
+
+def _npz_labels(
+    images: np.ndarray, labels: np.ndarray, key: str, names: list[str] | None, path: Path
+) -> np.ndarray:
+    if images.ndim not in (3, 4):
+        raise SynthmedError(
+            f"'{key}_images' must be (N, H, W) or (N, H, W, C), got {images.shape}", path=path
+        )
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise SynthmedError(
+            f"'{key}_labels' must hold one integer class per image ({images.shape[0]},), got {labels.shape} "
+            "(multi-label / one-hot labels are not supported)",
+            path=path,
+        )
+    if labels.dtype.kind not in "iuf":
+        raise SynthmedError(f"'{key}_labels' must be integers, got {labels.dtype}", path=path)
+    with np.errstate(invalid="ignore"):
+        ints = labels.astype(np.int64) if labels.dtype.kind == "f" else labels.astype(np.int64, copy=False)
+    if labels.dtype.kind == "f" and not (np.isfinite(labels).all() and np.array_equal(ints, labels)):
+        raise SynthmedError(f"'{key}_labels' must be whole numbers", path=path)
+    if ints.size and (ints.min() < 0 or (names is not None and ints.max() >= len(names))):
+        limit = f"0..{len(names) - 1}" if names else ">= 0"
+        raise SynthmedError(f"'{key}_labels' must be in {limit}, got {ints.min()}..{ints.max()}", path=path)
+    return ints
+
+
+# --- CSV manifest ------------------------------------------------------------------------------
+
+
+def _discover_csv(path: Path, cfg: DataConfig) -> tuple[list[Record], list[Skipped], list[str]]:
+    header, rows = _read_csv(path)
+    col = {name: i for i, name in enumerate(header)}
+    root = path.parent
+    records: list[Record] = []
+    skipped: list[Skipped] = []
+    first_seen: dict[str, int] = {}
+    for line, row in track(rows, f"Hashing files listed in {path.name}"):
+        rel, label, split = _csv_fields(row, col, line, path)
+        if rel in first_seen:
+            skipped.append(Skipped(rel, f"listed again on line {line} (first on line {first_seen[rel]})"))
+            continue
+        first_seen[rel] = line
+        try:
+            records.append(Record(rel, label, _hash_listed(root / rel, line, path), split))
+        except SynthmedError as exc:
+            handle_failure(exc, rel, skipped, cfg.on_error)
+    if not records:
+        raise SynthmedError("the manifest lists no readable image files", path=path)
+    return records, skipped, sorted({r.label for r in records})
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SynthmedError("manifest is not UTF-8 text", path=path) from exc
+    except OSError as exc:
+        raise SynthmedError(f"cannot read manifest ({exc.strerror or exc})", path=path) from exc
+    if "\x00" in text:
+        raise SynthmedError("manifest contains NUL bytes: a binary file, not a CSV", path=path)
+    first = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=first.count)  # Excel in many locales writes ';'
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = [h.strip().lower() for h in next(reader, [])]
+        if "path" not in header or "label" not in header:
+            raise SynthmedError(
+                "manifest needs a header row with 'path' and 'label' columns (optional 'split'); "
+                f"found {header}",
+                path=path,
+            )
+        rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except csv.Error as exc:
+        raise SynthmedError(f"malformed CSV near line {reader.line_num} ({exc})", path=path) from exc
+    return header, rows
+
+
+def _csv_fields(row: list[str], col: dict[str, int], line: int, path: Path) -> tuple[str, str, str | None]:
+    if len(row) <= max(col.values()):
+        raise SynthmedError(f"line {line} has {len(row)} fields, too few for the header's columns", path=path)
+    rel, label = row[col["path"]].strip(), row[col["label"]].strip()
+    if not rel or not label:
+        raise SynthmedError(f"line {line} has an empty path or label", path=path)
+    raw_split = row[col["split"]].strip().lower() if "split" in col else ""
+    if raw_split not in _CSV_SPLITS:
+        raise SynthmedError(
+            f"line {line}: unknown split {raw_split!r}; use train, val or holdout (or leave it empty)",
+            path=path,
+        )
+    return rel, label, _CSV_SPLITS[raw_split]
+
+
+def _hash_listed(path: Path, line: int, manifest: Path) -> str:
+    where = f"(listed on line {line} of {manifest.name})"
+    try:
+        exists = path.is_file()
+    except (OSError, ValueError):  # e.g. a name too long for the file system
+        exists = False
+    if not exists:
+        raise SynthmedError(f"file not found {where}", path=path)
+    if not is_image_file(path):
+        raise SynthmedError(f"not an image file {where} ({_ext_hint(path)})", path=path)
+    return hash_file(path)

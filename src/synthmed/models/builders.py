@@ -1,0 +1,77 @@
+"""Build MONAI networks and noise schedulers from synthmed config objects."""
+
+from __future__ import annotations
+
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, PatchDiscriminator
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler, RFlowScheduler, Scheduler
+
+from synthmed.config import AutoencoderArch, NoiseConfig, UNetArch
+from synthmed.errors import SynthmedError
+
+SAMPLERS_FOR = {"ddpm": ("ddim", "ddpm", "pndm"), "rflow": ("rflow",)}
+
+
+def build_autoencoder(arch: AutoencoderArch, spatial_dims: int = 2) -> AutoencoderKL:
+    return AutoencoderKL(
+        spatial_dims=spatial_dims,
+        in_channels=1,
+        out_channels=1,
+        channels=tuple(arch.channels),
+        num_res_blocks=(arch.num_res_blocks,) * len(arch.channels),
+        attention_levels=tuple(arch.attention_levels),
+        latent_channels=arch.latent_channels,
+        norm_num_groups=arch.norm_num_groups,
+        with_encoder_nonlocal_attn=arch.with_nonlocal_attn,
+        with_decoder_nonlocal_attn=arch.with_nonlocal_attn,
+        include_fc=False,
+    )
+
+
+def build_unet(arch: UNetArch, latent_channels: int, num_classes: int, spatial_dims: int = 2) -> DiffusionModelUNet:
+    # One extra class embedding is the "no label" token used for classifier-free guidance.
+    return DiffusionModelUNet(
+        spatial_dims=spatial_dims,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
+        channels=tuple(arch.channels),
+        num_res_blocks=arch.num_res_blocks,
+        attention_levels=tuple(arch.attention_levels),
+        num_head_channels=arch.num_head_channels,
+        norm_num_groups=arch.norm_num_groups,
+        num_class_embeds=num_classes + 1,
+        include_fc=False,
+    )
+
+
+def build_discriminator(channels: int, num_layers: int, spatial_dims: int = 2) -> PatchDiscriminator:
+    return PatchDiscriminator(
+        spatial_dims=spatial_dims, num_layers_d=num_layers, channels=channels, in_channels=1, out_channels=1
+    )
+
+
+def _schedule_args(noise: NoiseConfig) -> dict:
+    args: dict = {"num_train_timesteps": noise.num_train_timesteps, "schedule": noise.schedule,
+                  "prediction_type": noise.prediction_type}
+    if noise.schedule != "cosine":
+        args |= {"beta_start": noise.beta_start, "beta_end": noise.beta_end}
+    return args
+
+
+def build_scheduler(noise: NoiseConfig, sampler: str | None = None, spatial_dims: int = 2) -> Scheduler:
+    """The training scheduler (``sampler=None``) or a sampler compatible with how the model was trained."""
+    name = (sampler or noise.kind).lower()
+    allowed = SAMPLERS_FOR[noise.kind]
+    if sampler is not None and name not in allowed:
+        raise SynthmedError(
+            f"sampler '{sampler}' does not fit a model trained with '{noise.kind}'; choose one of {list(allowed)}",
+            field="sampler",
+        )
+    if name == "rflow":
+        return RFlowScheduler(num_train_timesteps=noise.num_train_timesteps, use_discrete_timesteps=False,
+                              sample_method="logit-normal", spatial_dim=spatial_dims)
+    args = _schedule_args(noise)
+    if name == "ddpm":
+        return DDPMScheduler(clip_sample=False, **args)
+    if name == "ddim":
+        return DDIMScheduler(clip_sample=False, **args)
+    return PNDMScheduler(skip_prk_steps=True, **args)

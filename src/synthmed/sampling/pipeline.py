@@ -1,0 +1,222 @@
+"""Load a trained run and generate labelled images with a provenance manifest (``synthmed generate``).
+
+Every image has its own seed; its starting noise depends on that seed alone. A manifest row records the
+seeds of the batch it was drawn in, so :meth:`Pipeline.regenerate` replays that batch and returns the
+image bit for bit (same device, precision and library versions).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import synthmed
+from synthmed.config import GenerateConfig, TrainConfig, build_train_config, read_yaml
+from synthmed.errors import SynthmedError
+from synthmed.models.builders import SAMPLERS_FOR, build_autoencoder, build_scheduler, build_unet
+from synthmed.reporting.images import save_png
+from synthmed.runtime import autocast, resolve_device, resolve_precision
+from synthmed.sampling.sampler import StepCallback, denoise, initial_noise
+from synthmed.training import checkpoint as ckpt
+
+MANIFEST = "manifest.jsonl"
+# Settings that must agree for an existing image in an output folder to count as already generated.
+SETTINGS = ("label", "sampler", "steps", "guidance", "checkpoint", "precision", "diffusion_sha256")
+
+
+@dataclass
+class Generated:
+    images: torch.Tensor  # (N, 1, H, W) in [0, 1], float32, on CPU
+    rows: list[dict[str, Any]]  # one manifest row per image (without the file name)
+
+
+class Pipeline:
+    """A trained autoencoder + class-conditional UNet, ready to sample."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, autoencoder: torch.nn.Module, unet: torch.nn.Module,
+                 scale_factor: float, class_names: list[str], hashes: dict[str, str], device: torch.device,
+                 dtype: torch.dtype, checkpoint: str) -> None:
+        self.run_dir, self.cfg, self.autoencoder, self.unet = run_dir, cfg, autoencoder, unet
+        self.scale_factor, self.class_names, self.hashes = scale_factor, class_names, hashes
+        self.device, self.dtype, self.checkpoint = device, dtype, checkpoint
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto", precision: str = "fp32",
+             checkpoint: str = "ema") -> Pipeline:
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise SynthmedError("not a synthmed run directory (no config.yaml); train one with synthmed train",
+                                path=run_dir)
+        cfg = build_train_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+        dev = resolve_device(device)
+        ae_path, unet_path = run_dir / "autoencoder" / "model.pt", run_dir / "diffusion" / "model.pt"
+        autoencoder = build_autoencoder(cfg.autoencoder.arch).to(dev)
+        ckpt.load_exported(autoencoder, ae_path, checkpoint)
+        state = ckpt.load(unet_path, dev)
+        class_names = list(state["extra"]["class_names"])
+        unet = build_unet(cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, len(class_names)).to(dev)
+        ckpt.load_exported(unet, unet_path, checkpoint)
+        hashes = {"autoencoder_sha256": ckpt.file_sha256(ae_path), "diffusion_sha256": ckpt.file_sha256(unet_path)}
+        return cls(run_dir, cfg, autoencoder.eval(), unet.eval(), float(state["extra"]["scale_factor"]),
+                   class_names, hashes, dev, resolve_precision(precision, dev), checkpoint)
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.data.image_size
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        side = self.image_size // self.cfg.autoencoder.arch.compression
+        return (self.cfg.autoencoder.arch.latent_channels, side, side)
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        return SAMPLERS_FOR[self.cfg.diffusion.noise.kind]
+
+    def label_index(self, label: str | None) -> int:
+        """Index of ``label``; None means unconditional (the classifier-free 'no label' token)."""
+        if label is None:
+            return len(self.class_names)
+        if label not in self.class_names:
+            raise SynthmedError(f"unknown label '{label}'; this model knows {self.class_names}", field="label")
+        return self.class_names.index(label)
+
+    @torch.inference_mode()
+    def sample_batch(self, seeds: list[int], label: str | None, *, steps: int = 25, guidance: float = 3.0,
+                     sampler: str = "ddim", callback: StepCallback | None = None) -> torch.Tensor:
+        """Images (len(seeds), 1, H, W) in [0, 1] for one batch of seeds."""
+        if not seeds:
+            raise SynthmedError("at least one seed is needed", field="count")
+        scheduler = build_scheduler(self.cfg.diffusion.noise, sampler)
+        labels = torch.full((len(seeds),), self.label_index(label), dtype=torch.long, device=self.device)
+        noise = initial_noise(seeds, self.latent_shape, self.device)
+        generator = torch.Generator(self.device).manual_seed(seeds[0])  # stochastic samplers' per-step noise
+        amp = autocast(self.device, self.dtype)
+        z = denoise(self.unet, scheduler, noise, labels, null_label=len(self.class_names), steps=steps,
+                    guidance=guidance, generator=generator, autocast=amp, callback=callback)
+        with amp:
+            images = self.autoencoder.decode(z / self.scale_factor)
+        return images.float().clamp(0, 1).cpu()
+
+    def manifest_row(self, seed: int, batch: list[int], label: str | None, steps: int, guidance: float,
+             sampler: str) -> dict[str, Any]:
+        return {
+            "label": label, "seed": seed, "batch_seeds": batch, "sampler": sampler, "steps": steps,
+            "guidance": guidance, "checkpoint": self.checkpoint, "precision": str(self.dtype).removeprefix("torch."),
+            "device": self.device.type, "image_size": self.image_size, "run_dir": str(self.run_dir.resolve()),
+            **self.hashes, "synthmed_version": synthmed.__version__, "torch_version": torch.__version__,
+            "machine": platform.machine(),
+        }
+
+    def batches(self, seeds: list[int], batch_size: int) -> Iterator[list[int]]:
+        for i in range(0, len(seeds), batch_size):
+            yield seeds[i : i + batch_size]
+
+    def generate(self, label: str | None = None, n: int = 16, *, steps: int = 25, guidance: float = 3.0,
+                 seed: int = 0, sampler: str = "ddim", batch_size: int = 16,
+                 on_batch: Callable[[int], None] | None = None) -> Generated:
+        """``n`` images of class ``label`` with seeds ``seed .. seed+n-1``."""
+        _check_counts(n, steps, batch_size)
+        self.label_index(label)
+        images, rows = [], []
+        for batch in self.batches(list(range(seed, seed + n)), batch_size):
+            images.append(self.sample_batch(batch, label, steps=steps, guidance=guidance, sampler=sampler))
+            rows += [self.manifest_row(s, batch, label, steps, guidance, sampler) for s in batch]
+            if on_batch is not None:
+                on_batch(len(batch))
+        return Generated(torch.cat(images), rows)
+
+    def regenerate(self, row: dict[str, Any]) -> torch.Tensor:
+        """Re-create the image of one manifest row, (1, H, W), bit for bit on the same device and precision."""
+        for key in ("autoencoder_sha256", "diffusion_sha256"):
+            if row.get(key) != self.hashes[key]:
+                raise SynthmedError(f"manifest row was made with other weights ({key} differs)", field=key)
+        batch = [int(s) for s in row["batch_seeds"]]
+        images = self.sample_batch(batch, row["label"], steps=int(row["steps"]), guidance=float(row["guidance"]),
+                                   sampler=row["sampler"])
+        return images[batch.index(int(row["seed"]))]
+
+
+def _check_counts(n: int, steps: int, batch_size: int) -> None:
+    if n <= 0:
+        raise SynthmedError(f"count must be at least 1, got {n}", field="count")
+    if steps <= 0:
+        raise SynthmedError(f"steps must be at least 1, got {steps}", field="steps")
+    if batch_size <= 0:
+        raise SynthmedError(f"batch_size must be at least 1, got {batch_size}", field="batch_size")
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise SynthmedError(f"line {i} is not JSON ({exc.msg})", path=path) from exc
+    return rows
+
+
+def file_name(label: str | None, seed: int) -> str:
+    return f"{label or 'unconditional'}/syn_{seed:08d}.png"
+
+
+def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
+    """Write PNGs under ``out/<label>/`` (readable back as a class-folder data set) plus manifest.jsonl.
+
+    An interrupted run is continued: images already in the manifest with the same settings are kept.
+    """
+    _check_counts(cfg.count, cfg.steps, cfg.batch_size)
+    pipe = Pipeline.load(cfg.run_dir, device=cfg.device, precision=cfg.precision, checkpoint=cfg.checkpoint)
+    pipe.label_index(cfg.label)
+    if cfg.sampler not in pipe.samplers:
+        raise SynthmedError(f"unknown sampler '{cfg.sampler}' for this model; choose one of {list(pipe.samplers)}",
+                            field="sampler")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    manifest = cfg.out / MANIFEST
+    existing = {r["file"]: r for r in read_manifest(manifest)}
+    seeds = list(range(cfg.seed, cfg.seed + cfg.count))
+    todo = [s for s in seeds if not _already_done(existing, pipe, cfg, s)]
+    with Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        task = bar.add_task("generate", total=len(seeds), completed=len(seeds) - len(todo))
+        for batch in pipe.batches(todo, cfg.batch_size):
+            images = pipe.sample_batch(batch, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler)
+            _write_batch(cfg, pipe, manifest, batch, images)
+            bar.advance(task, len(batch))
+    return cfg.out
+
+
+def _already_done(existing: dict[str, dict[str, Any]], pipe: Pipeline, cfg: GenerateConfig, seed: int) -> bool:
+    name = file_name(cfg.label, seed)
+    row = existing.get(name)
+    if row is None or not (cfg.out / name).exists():
+        return False
+    wanted = pipe.manifest_row(seed, [], cfg.label, cfg.steps, cfg.guidance, cfg.sampler) | {"bit_depth": cfg.bit_depth}
+    differing = [k for k in (*SETTINGS, "bit_depth") if row.get(k) != wanted[k]]
+    if differing:
+        raise SynthmedError(f"{name} already exists there, generated with other settings ({differing}); choose "
+                            "another --out or --seed", path=cfg.out)
+    return True
+
+
+def _write_batch(cfg: GenerateConfig, pipe: Pipeline, manifest: Path, batch: list[int], images: torch.Tensor) -> None:
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    with open(manifest, "a") as fh:
+        for seed, image in zip(batch, images, strict=True):
+            name = file_name(cfg.label, seed)
+            save_png(image, cfg.out / name, cfg.bit_depth)
+            row = {"file": name, **pipe.manifest_row(seed, batch, cfg.label, cfg.steps, cfg.guidance, cfg.sampler),
+                   "bit_depth": cfg.bit_depth, "created": created}
+            fh.write(json.dumps(row) + "\n")

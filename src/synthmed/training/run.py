@@ -1,0 +1,175 @@
+"""`synthmed train`: prepare the data split, then train the autoencoder and the diffusion UNet in a run dir.
+
+Run directory layout (self-describing, nnU-Net style)::
+
+    config.yaml            resolved config (preset + overrides)
+    split.json             every file with its label, content hash and split (train / val / holdout)
+    cache/                 preprocessed arrays, keyed by content and settings
+    autoencoder/           last.pt, step_*.pt, model.pt (EMA + raw weights), log.jsonl, previews/
+    diffusion/             the same, plus latents.pt; model.pt holds the latent scale factor and class names
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from synthmed import data as data_stage
+from synthmed.config import TrainConfig, build_train_config, read_yaml, save_yaml
+from synthmed.errors import SynthmedError
+from synthmed.models.builders import build_autoencoder
+from synthmed.runtime import resolve_device, resolve_precision, set_threads
+from synthmed.training import checkpoint as ckpt
+from synthmed.training.tasks import AutoencoderTask, DiffusionTask, encode_dataset, latent_scale_factor
+from synthmed.training.trainer import Trainer
+
+STAGES = ("autoencoder", "diffusion")
+# Fields that may change in a resumed run (and runtime.*); any other change would train a different model.
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "preview_every", "log_every"}
+
+console = Console(stderr=True)
+
+
+@dataclass
+class TrainingData:
+    class_names: list[str]
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of fields that differ, ignoring those a resumed run may change."""
+    out = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if key in RESUMABLE_CHANGES or f"{prefix}{key}" == "runtime":
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def check_against_saved(cfg: TrainConfig, resume: bool) -> None:
+    """Refuse a config that would silently train a different model in an existing run directory."""
+    saved_path = cfg.run_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved = build_train_config(read_yaml(saved_path), source=str(saved_path))
+    changed = _diff(saved.model_dump(mode="json"), cfg.model_copy(update={"run_dir": saved.run_dir}).model_dump(mode="json"))
+    if changed:
+        fix = "resume with the saved config" if resume else "choose a new run_dir"
+        raise SynthmedError(f"the config differs from the run's saved config.yaml in {sorted(changed)}; {fix}",
+                            path=saved_path)
+
+
+def resolve_run_config(cfg: TrainConfig | None, run_dir: Path | None, resume: bool) -> TrainConfig:
+    """The config to train with: the given one (checked against a saved one), or the run's saved config."""
+    run_dir = Path(run_dir) if run_dir else (cfg.run_dir if cfg else None)
+    if run_dir is None:
+        raise SynthmedError("give --config or --run", field="run_dir")
+    saved_path = run_dir / "config.yaml"
+    if cfg is None:
+        if not saved_path.exists():
+            raise SynthmedError("no config.yaml in this run directory; give --config", path=run_dir)
+        return build_train_config(read_yaml(saved_path), source=str(saved_path))
+    cfg = cfg.model_copy(update={"run_dir": run_dir})
+    check_against_saved(cfg, resume)
+    return cfg
+
+
+def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
+    if cfg.data.source is None:
+        raise SynthmedError("no data source: set data.source (or --data) to a folder, .npz or CSV file",
+                            field="data.source")
+    prepared = data_stage.prepare(cfg.data, cfg.seed, cfg.run_dir / "split.json")
+    cache = cfg.run_dir / "cache"
+    arrays = {
+        split: data_stage.load_split_arrays(prepared.records, cfg.data, split, cache,
+                                               class_names=prepared.class_names)
+        for split in ("train", "val")
+    }
+    train_x, train_y = arrays["train"]
+    val_x, val_y = arrays["val"]
+    if len(train_x) == 0:
+        raise SynthmedError("the training split is empty", path=cfg.data.source)
+    if len(val_x) == 0:  # tiny data sets: validate on a few training images rather than not at all
+        val_x, val_y = train_x[:8], train_y[:8]
+    return TrainingData(prepared.class_names, train_x.to(device), train_y.to(device), val_x.to(device),
+                        val_y.to(device))
+
+
+def _stage_done(stage_dir: Path, steps: int) -> bool:
+    model = stage_dir / "model.pt"
+    return model.exists() and int(ckpt.load(model)["step"]) >= steps
+
+
+def _trainer(task, stage_cfg, cfg: TrainConfig, device: torch.device, progress: bool) -> Trainer:  # noqa: ANN001
+    dtype = resolve_precision(cfg.runtime.precision, device)
+    return Trainer(task, stage_cfg, cfg.run_dir / task.name, seed=cfg.seed, device=device, dtype=dtype,
+                   progress=progress, tensorboard=cfg.runtime.tensorboard)
+
+
+def load_autoencoder(cfg: TrainConfig, device: torch.device, which: str = "ema") -> torch.nn.Module:
+    model = build_autoencoder(cfg.autoencoder.arch).to(device)
+    ckpt.load_exported(model, cfg.run_dir / "autoencoder" / "model.pt", which)
+    return model.eval()
+
+
+def _latents(cfg: TrainConfig, autoencoder: torch.nn.Module, data: TrainingData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode the training and validation images once; cached beside the diffusion stage by AE weights."""
+    key = ckpt.file_sha256(cfg.run_dir / "autoencoder" / "model.pt")[:16]
+    path = cfg.run_dir / "diffusion" / f"latents-{key}.pt"
+    if path.exists():
+        cached = ckpt.load(path)
+        return cached["train"].to(data.train_images.device), cached["val"].to(data.train_images.device)
+    train, val = encode_dataset(autoencoder, data.train_images), encode_dataset(autoencoder, data.val_images)
+    ckpt.atomic_save({"train": train.cpu(), "val": val.cpu()}, path)
+    return train, val
+
+
+def train(cfg: TrainConfig, stages: Sequence[str] = STAGES, *, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> Path:
+    """Train the requested stages in order; returns the run directory."""
+    for stage in stages:
+        if stage not in STAGES:
+            raise SynthmedError(f"unknown stage '{stage}'; choose from {list(STAGES)}", field="stage")
+    set_threads(cfg.runtime.num_threads)
+    device = resolve_device(cfg.runtime.device)
+    check_against_saved(cfg, resume)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, cfg.run_dir / "config.yaml")
+    data = load_training_data(cfg, device)
+    console.print(f"[bold]{cfg.run_dir}[/]: {len(data.train_images)} training and {len(data.val_images)} "
+                  f"validation images, classes {data.class_names}, device {device}")
+    for stage in stages:
+        stage_cfg = getattr(cfg, stage)
+        if _stage_done(cfg.run_dir / stage, stage_cfg.steps):
+            console.print(f"{stage}: already trained to {stage_cfg.steps} steps, skipped")
+            continue
+        torch.manual_seed(cfg.seed)  # identical initial weights for identical configs
+        if stage == "autoencoder":
+            model = build_autoencoder(cfg.autoencoder.arch).to(device)
+            task = AutoencoderTask(model, cfg.autoencoder, data.train_images, data.val_images)
+        else:
+            task = _diffusion_task(cfg, data, device)
+        _trainer(task, stage_cfg, cfg, device, progress).run(resume=resume, stop_after=stop_after)
+    return cfg.run_dir
+
+
+def _diffusion_task(cfg: TrainConfig, data: TrainingData, device: torch.device) -> DiffusionTask:
+    autoencoder = load_autoencoder(cfg, device)
+    for p in autoencoder.parameters():
+        p.requires_grad_(False)
+    train_lat, val_lat = _latents(cfg, autoencoder, data)
+    scale = latent_scale_factor(train_lat, cfg.diffusion.scale_factor_samples, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    return DiffusionTask(cfg.diffusion, autoencoder, train_lat, data.train_labels, val_lat, data.val_labels,
+                         data.class_names, scale)

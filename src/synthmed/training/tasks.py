@@ -1,0 +1,193 @@
+"""The training stages as trainer tasks: the autoencoder and the class-conditional latent diffusion UNet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.losses import PatchAdversarialLoss
+from monai.networks.nets import AutoencoderKL
+from torch import nn
+
+from synthmed.config import AutoencoderConfig, DiffusionConfig
+from synthmed.errors import SynthmedError
+from synthmed.models.builders import build_discriminator, build_scheduler, build_unet
+from synthmed.reporting.images import save_grid
+from synthmed.sampling.sampler import denoise, initial_noise
+
+VAL_ITEMS = 64  # validation batch: enough for a stable curve, cheap on a CPU
+
+
+def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
+    """KL divergence to N(0, I), summed over latent elements, averaged over the batch (MONAI LDM recipe)."""
+    dims = list(range(1, z_mu.ndim))
+    kl = 0.5 * torch.sum(z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2)) - 1, dim=dims)
+    return kl.mean()
+
+
+class LocalPerceptualLoss(nn.Module):
+    """LPIPS-style distance on a user-supplied TorchScript feature network.
+
+    MONAI's PerceptualLoss fetches its weights from torch.hub or needs torchvision; synthmed must never
+    download, so the network comes from a local file. It takes (B, 3, H, W) in [0, 1] and returns a tensor
+    or a list of feature maps; channels are unit-normalised as in LPIPS, without learned layer weights.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        try:
+            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as exc:  # torch.jit raises several types on bad files
+            raise SynthmedError(f"cannot load the perceptual network as TorchScript ({exc})", path=path) from exc
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fx, fy = self.net(x.repeat(1, 3, 1, 1)), self.net(y.repeat(1, 3, 1, 1))
+        fx, fy = (fx, fy) if isinstance(fx, list | tuple) else ([fx], [fy])
+        dist = [(F.normalize(a, dim=1) - F.normalize(b, dim=1)).pow(2).sum(1).mean() for a, b in zip(fx, fy, strict=True)]
+        return torch.stack(dist).mean()
+
+
+class AutoencoderTask:
+    name = "autoencoder"
+
+    def __init__(self, model: AutoencoderKL, cfg: AutoencoderConfig, train: torch.Tensor, val: torch.Tensor) -> None:
+        self.model, self.cfg, self.train, self.val = model, cfg, train, val
+        self.num_items = len(train)
+        device = train.device
+        self.disc = build_discriminator(cfg.disc_channels, cfg.disc_layers).to(device) if cfg.adv_weight else None
+        self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
+        self.perceptual = LocalPerceptualLoss(cfg.perceptual_weights).to(device) if cfg.perceptual_weights else None
+
+    def trainables(self) -> dict[str, nn.Module]:
+        return {"autoencoder": self.model} | ({"discriminator": self.disc} if self.disc is not None else {})
+
+    def losses(self, index: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        x = self.train[index]
+        recon, z_mu, z_sigma = self.model(x)
+        recon = recon.float()
+        l1 = F.l1_loss(recon, x)
+        kl = kl_loss(z_mu.float(), z_sigma.float())
+        loss = l1 + self.cfg.kl_weight * kl
+        logs = {"l1": l1.item(), "kl": kl.item()}
+        if self.perceptual is not None:
+            perc = self.perceptual(recon, x)
+            loss = loss + self.cfg.perceptual_weight * perc
+            logs["perceptual"] = perc.item()
+        losses = {"autoencoder": loss}
+        if self.disc is not None and step >= self.cfg.adv_start:
+            gen_adv = self.adv_loss(self.disc(recon)[-1], target_is_real=True, for_discriminator=False)
+            losses["autoencoder"] = loss + self.cfg.adv_weight * gen_adv
+            fake = self.adv_loss(self.disc(recon.detach())[-1], target_is_real=False, for_discriminator=True)
+            real = self.adv_loss(self.disc(x)[-1], target_is_real=True, for_discriminator=True)
+            losses["discriminator"] = self.cfg.adv_weight * 0.5 * (fake + real)
+            logs["adv_g"] = gen_adv.item()
+        return losses, logs
+
+    @torch.inference_mode()
+    def _reconstruct(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        z_mu, _ = model.encode(x)
+        return model.decode(z_mu).float()
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        x = self.val[:VAL_ITEMS]
+        return {"l1": F.l1_loss(self._reconstruct(model, x), x).item()}
+
+    def preview(self, model: nn.Module, path: Path) -> None:
+        x = self.val[:8]
+        save_grid(torch.cat([x, self._reconstruct(model, x).clamp(0, 1)]), path, ncols=len(x))
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+
+@torch.inference_mode()
+def encode_dataset(autoencoder: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Latent (mu, sigma) of every image, stacked on a new dim 1: (N, 2, C, h, w)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        mu, sigma = autoencoder.encode(images[i : i + batch_size])
+        out.append(torch.stack([mu.float(), sigma.float()], dim=1))
+    return torch.cat(out)
+
+
+def latent_scale_factor(latents: torch.Tensor, samples: int, seed: int) -> float:
+    """1 / std of sampled training latents, so the diffusion model sees unit-variance inputs (MONAI/MAISI)."""
+    g = torch.Generator().manual_seed(seed)
+    sub = latents[torch.randperm(len(latents), generator=g)[:samples]].cpu()
+    z = sub[:, 0] + sub[:, 1] * torch.randn(sub[:, 0].shape, generator=g)
+    return float(1.0 / z.std())
+
+
+class DiffusionTask:
+    name = "diffusion"
+
+    def __init__(self, cfg: DiffusionConfig, autoencoder: AutoencoderKL, train_latents: torch.Tensor,
+                 train_labels: torch.Tensor, val_latents: torch.Tensor, val_labels: torch.Tensor,
+                 class_names: list[str], scale_factor: float) -> None:
+        self.cfg, self.autoencoder, self.class_names = cfg, autoencoder.eval(), class_names
+        self.train_latents, self.train_labels = train_latents, train_labels
+        self.val_latents, self.val_labels = val_latents, val_labels
+        self.num_items = len(train_latents)
+        self.scale_factor = scale_factor
+        self.null_label = len(class_names)
+        latent_channels = train_latents.shape[2]
+        self.model = build_unet(cfg.arch, latent_channels, len(class_names)).to(train_latents.device)
+        self.scheduler = build_scheduler(cfg.noise)
+
+    def trainables(self) -> dict[str, nn.Module]:
+        return {"unet": self.model}
+
+    def _noisy(self, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noised input and regression target for the configured noise process and prediction type."""
+        x_t = self.scheduler.add_noise(z, noise, t)
+        if self.cfg.noise.kind == "rflow":
+            return x_t, z - noise
+        target = {"epsilon": noise, "sample": z}.get(self.cfg.noise.prediction_type)
+        if target is None:
+            target = self.scheduler.get_velocity(z, noise, t)
+        return x_t, target
+
+    def _timesteps(self, z: torch.Tensor) -> torch.Tensor:
+        if self.cfg.noise.kind == "rflow":
+            return self.scheduler.sample_timesteps(z)
+        return torch.randint(0, self.cfg.noise.num_train_timesteps, (len(z),), device=z.device)
+
+    def losses(self, index: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        stats = self.train_latents[index]
+        z = (stats[:, 0] + stats[:, 1] * torch.randn_like(stats[:, 0])) * self.scale_factor
+        noise = torch.randn_like(z)
+        t = self._timesteps(z)
+        labels = self.train_labels[index].clone()
+        labels[torch.rand(len(labels), device=labels.device) < self.cfg.label_dropout] = self.null_label
+        x_t, target = self._noisy(z, noise, t)
+        pred = self.model(x_t, timesteps=t, class_labels=labels).float()
+        return {"unet": F.mse_loss(pred, target)}, {}
+
+    @torch.inference_mode()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """MSE at fixed noise and evenly spread timesteps on validation latents: comparable across steps."""
+        g = torch.Generator().manual_seed(0)
+        stats, labels = self.val_latents[:VAL_ITEMS], self.val_labels[:VAL_ITEMS]
+        z = stats[:, 0] * self.scale_factor
+        noise = torch.randn(z.shape, generator=g).to(z.device)
+        t = torch.linspace(0, self.cfg.noise.num_train_timesteps - 1, len(z)).long().to(z.device)
+        x_t, target = self._noisy(z, noise, t)
+        return {"mse": F.mse_loss(model(x_t, timesteps=t, class_labels=labels).float(), target).item()}
+
+    @torch.inference_mode()
+    def preview(self, model: nn.Module, path: Path, per_class: int = 6, steps: int = 25) -> None:
+        """One row of samples per class (25 DDIM steps, guidance 3), decoded to images."""
+        labels = torch.arange(len(self.class_names)).repeat_interleave(per_class).to(self.val_latents.device)
+        shape = tuple(self.val_latents.shape[2:])
+        noise = initial_noise(list(range(len(labels))), shape, labels.device)
+        sampler = build_scheduler(self.cfg.noise, "rflow" if self.cfg.noise.kind == "rflow" else "ddim")
+        z = denoise(model, sampler, noise, labels, null_label=self.null_label, steps=steps, guidance=3.0)
+        images = self.autoencoder.decode(z / self.scale_factor).float().clamp(0, 1)
+        save_grid(images, path, ncols=per_class)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"scale_factor": self.scale_factor, "class_names": self.class_names}

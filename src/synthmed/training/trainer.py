@@ -1,0 +1,238 @@
+"""One trainer for every stage: optimisers, EMA, mixed precision, checkpoints, exact resume, logs, previews.
+
+A stage is a :class:`Task` (autoencoder, diffusion, later ControlNet and 3D); the trainer owns the loop.
+All randomness of step ``k`` is drawn from generators seeded with ``(seed, k)`` and the data order of an
+epoch from ``(seed, epoch)``, so a run resumed from a checkpoint replays exactly the steps it would have
+taken uninterrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from synthmed.config import StageConfig
+from synthmed.errors import SynthmedError
+from synthmed.runtime import autocast
+from synthmed.training import checkpoint as ckpt
+
+
+class Task(Protocol):
+    """What a training stage provides to the trainer."""
+
+    name: str
+    model: nn.Module  # the network whose EMA is kept and exported
+    num_items: int  # training items; the trainer draws index batches from range(num_items)
+
+    def trainables(self) -> dict[str, nn.Module]:
+        """Modules with one optimiser each; losses() returns a loss per key (backward in this order)."""
+
+    def losses(self, index: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Losses to optimise and scalars to log for the batch of training items ``index``."""
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Deterministic validation metrics for ``model`` (the EMA copy)."""
+
+    def preview(self, model: nn.Module, path: Path) -> None:
+        """Write a preview image grid for ``model`` to ``path``."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Task state beyond the weights (e.g. the latent scale factor), saved with every checkpoint."""
+
+
+def step_seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of step ``step``: epochs are seeded permutations; the incomplete tail batch is dropped."""
+    batch_size = min(batch_size, num_items)
+    per_epoch = num_items // batch_size
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_items)
+    return torch.from_numpy(perm[pos * batch_size : (pos + 1) * batch_size])
+
+
+def _warmup(warmup_steps: int):  # noqa: ANN202 - LambdaLR factor
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+class Trainer:
+    def __init__(self, task: Task, cfg: StageConfig, stage_dir: Path, *, seed: int, device: torch.device,
+                 dtype: torch.dtype, progress: bool = True, tensorboard: bool = False) -> None:
+        self.task, self.cfg, self.dir, self.seed = task, cfg, Path(stage_dir), seed
+        self.device, self.dtype, self.show_progress = device, dtype, progress
+        self.optimizers = {
+            name: torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            for name, module in task.trainables().items()
+        }
+        self.lr_schedulers = {
+            name: torch.optim.lr_scheduler.LambdaLR(opt, _warmup(cfg.warmup_steps))
+            for name, opt in self.optimizers.items()
+        }
+        # GradScaler is only needed (and only enabled) for fp16 on CUDA.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
+        self.ema = AveragedModel(task.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        self.step = 0
+        self.tb = _tensorboard(self.dir) if tensorboard else None
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.dir / "last.pt"
+
+    @property
+    def model_path(self) -> Path:
+        return self.dir / "model.pt"
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "models": {n: m.state_dict() for n, m in self.task.trainables().items()},
+            "ema": self.ema.state_dict(),
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "lr_schedulers": {n: s.state_dict() for n, s in self.lr_schedulers.items()},
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "extra": self.task.extra_state(),
+        }
+
+    def save_checkpoint(self) -> None:
+        state = self._state()
+        ckpt.atomic_save(state, self.last_path)
+        ckpt.atomic_save(state, self.dir / f"step_{self.step:07d}.pt")
+        periodic = sorted(self.dir.glob("step_*.pt"))
+        for old in periodic[: -self.cfg.keep_checkpoints]:
+            old.unlink()
+
+    def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        state = ckpt.load(path, self.device)
+        try:
+            for name, module in self.task.trainables().items():
+                module.load_state_dict(state["models"][name])
+            self.ema.load_state_dict(state["ema"])
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(state["optimizers"][name])
+            for name, sched in self.lr_schedulers.items():
+                sched.load_state_dict(state["lr_schedulers"][name])
+        except (KeyError, RuntimeError) as exc:
+            raise SynthmedError(
+                f"checkpoint does not match this config's model ({exc}); resume with the run's own "
+                "config.yaml or start a new run_dir", path=path) from exc
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        return state
+
+    def export(self) -> Path:
+        """Weights for generation: EMA and raw copies of the main model, written atomically."""
+        ema_weights = self.ema.module.state_dict()
+        ckpt.atomic_save({"step": self.step, "ema": ema_weights, "raw": self.task.model.state_dict(),
+                          "extra": self.task.extra_state()}, self.model_path)
+        return self.model_path
+
+    # --- logging -----------------------------------------------------------------------------------------
+    def _log(self, row: dict[str, Any]) -> None:
+        with open(self.dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, int | float):
+                    self.tb.add_scalar(f"{self.task.name}/{key}", value, row["step"])
+
+    def _truncate_log(self) -> None:
+        """Drop rows written after the checkpoint we resume from (the killed run's lost steps)."""
+        log = self.dir / "log.jsonl"
+        if log.exists():
+            rows = [ln for ln in log.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in rows if json.loads(ln)["step"] <= self.step]
+            log.write_text("".join(r + "\n" for r in kept))
+
+    def _evaluate(self) -> None:
+        self.ema.module.eval()
+        metrics = self.task.validate(self.ema.module)
+        self.task.preview(self.ema.module, self.dir / "previews" / f"step_{self.step:07d}.png")
+        self._log({"step": self.step, **{f"val_{k}": v for k, v in metrics.items()}})
+
+    # --- the loop ----------------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        torch.manual_seed(step_seed(self.seed, self.step))  # dropout, timesteps, noise of this step
+        for module in self.task.trainables().values():
+            module.train()
+        index = batch_indices(self.task.num_items, self.cfg.batch_size, self.seed, self.step)
+        with autocast(self.device, self.dtype):
+            losses, logs = self.task.losses(index, self.step)
+        for name, loss in losses.items():
+            if not torch.isfinite(loss):
+                raise SynthmedError(f"{name} loss became {loss.item()} at step {self.step}; lower lr or check the "
+                                    "data (last good checkpoint kept)", field=f"{self.task.name}.lr")
+            opt = self.optimizers[name]
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.cfg.grad_clip:
+                self.scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(self.task.trainables()[name].parameters(), self.cfg.grad_clip)
+            self.scaler.step(opt)
+            self.lr_schedulers[name].step()
+        self.scaler.update()
+        self.ema.update_parameters(self.task.model)
+        self.step += 1
+        return {**{f"loss_{k}": v.item() for k, v in losses.items()}, **logs}
+
+    def run(self, resume: bool = False, stop_after: int | None = None) -> Path:
+        """Train to ``cfg.steps`` (or stop after ``stop_after`` steps, for tests); returns the exported weights."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.last_path.exists():
+            if not resume:
+                raise SynthmedError(
+                    "this stage already has a checkpoint; pass --resume to continue it, or use a new run_dir",
+                    path=self.last_path)
+            self.load_checkpoint(self.last_path)
+            self._truncate_log()
+        total = self.cfg.steps
+        with _progress(self.show_progress) as bar:
+            task_id = bar.add_task(self.task.name, total=total, completed=self.step, loss="")
+            t0, done = time.perf_counter(), 0
+            while self.step < total and (stop_after is None or done < stop_after):
+                logs = self.train_step()
+                done += 1
+                rate = done / (time.perf_counter() - t0)
+                loss_txt = " ".join(f"{k[5:]}={v:.4f}" for k, v in logs.items() if k.startswith("loss_"))
+                bar.update(task_id, completed=self.step, loss=loss_txt)
+                if self.step % self.cfg.log_every == 0 or self.step == total:
+                    lr = self.lr_schedulers[next(iter(self.lr_schedulers))].get_last_lr()[0]
+                    self._log({"step": self.step, **logs, "lr": lr, "steps_per_s": rate})
+                if self.step % self.cfg.checkpoint_every == 0 and self.step < total:
+                    self.save_checkpoint()
+                if self.step % self.cfg.preview_every == 0 or self.step == total:
+                    self._evaluate()
+        if self.step >= total:
+            self.save_checkpoint()
+            return self.export()
+        self.save_checkpoint()
+        return self.last_path
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def _tensorboard(log_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise SynthmedError("runtime.tensorboard is on but tensorboard is not installed; "
+                            "pip install 'synthmed[tensorboard]'", field="runtime.tensorboard") from exc
+    return SummaryWriter(str(log_dir / "tensorboard"))

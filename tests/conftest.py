@@ -1,0 +1,66 @@
+"""Data fixtures: the real data sets under $SYNTHMED_DATA (default <repo>/../shared/data) and pydicom-data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = Path(os.environ.get("SYNTHMED_DATA", REPO.parent / "shared" / "data"))
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root}: set SYNTHMED_DATA to the shared data folder")
+    return root
+
+
+def _subset(root: Path, name: str) -> Path:
+    path = root / name
+    if not path.is_dir():
+        pytest.skip(f"{path} missing from the shared data folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kermany(data_root: Path) -> Path:
+    return _subset(data_root, "cxr-kermany")
+
+
+@pytest.fixture(scope="session")
+def busi(data_root: Path) -> Path:
+    return _subset(data_root, "busi")
+
+
+@pytest.fixture(scope="session")
+def dicom_file() -> Callable[[str], Path]:
+    """Path of a real DICOM object shipped with pydicom / pydicom-data, e.g. 'RG1_UNCI.dcm'."""
+    from pydicom.data import get_testdata_file
+
+    def get(name: str) -> Path:
+        path = get_testdata_file(name)
+        if path is None:
+            pytest.skip(f"{name} not available (install pydicom-data)")
+        return Path(path)
+
+    return get
+
+
+@pytest.fixture
+def kermany_folder(kermany: Path, tmp_path: Path) -> Callable[..., Path]:
+    """Build <tmp>/<name>/<class>/*.jpeg from the first ``n`` Kermany train images of each class."""
+
+    def build(n: int = 6, classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA"), name: str = "cxr") -> Path:
+        root = tmp_path / name
+        for cls in classes:
+            (root / cls).mkdir(parents=True)
+            for src in sorted((kermany / "train" / cls).glob("*.jpeg"))[:n]:
+                shutil.copy(src, root / cls / src.name)
+        return root
+
+    return build
