@@ -24,11 +24,22 @@ DATA = Path(os.environ.get("SYNTHMED_DATA", Path(__file__).resolve().parents[1] 
 
 
 def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def peak_rss_mib() -> float:
@@ -40,7 +51,7 @@ def _stage_rate(run_dir: Path, stage: str) -> float:
     return [r["steps_per_s"] for r in rows if "steps_per_s" in r][-1]
 
 
-def _images_per_s(fn, n: int) -> float:  # noqa: ANN001
+def _images_per_s(fn, n: int) -> float:
     fn()  # warm-up (allocations, oneDNN kernel selection)
     t0 = time.perf_counter()
     fn()
@@ -57,27 +68,44 @@ def train64(args: argparse.Namespace) -> dict:
 
     run_dir = Path(args.run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = build_train_config({
-        "preset": "small64", "run_dir": str(run_dir), "data": {"source": str(DATA / "cxr-kermany" / "train")},
-        "autoencoder": {"steps": args.ae_steps, "preview_every": args.ae_steps},
-        "diffusion": {"steps": args.diffusion_steps, "preview_every": args.diffusion_steps},
-        "runtime": {"precision": args.precision},
-    })
+    cfg = build_train_config(
+        {
+            "preset": "small64",
+            "run_dir": str(run_dir),
+            "data": {"source": str(DATA / "cxr-kermany" / "train")},
+            "autoencoder": {"steps": args.ae_steps, "preview_every": args.ae_steps},
+            "diffusion": {"steps": args.diffusion_steps, "preview_every": args.diffusion_steps},
+            "runtime": {"precision": args.precision},
+        }
+    )
     t0 = time.perf_counter()
     train(cfg, progress=False)
     wall = time.perf_counter() - t0
-    result = {"benchmark": "train64", "machine": machine(), "preset": "small64", "precision": args.precision,
-              "train": {"wall_s": round(wall, 1), "autoencoder_steps": args.ae_steps,
-                        "autoencoder_batch": cfg.autoencoder.batch_size,
-                        "autoencoder_steps_per_s": round(_stage_rate(run_dir, "autoencoder"), 3),
-                        "diffusion_steps": args.diffusion_steps, "diffusion_batch": cfg.diffusion.batch_size,
-                        "diffusion_steps_per_s": round(_stage_rate(run_dir, "diffusion"), 3),
-                        "peak_rss_mib": round(peak_rss_mib())}}
+    result = {
+        "benchmark": "train64",
+        "machine": machine(),
+        "preset": "small64",
+        "precision": args.precision,
+        "train": {
+            "wall_s": round(wall, 1),
+            "autoencoder_steps": args.ae_steps,
+            "autoencoder_batch": cfg.autoencoder.batch_size,
+            "autoencoder_steps_per_s": round(_stage_rate(run_dir, "autoencoder"), 3),
+            "diffusion_steps": args.diffusion_steps,
+            "diffusion_batch": cfg.diffusion.batch_size,
+            "diffusion_steps_per_s": round(_stage_rate(run_dir, "diffusion"), 3),
+            "peak_rss_mib": round(peak_rss_mib()),
+        },
+    }
     n, gen = args.images, {}
     for precision in ("fp32", "bf16"):
         pipe = load(run_dir, precision=precision)
-        gen[f"synthmed_ddim25_cfg3_{precision}"] = round(_images_per_s(
-            lambda p=pipe: p.generate(label="PNEUMONIA", n=n, steps=25, guidance=3.0, batch_size=n), n), 3)
+        gen[f"synthmed_ddim25_cfg3_{precision}"] = round(
+            _images_per_s(
+                lambda p=pipe: p.generate(label="PNEUMONIA", n=n, steps=25, guidance=3.0, batch_size=n), n
+            ),
+            3,
+        )
     pipe = load(run_dir, precision="fp32")
     scheduler = build_scheduler(cfg.diffusion.noise, "ddim")
     scheduler.set_timesteps(25)
@@ -90,15 +118,22 @@ def train64(args: argparse.Namespace) -> dict:
 
     gen["monai_inferer_ddim25_noguidance_fp32"] = round(_images_per_s(baseline, n), 3)
     gen["speedup_bf16_vs_monai_baseline"] = round(
-        gen["synthmed_ddim25_cfg3_bf16"] / gen["monai_inferer_ddim25_noguidance_fp32"], 2)
-    result["generate"] = {"images": n, "images_per_s": gen, "peak_rss_mib": round(peak_rss_mib()),
-                          "note": "synthmed runs guided sampling (2 network evaluations per step); the MONAI "
-                                  "baseline runs unguided (1 per step); decoding is included in both"}
+        gen["synthmed_ddim25_cfg3_bf16"] / gen["monai_inferer_ddim25_noguidance_fp32"], 2
+    )
+    result["generate"] = {
+        "images": n,
+        "images_per_s": gen,
+        "peak_rss_mib": round(peak_rss_mib()),
+        "note": "synthmed runs guided sampling (2 network evaluations per step); the MONAI "
+        "baseline runs unguided (1 per step); decoding is included in both",
+    }
     return result
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="name", required=True)
     p = sub.add_parser("train64", help="train small64 on Kermany, then time generation")
     p.add_argument("--ae-steps", type=int, default=500)

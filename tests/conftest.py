@@ -64,3 +64,33 @@ def kermany_folder(kermany: Path, tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return build
+
+
+@pytest.fixture(scope="session")
+def kermany_small(kermany: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 real chest X-rays per class (NORMAL, PNEUMONIA), shared by the training and generation tests."""
+    root = tmp_path_factory.mktemp("kermany_small")
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (root / cls).mkdir()
+        for src in sorted((kermany / "train" / cls).glob("*.jpeg"))[:16]:
+            shutil.copy(src, root / cls / src.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(kermany_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of the ``tiny`` preset trained for a few dozen steps on ``kermany_small`` (seconds on a CPU)."""
+    from synthmed.config import build_train_config
+    from synthmed.training.run import train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = build_train_config(
+        {
+            "preset": "tiny",
+            "run_dir": str(run_dir),
+            "data": {"source": str(kermany_small)},
+            "autoencoder": {"steps": 60, "log_every": 5, "preview_every": 30, "checkpoint_every": 30},
+            "diffusion": {"steps": 60, "log_every": 5, "preview_every": 30, "checkpoint_every": 30},
+        }
+    )
+    return train(cfg, progress=False)

@@ -24,7 +24,7 @@ def pipe(tiny_run: Path) -> synthmed.sampling.pipeline.Pipeline:
     return synthmed.load(tiny_run)
 
 
-def test_reproducible_by_seed_and_batch_invariant_noise(pipe) -> None:  # noqa: ANN001
+def test_reproducible_by_seed_and_batch_invariant_noise(pipe) -> None:
     a = pipe.generate(label="PNEUMONIA", n=3, steps=4, seed=5, batch_size=3).images
     b = pipe.generate(label="PNEUMONIA", n=3, steps=4, seed=5, batch_size=3).images
     assert torch.equal(a, b)
@@ -34,7 +34,7 @@ def test_reproducible_by_seed_and_batch_invariant_noise(pipe) -> None:  # noqa: 
     assert a.min() >= 0 and a.max() <= 1
 
 
-def test_guidance_and_label_change_output(pipe) -> None:  # noqa: ANN001
+def test_guidance_and_label_change_output(pipe) -> None:
     base = pipe.generate(label="NORMAL", n=2, steps=4, guidance=3.0).images
     other_label = pipe.generate(label="PNEUMONIA", n=2, steps=4, guidance=3.0).images
     other_guidance = pipe.generate(label="NORMAL", n=2, steps=4, guidance=1.0).images
@@ -43,17 +43,35 @@ def test_guidance_and_label_change_output(pipe) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "pndm"])
-def test_other_monai_samplers(pipe, sampler: str) -> None:  # noqa: ANN001
+def test_other_monai_samplers(pipe, sampler: str) -> None:
     out = pipe.generate(label="NORMAL", n=2, steps=5, sampler=sampler)
     again = pipe.generate(label="NORMAL", n=2, steps=5, sampler=sampler)
     assert torch.equal(out.images, again.images)
     assert torch.isfinite(out.images).all()
 
 
-def test_cli_generate_manifest_rows_regenerate_identical_images(tiny_run: Path, tmp_path: Path, pipe) -> None:  # noqa: ANN001
+def test_cli_generate_manifest_rows_regenerate_identical_images(tiny_run: Path, tmp_path: Path, pipe) -> None:
     out = tmp_path / "syn"
-    args = ["generate", "--run", str(tiny_run), "--label", "PNEUMONIA", "--count", "5", "--steps", "4",
-            "--guidance", "2.0", "--seed", "10", "--batch-size", "2", "--out", str(out), "--no-progress"]
+    args = [
+        "generate",
+        "--run",
+        str(tiny_run),
+        "--label",
+        "PNEUMONIA",
+        "--count",
+        "5",
+        "--steps",
+        "4",
+        "--guidance",
+        "2.0",
+        "--seed",
+        "10",
+        "--batch-size",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
@@ -67,18 +85,46 @@ def test_cli_generate_manifest_rows_regenerate_identical_images(tiny_run: Path, 
         again = synthmed.reporting.images.to_uint(pipe.regenerate(row), 8)
         assert np.array_equal(png, again), f"{row['file']} was not regenerated bit for bit"
     # The CLI replay command writes the same pixels.
-    result = runner.invoke(app, ["regenerate", str(out / "manifest.jsonl"), "--file", rows[2]["file"],
-                                 "--out", str(tmp_path / "again.png")])
+    result = runner.invoke(
+        app,
+        [
+            "regenerate",
+            str(out / "manifest.jsonl"),
+            "--file",
+            rows[2]["file"],
+            "--out",
+            str(tmp_path / "again.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(out / rows[2]["file"])))
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "again.png")), np.asarray(Image.open(out / rows[2]["file"]))
+    )
     # Re-running the same command keeps finished images (an interrupted job continues) and adds none twice.
     assert runner.invoke(app, args).exit_code == 0
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 5
 
 
 def test_sixteen_bit_png(tiny_run: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["generate", "--run", str(tiny_run), "--label", "NORMAL", "--count", "1", "--steps",
-                                 "3", "--bit-depth", "16", "--out", str(tmp_path), "--no-progress"])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--run",
+            str(tiny_run),
+            "--label",
+            "NORMAL",
+            "--count",
+            "1",
+            "--steps",
+            "3",
+            "--bit-depth",
+            "16",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     png = np.asarray(Image.open(next(tmp_path.glob("NORMAL/*.png"))))
     assert png.dtype == np.uint16 or png.dtype == np.int32
@@ -104,7 +150,9 @@ def test_missing_checkpoint_is_a_clear_error(tiny_run: Path, tmp_path: Path) -> 
     broken = tmp_path / "run"
     broken.mkdir()
     (broken / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
-    result = runner.invoke(app, ["generate", "--run", str(broken), "--label", "NORMAL", "--out", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["generate", "--run", str(broken), "--label", "NORMAL", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 2
     assert "model.pt" in result.output and "checkpoint not found" in result.output
     with pytest.raises(SynthmedError, match="not a synthmed run directory"):

@@ -22,7 +22,7 @@ from synthmed.training.run import resolve_run_config, train
 pytestmark = pytest.mark.slow
 
 
-def _cfg(data: Path, run_dir: Path, **stage_overrides):  # noqa: ANN003, ANN202
+def _cfg(data: Path, run_dir: Path, **stage_overrides):
     values = {"preset": "tiny", "run_dir": str(run_dir), "data": {"source": str(data)}}
     for stage, fields in stage_overrides.items():
         values[stage] = fields
@@ -51,7 +51,10 @@ def test_loss_decreases_and_checkpoints_written(tiny_run: Path) -> None:
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(kermany_small: Path, tmp_path: Path) -> None:
-    stages = {"autoencoder": {"steps": 8, "checkpoint_every": 2}, "diffusion": {"steps": 8, "checkpoint_every": 2}}
+    stages = {
+        "autoencoder": {"steps": 8, "checkpoint_every": 2},
+        "diffusion": {"steps": 8, "checkpoint_every": 2},
+    }
     reference = _cfg(kermany_small, tmp_path / "reference", **stages)
     train(reference, progress=False)
 
@@ -60,13 +63,19 @@ def test_resume_after_sigkill_matches_uninterrupted_run(kermany_small: Path, tmp
     config = tmp_path / "killed.yaml"
     config.write_text(yaml.safe_dump(killed.model_dump(mode="json")))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "synthmed", "train", "--config", str(config), "--no-progress"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "synthmed", "train", "--config", str(config), "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     target = killed.run_dir / "diffusion" / "step_0000004.pt"
     deadline = time.time() + 240
     while not target.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert target.exists(), proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint in time"
+    assert target.exists(), (
+        proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint in time"
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed.run_dir / "diffusion" / "model.pt").exists(), "run finished before it was killed"
@@ -99,13 +108,17 @@ def test_same_seed_same_weights_and_refuses_to_overwrite(kermany_small: Path, tm
 
 
 def test_resume_rejects_changed_architecture(tiny_run: Path) -> None:
-    changed = build_train_config({**yaml.safe_load((tiny_run / "config.yaml").read_text()),
-                                  "autoencoder": {"arch": {"latent_channels": 4}}})
+    changed = build_train_config(
+        {
+            **yaml.safe_load((tiny_run / "config.yaml").read_text()),
+            "autoencoder": {"arch": {"latent_channels": 4}},
+        }
+    )
     with pytest.raises(SynthmedError, match=r"autoencoder\.arch\.latent_channels"):
         resolve_run_config(changed, tiny_run, resume=True)
 
 
 def test_diffusion_stage_needs_trained_autoencoder(kermany_small: Path, tmp_path: Path) -> None:
     cfg = _cfg(kermany_small, tmp_path / "run")
-    with pytest.raises(SynthmedError, match="autoencoder.*model.pt"):
+    with pytest.raises(SynthmedError, match=r"autoencoder.*model\.pt"):
         train(cfg, ["diffusion"], progress=False)

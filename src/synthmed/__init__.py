@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 __all__ = ["SynthmedError", "__version__", "load"]
 
 
-def load(run_dir, **kwargs):  # noqa: ANN001, ANN201 - thin re-export, documented on the target
+def load(run_dir, **kwargs):
     """Load a trained run for generation: ``synthmed.load("runs/cxr").generate(label="PNEUMONIA", n=8)``."""
     from synthmed.sampling.pipeline import Pipeline
 

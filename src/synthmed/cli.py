@@ -17,7 +17,8 @@ from synthmed.errors import SynthmedError
 from synthmed.models.presets import PRESETS
 
 app = typer.Typer(
-    help="synthmed: train latent diffusion models on your own medical images and generate labelled synthetic data.",
+    help="synthmed: train latent diffusion models on your own medical images and generate labelled "
+    "synthetic data.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -51,8 +52,12 @@ class Stage(StrEnum):
 @app.command()
 @user_errors
 def train(
-    stage: Annotated[Stage, typer.Argument(help="Which stage to train: all = autoencoder then diffusion.")] = Stage.all,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (fields of TrainConfig).")] = None,
+    stage: Annotated[
+        Stage, typer.Argument(help="Which stage to train: all = autoencoder then diffusion.")
+    ] = Stage.all,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config (fields of TrainConfig).")
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="Data source (overrides data.source).")] = None,
     run: Annotated[Path | None, typer.Option(help="Run directory (overrides run_dir).")] = None,
     preset: Annotated[str | None, typer.Option(help=f"Architecture preset: {', '.join(PRESETS)}.")] = None,
@@ -89,27 +94,49 @@ def train(
 @user_errors
 def generate(
     run: Annotated[Path | None, typer.Option(help="Trained run directory.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder: <label>/syn_<seed>.png + manifest.jsonl.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder: <label>/syn_<seed>.png + manifest.jsonl.")
+    ] = None,
     label: Annotated[str | None, typer.Option(help="Class to generate (omit for unconditional).")] = None,
     count: Annotated[int | None, typer.Option(help="Number of images.")] = None,
     steps: Annotated[int | None, typer.Option(help="Sampler steps.")] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (1 = none).")] = None,
     seed: Annotated[int | None, typer.Option(help="First seed; image i gets seed+i.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="ddim, ddpm or pndm (rflow for rectified-flow models).")] = None,
+    sampler: Annotated[
+        str | None, typer.Option(help="ddim, ddpm or pndm (rflow for rectified-flow models).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
     bit_depth: Annotated[int | None, typer.Option(help="PNG bit depth: 8 or 16.")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 (bit-reproducible), bf16, fp16 or auto.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32 (bit-reproducible), bf16, fp16 or auto.")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with GenerateConfig fields.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML with GenerateConfig fields.")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Generate labelled synthetic images with a provenance manifest (re-running continues an interrupted job)."""
+    """Generate labelled synthetic images with a provenance manifest.
+
+    Re-running the same command continues an interrupted job: images already written are kept.
+    """
     from synthmed.sampling.pipeline import generate_to_folder
 
     values = read_yaml(config) if config else {}
-    given = {"run_dir": run, "out": out, "label": label, "count": count, "steps": steps, "guidance": guidance,
-             "seed": seed, "sampler": sampler, "batch_size": batch_size, "bit_depth": bit_depth,
-             "precision": precision, "device": device}
+    given = {
+        "run_dir": run,
+        "out": out,
+        "label": label,
+        "count": count,
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+        "sampler": sampler,
+        "batch_size": batch_size,
+        "bit_depth": bit_depth,
+        "precision": precision,
+        "device": device,
+    }
     values |= {k: v for k, v in given.items() if v is not None}
     try:
         cfg = GenerateConfig.model_validate(values)
@@ -125,7 +152,9 @@ def regenerate(
     manifest: Annotated[Path, typer.Argument(help="A manifest.jsonl written by synthmed generate.")],
     file: Annotated[str, typer.Option(help="The row's file name, e.g. PNEUMONIA/syn_00000003.png.")],
     out: Annotated[Path, typer.Option(help="Where to write the regenerated PNG.")],
-    run: Annotated[Path | None, typer.Option(help="Run directory (default: the one in the manifest row).")] = None,
+    run: Annotated[
+        Path | None, typer.Option(help="Run directory (default: the one in the manifest row).")
+    ] = None,
 ) -> None:
     """Re-create one image of a manifest from its recorded seed and settings."""
     from synthmed.reporting.images import save_png
@@ -135,8 +164,9 @@ def regenerate(
     if not rows:
         raise SynthmedError(f"no row for '{file}'", path=manifest)
     row = rows[-1]
-    pipe = Pipeline.load(run or row["run_dir"], device=row["device"], precision=row["precision"],
-                         checkpoint=row["checkpoint"])
+    pipe = Pipeline.load(
+        run or row["run_dir"], device=row["device"], precision=row["precision"], checkpoint=row["checkpoint"]
+    )
     save_png(pipe.regenerate(row), out, int(row.get("bit_depth", 8)))
     err.print(f"done: {out}")
 
@@ -145,7 +175,9 @@ def regenerate(
 @user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's data, run and report.")] = Path("demo_run"),
-    quick: Annotated[bool, typer.Option(help="A seconds-long smoke run (tiny model) instead of the real demo.")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="A seconds-long smoke run (tiny model) instead of the real demo.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train on MNI152 brain MRI slices shipped with nilearn (no download) and write report.html."""

@@ -32,29 +32,37 @@ class DataConfig(Strict):
     )
     image_size: int = Field(64, ge=8, le=2048, description="Square model input size in pixels.")
     resize_mode: Literal["pad", "crop", "stretch"] = Field(
-        "pad", description="pad: keep aspect ratio, fit the long side and pad; crop: fit the short side and "
-        "centre-crop; stretch: ignore aspect ratio."
+        "pad",
+        description="pad: keep aspect ratio, fit the long side and pad; crop: fit the short side and "
+        "centre-crop; stretch: ignore aspect ratio.",
     )
     clip_percentiles: tuple[float, float] = Field(
         (0.0, 99.0), description="Intensity percentiles mapped to [0, 1]; values outside are clipped."
     )
-    classes: list[str] | None = Field(None, description="Classes to use, in this order (default: all, sorted).")
+    classes: list[str] | None = Field(
+        None, description="Classes to use, in this order (default: all, sorted)."
+    )
     pattern: str | None = Field(
-        None, description="Glob for image files inside each class folder (default: <class>/images/* if that "
-        "folder exists, else every file below the class folder outside mask/label folders)."
+        None,
+        description="Glob for image files inside each class folder (default: <class>/images/* if that "
+        "folder exists, else every file below the class folder outside mask/label folders).",
     )
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     on_error: Literal["skip", "raise"] = Field(
         "skip", description="skip: unreadable files are left out and listed in split.json; raise: stop."
     )
-    allow_single_class: bool = Field(False, description="Accept a data set with one class (unconditional use).")
+    allow_single_class: bool = Field(
+        False, description="Accept a data set with one class (unconditional use)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         lo, hi = self.clip_percentiles
         if not 0.0 <= lo < hi <= 100.0:
-            raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}")
+            raise ValueError(
+                f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}"
+            )
         if self.val_fraction + self.holdout_fraction >= 0.9:
             raise ValueError("val_fraction + holdout_fraction must leave at least 10% for training")
         return self
@@ -91,7 +99,9 @@ class AutoencoderArch(Strict):
         if len(self.attention_levels) != len(self.channels):
             raise ValueError("attention_levels needs one entry per channels entry")
         if any(c % self.norm_num_groups for c in self.channels):
-            raise ValueError(f"every channel count must be divisible by norm_num_groups={self.norm_num_groups}")
+            raise ValueError(
+                f"every channel count must be divisible by norm_num_groups={self.norm_num_groups}"
+            )
         return self
 
     @property
@@ -124,7 +134,9 @@ class UNetArch(Strict):
         if len(self.attention_levels) != len(self.channels):
             raise ValueError("attention_levels needs one entry per channels entry")
         if any(c % self.norm_num_groups for c in self.channels):
-            raise ValueError(f"every channel count must be divisible by norm_num_groups={self.norm_num_groups}")
+            raise ValueError(
+                f"every channel count must be divisible by norm_num_groups={self.norm_num_groups}"
+            )
         return self
 
 
@@ -143,7 +155,9 @@ class DiffusionConfig(StageConfig):
     arch: UNetArch = UNetArch()
     noise: NoiseConfig = NoiseConfig()
     label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Classifier-free guidance label dropout.")
-    scale_factor_samples: int = Field(256, ge=8, description="Training images used to estimate the latent scale.")
+    scale_factor_samples: int = Field(
+        256, ge=8, description="Training images used to estimate the latent scale."
+    )
 
 
 class RuntimeConfig(Strict):

@@ -11,7 +11,9 @@ from synthmed.errors import SynthmedError
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise SynthmedError("CUDA was requested but no CUDA device is available; use device: cpu", field="device")
+        raise SynthmedError(
+            "CUDA was requested but no CUDA device is available; use device: cpu", field="device"
+        )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

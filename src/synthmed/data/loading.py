@@ -105,7 +105,7 @@ def load_arrays(records: Sequence[Record], cfg: DataConfig, class_names: Sequenc
             continue
         kept.append(record)
     labels = torch.tensor([index[r.label] for r in kept], dtype=torch.int64)
-    return Loaded(torch.from_numpy(images[: len(kept)].copy()), labels, kept, skipped)
+    return Loaded(torch.from_numpy(images[: len(kept)]), labels, kept, skipped)  # contiguous view, no copy
 
 
 def cache_key(records: Sequence[Record], cfg: DataConfig, split: str, class_names: Sequence[str]) -> str:
@@ -234,7 +234,8 @@ def _reuse(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
             "(or use a new run directory) to make a new split",
             path=split_path,
         )
-    found = discover(cfg)
+    # Single-class is allowed here so that losing a class reads as "the data changed", not as advice.
+    found = discover(cfg.model_copy(update={"allow_single_class": True}))
     if found.class_names != saved.class_names:
         raise SynthmedError(
             f"the data set's classes are now {found.class_names}, the split was made with "

@@ -25,8 +25,8 @@ DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 MAX_PIXELS = 64_000_000
 #: Largest file read into memory.
 MAX_FILE_BYTES = 1 << 30
-# Pillow only tries these decoders: fewer parsers face untrusted bytes, and 'MPO' covers camera JPEGs.
-_PIL_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF")
+# Pillow only tries these decoders, so fewer parsers face untrusted bytes (JPEG includes camera MPO).
+_PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 # Modes whose integer/float range is meaningful and must not be squeezed into 8 bits.
 _WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, the weights Pillow's convert("L") uses
@@ -94,6 +94,7 @@ def decode_image(data: bytes, path: Path) -> np.ndarray:
 
 
 def _decode_pil(data: bytes, path: Path) -> np.ndarray:
+    Image.init()  # registers the TIFF plugin that `formats=` needs (no-op once done)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:

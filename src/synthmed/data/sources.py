@@ -209,7 +209,12 @@ def _discover_folder(root: Path, cfg: DataConfig) -> tuple[list[Record], list[Sk
         raise SynthmedError(
             "no image files (PNG, JPEG, BMP, TIFF or DICOM) found in the class folders", path=root
         )
-    return records, skipped, sorted({r.label for r in records})
+    labels = {r.label for r in records}
+    # An empty class folder is reported rather than silently becoming "no such class".
+    skipped += [
+        Skipped(f"{d.name}/", "class folder without image files") for d in class_dirs if d.name not in labels
+    ]
+    return records, skipped, sorted(labels)
 
 
 def _class_files(class_dir: Path, pattern: str | None) -> list[Path]:
@@ -253,7 +258,8 @@ def _reject_nested_split_layout(root: Path, found: list[tuple[Path, str]]) -> No
         raise SynthmedError(
             f"every class folder ({sorted(subdirs)}) contains the same sub-folders {sorted(shared)}: "
             f"these look like the real classes. Point data.source at one of "
-            f"{[str(root / c) for c in sorted(subdirs)]}",
+            f"{[str(root / c) for c in sorted(subdirs)]} (if they are not classes, e.g. per-year folders, "
+            "set data.pattern: '**/*')",
             path=root,
         )
 
@@ -308,10 +314,13 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     wanted = {f"{k}_{part}" for k, _ in _NPZ_SPLITS for part in ("images", "labels")}
     wanted |= {"images", "labels", "label_names", "class_names"}
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # Our own handle: numpy leaks the one it opens when the archive turns out to be damaged.
+        with path.open("rb") as f:
+            npz = np.load(f, allow_pickle=False)
             if not isinstance(npz, np.lib.npyio.NpzFile):
                 raise SynthmedError("is a single .npy array, not an .npz archive", path=path)
-            arrays = {k: npz[k] for k in npz.files if k in wanted}
+            with npz:
+                arrays = {k: npz[k] for k in npz.files if k in wanted}
     except SynthmedError:
         raise
     except Exception as exc:  # zip/zlib/format/pickle errors on damaged or hostile archives

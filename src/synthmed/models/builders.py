@@ -27,7 +27,9 @@ def build_autoencoder(arch: AutoencoderArch, spatial_dims: int = 2) -> Autoencod
     )
 
 
-def build_unet(arch: UNetArch, latent_channels: int, num_classes: int, spatial_dims: int = 2) -> DiffusionModelUNet:
+def build_unet(
+    arch: UNetArch, latent_channels: int, num_classes: int, spatial_dims: int = 2
+) -> DiffusionModelUNet:
     # One extra class embedding is the "no label" token used for classifier-free guidance.
     return DiffusionModelUNet(
         spatial_dims=spatial_dims,
@@ -50,8 +52,11 @@ def build_discriminator(channels: int, num_layers: int, spatial_dims: int = 2) -
 
 
 def _schedule_args(noise: NoiseConfig) -> dict:
-    args: dict = {"num_train_timesteps": noise.num_train_timesteps, "schedule": noise.schedule,
-                  "prediction_type": noise.prediction_type}
+    args: dict = {
+        "num_train_timesteps": noise.num_train_timesteps,
+        "schedule": noise.schedule,
+        "prediction_type": noise.prediction_type,
+    }
     if noise.schedule != "cosine":
         args |= {"beta_start": noise.beta_start, "beta_end": noise.beta_end}
     return args
@@ -63,12 +68,17 @@ def build_scheduler(noise: NoiseConfig, sampler: str | None = None, spatial_dims
     allowed = SAMPLERS_FOR[noise.kind]
     if sampler is not None and name not in allowed:
         raise SynthmedError(
-            f"sampler '{sampler}' does not fit a model trained with '{noise.kind}'; choose one of {list(allowed)}",
+            f"sampler '{sampler}' does not fit a model trained with '{noise.kind}'; "
+            f"choose one of {list(allowed)}",
             field="sampler",
         )
     if name == "rflow":
-        return RFlowScheduler(num_train_timesteps=noise.num_train_timesteps, use_discrete_timesteps=False,
-                              sample_method="logit-normal", spatial_dim=spatial_dims)
+        return RFlowScheduler(
+            num_train_timesteps=noise.num_train_timesteps,
+            use_discrete_timesteps=False,
+            sample_method="logit-normal",
+            spatial_dim=spatial_dims,
+        )
     args = _schedule_args(noise)
     if name == "ddpm":
         return DDPMScheduler(clip_sample=False, **args)

@@ -23,9 +23,11 @@ from synthmed.training.run import train
 
 TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
-CITATION = ("MNI ICBM152 2009c nonlinear symmetric T1 template (Fonov et al., NeuroImage 2011; "
-            "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, McGill University), "
-            "as distributed with nilearn.")
+CITATION = (
+    "MNI ICBM152 2009c nonlinear symmetric T1 template (Fonov et al., NeuroImage 2011; "
+    "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, McGill University), "
+    "as distributed with nilearn."
+)
 
 # Budgets measured on 2 CPU cores (see README): the real demo fits in about ten minutes, quick in seconds.
 DEMO_SETTINGS = {
@@ -46,8 +48,9 @@ def template_path() -> Path:
 
     path = Path(nilearn.__file__).parent / "datasets" / "data" / TEMPLATE
     if not path.is_file():
-        raise SynthmedError("the MNI152 template is missing from this nilearn installation; reinstall nilearn",
-                            path=path)
+        raise SynthmedError(
+            "the MNI152 template is missing from this nilearn installation; reinstall nilearn", path=path
+        )
     return path
 
 
@@ -74,24 +77,46 @@ def run_demo(out: Path, quick: bool = False, progress: bool = True) -> Path:
     counts = write_slices(out / "data", every=6 if quick else 1)
     settings = QUICK_SETTINGS if quick else DEMO_SETTINGS
     cfg: TrainConfig = build_train_config(
-        {**settings, "run_dir": str(out / "run"), "data": {"source": str(out / "data")}}, source="demo")
+        {**settings, "run_dir": str(out / "run"), "data": {"source": str(out / "data")}}, source="demo"
+    )
     train(cfg, resume=(out / "run" / "config.yaml").exists(), progress=progress)
     t_train = time.perf_counter() - t0
     synthetic = out / "synthetic"
     per_class = 4 if quick else 12
     for plane in PLANES:
-        generate_to_folder(GenerateConfig(run_dir=cfg.run_dir, out=synthetic, label=plane, count=per_class,
-                                          steps=25, guidance=3.0, seed=0), progress=progress)
+        generate_to_folder(
+            GenerateConfig(
+                run_dir=cfg.run_dir,
+                out=synthetic,
+                label=plane,
+                count=per_class,
+                steps=25,
+                guidance=3.0,
+                seed=0,
+            ),
+            progress=progress,
+        )
     facts = {
         "data": f"{sum(counts.values())} slices of the MNI152 T1 template ({counts})",
-        "preset": cfg.preset, "image size": cfg.data.image_size,
-        "autoencoder steps": cfg.autoencoder.steps, "diffusion steps": cfg.diffusion.steps,
-        "sampler": "DDIM, 25 steps, guidance 3.0", "training time (s)": round(t_train, 1),
+        "preset": cfg.preset,
+        "image size": cfg.data.image_size,
+        "autoencoder steps": cfg.autoencoder.steps,
+        "diffusion steps": cfg.diffusion.steps,
+        "sampler": "DDIM, 25 steps, guidance 3.0",
+        "training time (s)": round(t_train, 1),
         "total time (s)": round(time.perf_counter() - t0, 1),
     }
-    notes = (f"<p>Synthetic brain MRI slices from a class-conditional latent diffusion model trained by "
-             f"<code>synthmed demo</code> on this machine; the class is the slice plane. Data: {CITATION} "
-             "The template is one (averaged) brain, so the model learns its slices, not a population: a real "
-             "data set of many patients is what synthmed is for.</p>")
-    return write_report(cfg, synthetic, out / "report.html", title="synthmed demo: MNI152 brain MRI slices",
-                        notes=notes, facts=facts)
+    notes = (
+        f"<p>Synthetic brain MRI slices from a class-conditional latent diffusion model trained by "
+        f"<code>synthmed demo</code> on this machine; the class is the slice plane. Data: {CITATION} "
+        "The template is one (averaged) brain, so the model learns its slices, not a population: a real "
+        "data set of many patients is what synthmed is for.</p>"
+    )
+    return write_report(
+        cfg,
+        synthetic,
+        out / "report.html",
+        title="synthmed demo: MNI152 brain MRI slices",
+        notes=notes,
+        facts=facts,
+    )

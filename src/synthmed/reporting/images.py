@@ -37,7 +37,9 @@ def grid(images: torch.Tensor | np.ndarray, ncols: int, pad: int = 2) -> np.ndar
     out = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad), dtype=np.float32)
     for i in range(n):
         r, c = divmod(i, ncols)
-        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = arr[i]
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = (
+            arr[i]
+        )
     return out
 
 

@@ -49,24 +49,39 @@ def plot_curves(run_dir: Path, path: Path) -> None:
 
 def _real_by_class(cfg: TrainConfig, per_class: int) -> tuple[list[str], dict[int, torch.Tensor]]:
     prepared = data_stage.prepare(cfg.data, cfg.seed, cfg.run_dir / "split.json")
-    images, labels = data_stage.load_split_arrays(prepared.records, cfg.data, "train", cfg.run_dir / "cache",
-                                                  class_names=prepared.class_names)
-    return prepared.class_names, {i: images[labels == i][:per_class] for i in range(len(prepared.class_names))}
+    images, labels = data_stage.load_split_arrays(
+        prepared.records, cfg.data, "train", cfg.run_dir / "cache", class_names=prepared.class_names
+    )
+    return prepared.class_names, {
+        i: images[labels == i][:per_class] for i in range(len(prepared.class_names))
+    }
 
 
-def _synthetic_by_class(synthetic_dir: Path, class_names: list[str], per_class: int) -> dict[int, torch.Tensor]:
+def _synthetic_by_class(
+    synthetic_dir: Path, class_names: list[str], per_class: int
+) -> dict[int, torch.Tensor]:
     rows = read_manifest(synthetic_dir / MANIFEST)
     out = {}
     for i, name in enumerate(class_names):
         chosen = [r for r in rows if r["label"] == name][:per_class]
         if chosen:
-            arrays = [data_stage.read_image(synthetic_dir / r["file"]) / (2 ** r["bit_depth"] - 1) for r in chosen]
+            arrays = [
+                data_stage.read_image(synthetic_dir / r["file"]) / (2 ** r["bit_depth"] - 1) for r in chosen
+            ]
             out[i] = torch.from_numpy(np.stack(arrays))[:, None]
     return out
 
 
-def write_report(cfg: TrainConfig, synthetic_dir: Path, out: Path, *, title: str, notes: str = "",
-                 per_class: int = 12, facts: dict[str, Any] | None = None) -> Path:
+def write_report(
+    cfg: TrainConfig,
+    synthetic_dir: Path,
+    out: Path,
+    *,
+    title: str,
+    notes: str = "",
+    per_class: int = 12,
+    facts: dict[str, Any] | None = None,
+) -> Path:
     """Write ``out`` (report.html) with its images in ``<out stem>_files/``."""
     assets = out.parent / f"{out.stem}_files"
     assets.mkdir(parents=True, exist_ok=True)
@@ -76,16 +91,30 @@ def write_report(cfg: TrainConfig, synthetic_dir: Path, out: Path, *, title: str
     sections = []
     for i, name in enumerate(class_names):
         save_grid(real[i], assets / f"real_{i}.png", ncols=6)
-        cells = [f'<figure><img src="{assets.name}/real_{i}.png"><figcaption>real (training split)</figcaption></figure>']
+        cells = [
+            f'<figure><img src="{assets.name}/real_{i}.png">'
+            "<figcaption>real (training split)</figcaption></figure>"
+        ]
         if i in synthetic:
             save_grid(synthetic[i], assets / f"synthetic_{i}.png", ncols=6)
-            cells.append(f'<figure><img src="{assets.name}/synthetic_{i}.png">'
-                         '<figcaption>synthetic</figcaption></figure>')
+            cells.append(
+                f'<figure><img src="{assets.name}/synthetic_{i}.png">'
+                "<figcaption>synthetic</figcaption></figure>"
+            )
         sections.append(f"<h3>{html.escape(name)}</h3><div class=row>{''.join(cells)}</div>")
-    fact_rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                        for k, v in (facts or {}).items())
-    out.write_text(_PAGE.format(title=html.escape(title), notes=notes, facts=fact_rows, grids="".join(sections),
-                                curves=f"{assets.name}/curves.png"))
+    fact_rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in (facts or {}).items()
+    )
+    out.write_text(
+        _PAGE.format(
+            title=html.escape(title),
+            notes=notes,
+            facts=fact_rows,
+            grids="".join(sections),
+            curves=f"{assets.name}/curves.png",
+        )
+    )
     return out
 
 

@@ -41,20 +41,32 @@ class Generated:
 class Pipeline:
     """A trained autoencoder + class-conditional UNet, ready to sample."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, autoencoder: torch.nn.Module, unet: torch.nn.Module,
-                 scale_factor: float, class_names: list[str], hashes: dict[str, str], device: torch.device,
-                 dtype: torch.dtype, checkpoint: str) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        cfg: TrainConfig,
+        autoencoder: torch.nn.Module,
+        unet: torch.nn.Module,
+        scale_factor: float,
+        class_names: list[str],
+        hashes: dict[str, str],
+        device: torch.device,
+        dtype: torch.dtype,
+        checkpoint: str,
+    ) -> None:
         self.run_dir, self.cfg, self.autoencoder, self.unet = run_dir, cfg, autoencoder, unet
         self.scale_factor, self.class_names, self.hashes = scale_factor, class_names, hashes
         self.device, self.dtype, self.checkpoint = device, dtype, checkpoint
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", precision: str = "fp32",
-             checkpoint: str = "ema") -> Pipeline:
+    def load(
+        cls, run_dir: str | Path, device: str = "auto", precision: str = "fp32", checkpoint: str = "ema"
+    ) -> Pipeline:
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
-            raise SynthmedError("not a synthmed run directory (no config.yaml); train one with synthmed train",
-                                path=run_dir)
+            raise SynthmedError(
+                "not a synthmed run directory (no config.yaml); train one with synthmed train", path=run_dir
+            )
         cfg = build_train_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
         dev = resolve_device(device)
         ae_path, unet_path = run_dir / "autoencoder" / "model.pt", run_dir / "diffusion" / "model.pt"
@@ -64,9 +76,22 @@ class Pipeline:
         class_names = list(state["extra"]["class_names"])
         unet = build_unet(cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, len(class_names)).to(dev)
         ckpt.load_exported(unet, unet_path, checkpoint)
-        hashes = {"autoencoder_sha256": ckpt.file_sha256(ae_path), "diffusion_sha256": ckpt.file_sha256(unet_path)}
-        return cls(run_dir, cfg, autoencoder.eval(), unet.eval(), float(state["extra"]["scale_factor"]),
-                   class_names, hashes, dev, resolve_precision(precision, dev), checkpoint)
+        hashes = {
+            "autoencoder_sha256": ckpt.file_sha256(ae_path),
+            "diffusion_sha256": ckpt.file_sha256(unet_path),
+        }
+        return cls(
+            run_dir,
+            cfg,
+            autoencoder.eval(),
+            unet.eval(),
+            float(state["extra"]["scale_factor"]),
+            class_names,
+            hashes,
+            dev,
+            resolve_precision(precision, dev),
+            checkpoint,
+        )
 
     @property
     def image_size(self) -> int:
@@ -86,12 +111,22 @@ class Pipeline:
         if label is None:
             return len(self.class_names)
         if label not in self.class_names:
-            raise SynthmedError(f"unknown label '{label}'; this model knows {self.class_names}", field="label")
+            raise SynthmedError(
+                f"unknown label '{label}'; this model knows {self.class_names}", field="label"
+            )
         return self.class_names.index(label)
 
     @torch.inference_mode()
-    def sample_batch(self, seeds: list[int], label: str | None, *, steps: int = 25, guidance: float = 3.0,
-                     sampler: str = "ddim", callback: StepCallback | None = None) -> torch.Tensor:
+    def sample_batch(
+        self,
+        seeds: list[int],
+        label: str | None,
+        *,
+        steps: int = 25,
+        guidance: float = 3.0,
+        sampler: str = "ddim",
+        callback: StepCallback | None = None,
+    ) -> torch.Tensor:
         """Images (len(seeds), 1, H, W) in [0, 1] for one batch of seeds."""
         if not seeds:
             raise SynthmedError("at least one seed is needed", field="count")
@@ -100,19 +135,40 @@ class Pipeline:
         noise = initial_noise(seeds, self.latent_shape, self.device)
         generator = torch.Generator(self.device).manual_seed(seeds[0])  # stochastic samplers' per-step noise
         amp = autocast(self.device, self.dtype)
-        z = denoise(self.unet, scheduler, noise, labels, null_label=len(self.class_names), steps=steps,
-                    guidance=guidance, generator=generator, autocast=amp, callback=callback)
+        z = denoise(
+            self.unet,
+            scheduler,
+            noise,
+            labels,
+            null_label=len(self.class_names),
+            steps=steps,
+            guidance=guidance,
+            generator=generator,
+            autocast=amp,
+            callback=callback,
+        )
         with amp:
             images = self.autoencoder.decode(z / self.scale_factor)
         return images.float().clamp(0, 1).cpu()
 
-    def manifest_row(self, seed: int, batch: list[int], label: str | None, steps: int, guidance: float,
-             sampler: str) -> dict[str, Any]:
+    def manifest_row(
+        self, seed: int, batch: list[int], label: str | None, steps: int, guidance: float, sampler: str
+    ) -> dict[str, Any]:
         return {
-            "label": label, "seed": seed, "batch_seeds": batch, "sampler": sampler, "steps": steps,
-            "guidance": guidance, "checkpoint": self.checkpoint, "precision": str(self.dtype).removeprefix("torch."),
-            "device": self.device.type, "image_size": self.image_size, "run_dir": str(self.run_dir.resolve()),
-            **self.hashes, "synthmed_version": synthmed.__version__, "torch_version": torch.__version__,
+            "label": label,
+            "seed": seed,
+            "batch_seeds": batch,
+            "sampler": sampler,
+            "steps": steps,
+            "guidance": guidance,
+            "checkpoint": self.checkpoint,
+            "precision": str(self.dtype).removeprefix("torch."),
+            "device": self.device.type,
+            "image_size": self.image_size,
+            "run_dir": str(self.run_dir.resolve()),
+            **self.hashes,
+            "synthmed_version": synthmed.__version__,
+            "torch_version": torch.__version__,
             "machine": platform.machine(),
         }
 
@@ -120,9 +176,18 @@ class Pipeline:
         for i in range(0, len(seeds), batch_size):
             yield seeds[i : i + batch_size]
 
-    def generate(self, label: str | None = None, n: int = 16, *, steps: int = 25, guidance: float = 3.0,
-                 seed: int = 0, sampler: str = "ddim", batch_size: int = 16,
-                 on_batch: Callable[[int], None] | None = None) -> Generated:
+    def generate(
+        self,
+        label: str | None = None,
+        n: int = 16,
+        *,
+        steps: int = 25,
+        guidance: float = 3.0,
+        seed: int = 0,
+        sampler: str = "ddim",
+        batch_size: int = 16,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> Generated:
         """``n`` images of class ``label`` with seeds ``seed .. seed+n-1``."""
         _check_counts(n, steps, batch_size)
         self.label_index(label)
@@ -135,13 +200,18 @@ class Pipeline:
         return Generated(torch.cat(images), rows)
 
     def regenerate(self, row: dict[str, Any]) -> torch.Tensor:
-        """Re-create the image of one manifest row, (1, H, W), bit for bit on the same device and precision."""
+        """Re-create one manifest row's image, (1, H, W), bit for bit on the same device and precision."""
         for key in ("autoencoder_sha256", "diffusion_sha256"):
             if row.get(key) != self.hashes[key]:
                 raise SynthmedError(f"manifest row was made with other weights ({key} differs)", field=key)
         batch = [int(s) for s in row["batch_seeds"]]
-        images = self.sample_batch(batch, row["label"], steps=int(row["steps"]), guidance=float(row["guidance"]),
-                                   sampler=row["sampler"])
+        images = self.sample_batch(
+            batch,
+            row["label"],
+            steps=int(row["steps"]),
+            guidance=float(row["guidance"]),
+            sampler=row["sampler"],
+        )
         return images[batch.index(int(row["seed"]))]
 
 
@@ -181,42 +251,64 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
     pipe = Pipeline.load(cfg.run_dir, device=cfg.device, precision=cfg.precision, checkpoint=cfg.checkpoint)
     pipe.label_index(cfg.label)
     if cfg.sampler not in pipe.samplers:
-        raise SynthmedError(f"unknown sampler '{cfg.sampler}' for this model; choose one of {list(pipe.samplers)}",
-                            field="sampler")
+        raise SynthmedError(
+            f"unknown sampler '{cfg.sampler}' for this model; choose one of {list(pipe.samplers)}",
+            field="sampler",
+        )
     cfg.out.mkdir(parents=True, exist_ok=True)
     manifest = cfg.out / MANIFEST
     existing = {r["file"]: r for r in read_manifest(manifest)}
     seeds = list(range(cfg.seed, cfg.seed + cfg.count))
     todo = [s for s in seeds if not _already_done(existing, pipe, cfg, s)]
-    with Progress(TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress) as bar:
+    with Progress(
+        TextColumn("[bold]generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+    ) as bar:
         task = bar.add_task("generate", total=len(seeds), completed=len(seeds) - len(todo))
         for batch in pipe.batches(todo, cfg.batch_size):
-            images = pipe.sample_batch(batch, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler)
+            images = pipe.sample_batch(
+                batch, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler
+            )
             _write_batch(cfg, pipe, manifest, batch, images)
             bar.advance(task, len(batch))
     return cfg.out
 
 
-def _already_done(existing: dict[str, dict[str, Any]], pipe: Pipeline, cfg: GenerateConfig, seed: int) -> bool:
+def _already_done(
+    existing: dict[str, dict[str, Any]], pipe: Pipeline, cfg: GenerateConfig, seed: int
+) -> bool:
     name = file_name(cfg.label, seed)
     row = existing.get(name)
     if row is None or not (cfg.out / name).exists():
         return False
-    wanted = pipe.manifest_row(seed, [], cfg.label, cfg.steps, cfg.guidance, cfg.sampler) | {"bit_depth": cfg.bit_depth}
+    wanted = pipe.manifest_row(seed, [], cfg.label, cfg.steps, cfg.guidance, cfg.sampler) | {
+        "bit_depth": cfg.bit_depth
+    }
     differing = [k for k in (*SETTINGS, "bit_depth") if row.get(k) != wanted[k]]
     if differing:
-        raise SynthmedError(f"{name} already exists there, generated with other settings ({differing}); choose "
-                            "another --out or --seed", path=cfg.out)
+        raise SynthmedError(
+            f"{name} already exists there, generated with other settings ({differing}); choose "
+            "another --out or --seed",
+            path=cfg.out,
+        )
     return True
 
 
-def _write_batch(cfg: GenerateConfig, pipe: Pipeline, manifest: Path, batch: list[int], images: torch.Tensor) -> None:
+def _write_batch(
+    cfg: GenerateConfig, pipe: Pipeline, manifest: Path, batch: list[int], images: torch.Tensor
+) -> None:
     created = datetime.now(UTC).isoformat(timespec="seconds")
     with open(manifest, "a") as fh:
         for seed, image in zip(batch, images, strict=True):
             name = file_name(cfg.label, seed)
             save_png(image, cfg.out / name, cfg.bit_depth)
-            row = {"file": name, **pipe.manifest_row(seed, batch, cfg.label, cfg.steps, cfg.guidance, cfg.sampler),
-                   "bit_depth": cfg.bit_depth, "created": created}
+            row = {
+                "file": name,
+                **pipe.manifest_row(seed, batch, cfg.label, cfg.steps, cfg.guidance, cfg.sampler),
+                "bit_depth": cfg.bit_depth,
+                "created": created,
+            }
             fh.write(json.dumps(row) + "\n")

@@ -25,15 +25,24 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device
     return torch.stack(out).to(device)
 
 
-def _predict(unet: DiffusionModelUNet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
-             null_label: int, guidance: float) -> torch.Tensor:
+def _predict(
+    unet: DiffusionModelUNet,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    labels: torch.Tensor,
+    null_label: int,
+    guidance: float,
+) -> torch.Tensor:
     timesteps = t.expand(x.shape[0]).to(x.device)
     unconditional = bool((labels == null_label).all())
     if unconditional or guidance == 1.0:
         return unet(x, timesteps=timesteps, class_labels=labels)
     # Conditional and unconditional predictions in one batched forward pass.
-    both = unet(torch.cat([x, x]), timesteps=torch.cat([timesteps, timesteps]),
-                class_labels=torch.cat([labels, torch.full_like(labels, null_label)]))
+    both = unet(
+        torch.cat([x, x]),
+        timesteps=torch.cat([timesteps, timesteps]),
+        class_labels=torch.cat([labels, torch.full_like(labels, null_label)]),
+    )
     cond, uncond = both.float().chunk(2)
     return uncond + guidance * (cond - uncond)
 

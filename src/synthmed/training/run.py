@@ -63,11 +63,16 @@ def check_against_saved(cfg: TrainConfig, resume: bool) -> None:
     if not saved_path.exists():
         return
     saved = build_train_config(read_yaml(saved_path), source=str(saved_path))
-    changed = _diff(saved.model_dump(mode="json"), cfg.model_copy(update={"run_dir": saved.run_dir}).model_dump(mode="json"))
+    changed = _diff(
+        saved.model_dump(mode="json"),
+        cfg.model_copy(update={"run_dir": saved.run_dir}).model_dump(mode="json"),
+    )
     if changed:
         fix = "resume with the saved config" if resume else "choose a new run_dir"
-        raise SynthmedError(f"the config differs from the run's saved config.yaml in {sorted(changed)}; {fix}",
-                            path=saved_path)
+        raise SynthmedError(
+            f"the config differs from the run's saved config.yaml in {sorted(changed)}; {fix}",
+            path=saved_path,
+        )
 
 
 def resolve_run_config(cfg: TrainConfig | None, run_dir: Path | None, resume: bool) -> TrainConfig:
@@ -87,13 +92,15 @@ def resolve_run_config(cfg: TrainConfig | None, run_dir: Path | None, resume: bo
 
 def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
     if cfg.data.source is None:
-        raise SynthmedError("no data source: set data.source (or --data) to a folder, .npz or CSV file",
-                            field="data.source")
+        raise SynthmedError(
+            "no data source: set data.source (or --data) to a folder, .npz or CSV file", field="data.source"
+        )
     prepared = data_stage.prepare(cfg.data, cfg.seed, cfg.run_dir / "split.json")
     cache = cfg.run_dir / "cache"
     arrays = {
-        split: data_stage.load_split_arrays(prepared.records, cfg.data, split, cache,
-                                               class_names=prepared.class_names)
+        split: data_stage.load_split_arrays(
+            prepared.records, cfg.data, split, cache, class_names=prepared.class_names
+        )
         for split in ("train", "val")
     }
     train_x, train_y = arrays["train"]
@@ -102,8 +109,9 @@ def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
         raise SynthmedError("the training split is empty", path=cfg.data.source)
     if len(val_x) == 0:  # tiny data sets: validate on a few training images rather than not at all
         val_x, val_y = train_x[:8], train_y[:8]
-    return TrainingData(prepared.class_names, train_x.to(device), train_y.to(device), val_x.to(device),
-                        val_y.to(device))
+    return TrainingData(
+        prepared.class_names, train_x.to(device), train_y.to(device), val_x.to(device), val_y.to(device)
+    )
 
 
 def _stage_done(stage_dir: Path, steps: int) -> bool:
@@ -111,10 +119,18 @@ def _stage_done(stage_dir: Path, steps: int) -> bool:
     return model.exists() and int(ckpt.load(model)["step"]) >= steps
 
 
-def _trainer(task, stage_cfg, cfg: TrainConfig, device: torch.device, progress: bool) -> Trainer:  # noqa: ANN001
+def _trainer(task, stage_cfg, cfg: TrainConfig, device: torch.device, progress: bool) -> Trainer:
     dtype = resolve_precision(cfg.runtime.precision, device)
-    return Trainer(task, stage_cfg, cfg.run_dir / task.name, seed=cfg.seed, device=device, dtype=dtype,
-                   progress=progress, tensorboard=cfg.runtime.tensorboard)
+    return Trainer(
+        task,
+        stage_cfg,
+        cfg.run_dir / task.name,
+        seed=cfg.seed,
+        device=device,
+        dtype=dtype,
+        progress=progress,
+        tensorboard=cfg.runtime.tensorboard,
+    )
 
 
 def load_autoencoder(cfg: TrainConfig, device: torch.device, which: str = "ema") -> torch.nn.Module:
@@ -123,7 +139,9 @@ def load_autoencoder(cfg: TrainConfig, device: torch.device, which: str = "ema")
     return model.eval()
 
 
-def _latents(cfg: TrainConfig, autoencoder: torch.nn.Module, data: TrainingData) -> tuple[torch.Tensor, torch.Tensor]:
+def _latents(
+    cfg: TrainConfig, autoencoder: torch.nn.Module, data: TrainingData
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode the training and validation images once; cached beside the diffusion stage by AE weights."""
     key = ckpt.file_sha256(cfg.run_dir / "autoencoder" / "model.pt")[:16]
     path = cfg.run_dir / "diffusion" / f"latents-{key}.pt"
@@ -135,8 +153,14 @@ def _latents(cfg: TrainConfig, autoencoder: torch.nn.Module, data: TrainingData)
     return train, val
 
 
-def train(cfg: TrainConfig, stages: Sequence[str] = STAGES, *, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> Path:
+def train(
+    cfg: TrainConfig,
+    stages: Sequence[str] = STAGES,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> Path:
     """Train the requested stages in order; returns the run directory."""
     for stage in stages:
         if stage not in STAGES:
@@ -147,8 +171,10 @@ def train(cfg: TrainConfig, stages: Sequence[str] = STAGES, *, resume: bool = Fa
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, cfg.run_dir / "config.yaml")
     data = load_training_data(cfg, device)
-    console.print(f"[bold]{cfg.run_dir}[/]: {len(data.train_images)} training and {len(data.val_images)} "
-                  f"validation images, classes {data.class_names}, device {device}")
+    console.print(
+        f"[bold]{cfg.run_dir}[/]: {len(data.train_images)} training and {len(data.val_images)} "
+        f"validation images, classes {data.class_names}, device {device}"
+    )
     for stage in stages:
         stage_cfg = getattr(cfg, stage)
         if _stage_done(cfg.run_dir / stage, stage_cfg.steps):
@@ -171,5 +197,13 @@ def _diffusion_task(cfg: TrainConfig, data: TrainingData, device: torch.device) 
     train_lat, val_lat = _latents(cfg, autoencoder, data)
     scale = latent_scale_factor(train_lat, cfg.diffusion.scale_factor_samples, cfg.seed)
     torch.manual_seed(cfg.seed)
-    return DiffusionTask(cfg.diffusion, autoencoder, train_lat, data.train_labels, val_lat, data.val_labels,
-                         data.class_names, scale)
+    return DiffusionTask(
+        cfg.diffusion,
+        autoencoder,
+        train_lat,
+        data.train_labels,
+        val_lat,
+        data.val_labels,
+        data.class_names,
+        scale,
+    )

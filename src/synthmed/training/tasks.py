@@ -40,27 +40,38 @@ class LocalPerceptualLoss(nn.Module):
         try:
             self.net = torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:  # torch.jit raises several types on bad files
-            raise SynthmedError(f"cannot load the perceptual network as TorchScript ({exc})", path=path) from exc
+            raise SynthmedError(
+                f"cannot load the perceptual network as TorchScript ({exc})", path=path
+            ) from exc
         for p in self.net.parameters():
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         fx, fy = self.net(x.repeat(1, 3, 1, 1)), self.net(y.repeat(1, 3, 1, 1))
         fx, fy = (fx, fy) if isinstance(fx, list | tuple) else ([fx], [fy])
-        dist = [(F.normalize(a, dim=1) - F.normalize(b, dim=1)).pow(2).sum(1).mean() for a, b in zip(fx, fy, strict=True)]
+        dist = [
+            (F.normalize(a, dim=1) - F.normalize(b, dim=1)).pow(2).sum(1).mean()
+            for a, b in zip(fx, fy, strict=True)
+        ]
         return torch.stack(dist).mean()
 
 
 class AutoencoderTask:
     name = "autoencoder"
 
-    def __init__(self, model: AutoencoderKL, cfg: AutoencoderConfig, train: torch.Tensor, val: torch.Tensor) -> None:
+    def __init__(
+        self, model: AutoencoderKL, cfg: AutoencoderConfig, train: torch.Tensor, val: torch.Tensor
+    ) -> None:
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
         self.num_items = len(train)
         device = train.device
-        self.disc = build_discriminator(cfg.disc_channels, cfg.disc_layers).to(device) if cfg.adv_weight else None
+        self.disc = (
+            build_discriminator(cfg.disc_channels, cfg.disc_layers).to(device) if cfg.adv_weight else None
+        )
         self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
-        self.perceptual = LocalPerceptualLoss(cfg.perceptual_weights).to(device) if cfg.perceptual_weights else None
+        self.perceptual = (
+            LocalPerceptualLoss(cfg.perceptual_weights).to(device) if cfg.perceptual_weights else None
+        )
 
     def trainables(self) -> dict[str, nn.Module]:
         return {"autoencoder": self.model} | ({"discriminator": self.disc} if self.disc is not None else {})
@@ -125,9 +136,17 @@ def latent_scale_factor(latents: torch.Tensor, samples: int, seed: int) -> float
 class DiffusionTask:
     name = "diffusion"
 
-    def __init__(self, cfg: DiffusionConfig, autoencoder: AutoencoderKL, train_latents: torch.Tensor,
-                 train_labels: torch.Tensor, val_latents: torch.Tensor, val_labels: torch.Tensor,
-                 class_names: list[str], scale_factor: float) -> None:
+    def __init__(
+        self,
+        cfg: DiffusionConfig,
+        autoencoder: AutoencoderKL,
+        train_latents: torch.Tensor,
+        train_labels: torch.Tensor,
+        val_latents: torch.Tensor,
+        val_labels: torch.Tensor,
+        class_names: list[str],
+        scale_factor: float,
+    ) -> None:
         self.cfg, self.autoencoder, self.class_names = cfg, autoencoder.eval(), class_names
         self.train_latents, self.train_labels = train_latents, train_labels
         self.val_latents, self.val_labels = val_latents, val_labels
@@ -141,7 +160,9 @@ class DiffusionTask:
     def trainables(self) -> dict[str, nn.Module]:
         return {"unet": self.model}
 
-    def _noisy(self, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _noisy(
+        self, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Noised input and regression target for the configured noise process and prediction type."""
         x_t = self.scheduler.add_noise(z, noise, t)
         if self.cfg.noise.kind == "rflow":

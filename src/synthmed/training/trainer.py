@@ -15,9 +15,16 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from synthmed.config import StageConfig
 from synthmed.errors import SynthmedError
@@ -61,13 +68,37 @@ def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torc
     return torch.from_numpy(perm[pos * batch_size : (pos + 1) * batch_size])
 
 
-def _warmup(warmup_steps: int):  # noqa: ANN202 - LambdaLR factor
+def ema_with_warmup(decay: float):  # noqa: ANN201 - AveragedModel multi_avg_fn
+    """EMA whose decay ramps up as min(decay, (1 + n) / (10 + n)) (diffusers' EMAModel warm-up).
+
+    torch's get_ema_multi_avg_fn uses a fixed decay, which leaves the average dominated by the random
+    initial weights for the first ~1/(1 - decay) steps: useless for short CPU runs.
+    """
+
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return update
+
+
+def _warmup(warmup_steps: int):
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
 
 class Trainer:
-    def __init__(self, task: Task, cfg: StageConfig, stage_dir: Path, *, seed: int, device: torch.device,
-                 dtype: torch.dtype, progress: bool = True, tensorboard: bool = False) -> None:
+    def __init__(
+        self,
+        task: Task,
+        cfg: StageConfig,
+        stage_dir: Path,
+        *,
+        seed: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        progress: bool = True,
+        tensorboard: bool = False,
+    ) -> None:
         self.task, self.cfg, self.dir, self.seed = task, cfg, Path(stage_dir), seed
         self.device, self.dtype, self.show_progress = device, dtype, progress
         self.optimizers = {
@@ -79,8 +110,12 @@ class Trainer:
             for name, opt in self.optimizers.items()
         }
         # GradScaler is only needed (and only enabled) for fp16 on CUDA.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
-        self.ema = AveragedModel(task.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        self.scaler = torch.amp.GradScaler(
+            device.type, enabled=dtype == torch.float16 and device.type == "cuda"
+        )
+        self.ema = AveragedModel(
+            task.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True
+        )
         self.step = 0
         self.tb = _tensorboard(self.dir) if tensorboard else None
 
@@ -126,7 +161,9 @@ class Trainer:
         except (KeyError, RuntimeError) as exc:
             raise SynthmedError(
                 f"checkpoint does not match this config's model ({exc}); resume with the run's own "
-                "config.yaml or start a new run_dir", path=path) from exc
+                "config.yaml or start a new run_dir",
+                path=path,
+            ) from exc
         self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
@@ -135,8 +172,15 @@ class Trainer:
     def export(self) -> Path:
         """Weights for generation: EMA and raw copies of the main model, written atomically."""
         ema_weights = self.ema.module.state_dict()
-        ckpt.atomic_save({"step": self.step, "ema": ema_weights, "raw": self.task.model.state_dict(),
-                          "extra": self.task.extra_state()}, self.model_path)
+        ckpt.atomic_save(
+            {
+                "step": self.step,
+                "ema": ema_weights,
+                "raw": self.task.model.state_dict(),
+                "extra": self.task.extra_state(),
+            },
+            self.model_path,
+        )
         return self.model_path
 
     # --- logging -----------------------------------------------------------------------------------------
@@ -172,8 +216,11 @@ class Trainer:
             losses, logs = self.task.losses(index, self.step)
         for name, loss in losses.items():
             if not torch.isfinite(loss):
-                raise SynthmedError(f"{name} loss became {loss.item()} at step {self.step}; lower lr or check the "
-                                    "data (last good checkpoint kept)", field=f"{self.task.name}.lr")
+                raise SynthmedError(
+                    f"{name} loss became {loss.item()} at step {self.step}; lower lr or check the "
+                    "data (last good checkpoint kept)",
+                    field=f"{self.task.name}.lr",
+                )
             opt = self.optimizers[name]
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -188,13 +235,14 @@ class Trainer:
         return {**{f"loss_{k}": v.item() for k, v in losses.items()}, **logs}
 
     def run(self, resume: bool = False, stop_after: int | None = None) -> Path:
-        """Train to ``cfg.steps`` (or stop after ``stop_after`` steps, for tests); returns the exported weights."""
+        """Train to ``cfg.steps`` (or for ``stop_after`` more steps); returns the exported weights' path."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.last_path.exists():
             if not resume:
                 raise SynthmedError(
                     "this stage already has a checkpoint; pass --resume to continue it, or use a new run_dir",
-                    path=self.last_path)
+                    path=self.last_path,
+                )
             self.load_checkpoint(self.last_path)
             self._truncate_log()
         total = self.cfg.steps
@@ -223,8 +271,13 @@ class Trainer:
 
 def _progress(enabled: bool) -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         disable=not enabled,
     )
 
@@ -233,6 +286,8 @@ def _tensorboard(log_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise SynthmedError("runtime.tensorboard is on but tensorboard is not installed; "
-                            "pip install 'synthmed[tensorboard]'", field="runtime.tensorboard") from exc
+        raise SynthmedError(
+            "runtime.tensorboard is on but tensorboard is not installed; pip install 'synthmed[tensorboard]'",
+            field="runtime.tensorboard",
+        ) from exc
     return SummaryWriter(str(log_dir / "tensorboard"))
