@@ -84,24 +84,35 @@ class StageConfig(Strict):
     log_every: int = Field(10, ge=1)
 
 
-class AutoencoderArch(Strict):
-    channels: list[int] = [32, 64, 64]
+class NetworkArch(Strict):
+    """Fields and checks shared by the MONAI autoencoder and UNet constructors."""
+
+    channels: list[int]
     num_res_blocks: int = Field(1, ge=1)
-    attention_levels: list[bool] = [False, False, False]
-    latent_channels: int = Field(3, ge=1)
+    attention_levels: list[bool]
     norm_num_groups: int = Field(16, ge=1)
-    with_nonlocal_attn: bool = False
 
     @model_validator(mode="after")
-    def _check(self) -> Self:
-        if len(self.channels) not in (3, 4):
-            raise ValueError("channels needs 3 levels (4x compression) or 4 levels (8x compression)")
+    def _check_levels(self) -> Self:
         if len(self.attention_levels) != len(self.channels):
             raise ValueError("attention_levels needs one entry per channels entry")
         if any(c % self.norm_num_groups for c in self.channels):
             raise ValueError(
                 f"every channel count must be divisible by norm_num_groups={self.norm_num_groups}"
             )
+        return self
+
+
+class AutoencoderArch(NetworkArch):
+    channels: list[int] = [32, 64, 64]
+    attention_levels: list[bool] = [False, False, False]
+    latent_channels: int = Field(3, ge=1)
+    with_nonlocal_attn: bool = False
+
+    @model_validator(mode="after")
+    def _check_depth(self) -> Self:
+        if len(self.channels) not in (3, 4):
+            raise ValueError("channels needs 3 levels (4x compression) or 4 levels (8x compression)")
         return self
 
     @property
@@ -117,27 +128,18 @@ class AutoencoderConfig(StageConfig):
     disc_channels: int = Field(32, ge=4)
     disc_layers: int = Field(2, ge=1)
     perceptual_weights: Path | None = Field(
-        None, description="Local TorchScript feature network for a perceptual loss; none is downloaded."
+        None,
+        description="Local feature network (torch.export .pt2 or TorchScript) for a perceptual loss; "
+        "nothing is downloaded.",
     )
     perceptual_weight: float = Field(0.3, ge=0)
 
 
-class UNetArch(Strict):
+class UNetArch(NetworkArch):
     channels: list[int] = [64, 128, 128]
-    num_res_blocks: int = Field(1, ge=1)
     attention_levels: list[bool] = [False, True, True]
     num_head_channels: int = Field(32, ge=1)
     norm_num_groups: int = Field(32, ge=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        if len(self.attention_levels) != len(self.channels):
-            raise ValueError("attention_levels needs one entry per channels entry")
-        if any(c % self.norm_num_groups for c in self.channels):
-            raise ValueError(
-                f"every channel count must be divisible by norm_num_groups={self.norm_num_groups}"
-            )
-        return self
 
 
 class NoiseConfig(Strict):

@@ -25,7 +25,10 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
         if device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return {v: k for k, v in PRECISION_NAMES.items()}[name]
+
+
+PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:

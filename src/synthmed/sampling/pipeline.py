@@ -23,7 +23,7 @@ from synthmed.config import GenerateConfig, TrainConfig, build_train_config, rea
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import SAMPLERS_FOR, build_autoencoder, build_scheduler, build_unet
 from synthmed.reporting.images import save_png
-from synthmed.runtime import autocast, resolve_device, resolve_precision
+from synthmed.runtime import PRECISION_NAMES, autocast, resolve_device, resolve_precision
 from synthmed.sampling.sampler import StepCallback, denoise, initial_noise
 from synthmed.training import checkpoint as ckpt
 
@@ -162,7 +162,7 @@ class Pipeline:
             "steps": steps,
             "guidance": guidance,
             "checkpoint": self.checkpoint,
-            "precision": str(self.dtype).removeprefix("torch."),
+            "precision": PRECISION_NAMES[self.dtype],
             "device": self.device.type,
             "image_size": self.image_size,
             "run_dir": str(self.run_dir.resolve()),

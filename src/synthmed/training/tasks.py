@@ -28,21 +28,23 @@ def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
 
 
 class LocalPerceptualLoss(nn.Module):
-    """LPIPS-style distance on a user-supplied TorchScript feature network.
+    """LPIPS-style distance on a user-supplied feature network read from a local file.
 
     MONAI's PerceptualLoss fetches its weights from torch.hub or needs torchvision; synthmed must never
-    download, so the network comes from a local file. It takes (B, 3, H, W) in [0, 1] and returns a tensor
-    or a list of feature maps; channels are unit-normalised as in LPIPS, without learned layer weights.
+    download, so the network comes from a file: a ``torch.export`` program (``.pt2``, saved with dynamic batch
+    and spatial dims) or a TorchScript module. It takes (B, 3, H, W) in [0, 1] and returns a tensor or a list
+    of feature maps; channels are unit-normalised as in LPIPS, without learned layer weights.
     """
 
     def __init__(self, path: Path) -> None:
         super().__init__()
         try:
-            self.net = torch.jit.load(str(path), map_location="cpu").eval()
-        except Exception as exc:  # torch.jit raises several types on bad files
-            raise SynthmedError(
-                f"cannot load the perceptual network as TorchScript ({exc})", path=path
-            ) from exc
+            if Path(path).suffix == ".pt2":
+                self.net = torch.export.load(str(path)).module()
+            else:
+                self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as exc:  # torch raises many types on bad files
+            raise SynthmedError(f"cannot load the perceptual network ({exc})", path=path) from exc
         for p in self.net.parameters():
             p.requires_grad_(False)
 

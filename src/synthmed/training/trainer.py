@@ -68,14 +68,16 @@ def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torc
     return torch.from_numpy(perm[pos * batch_size : (pos + 1) * batch_size])
 
 
-def ema_with_warmup(decay: float):  # noqa: ANN201 - AveragedModel multi_avg_fn
+def ema_with_warmup(decay: float):
     """EMA whose decay ramps up as min(decay, (1 + n) / (10 + n)) (diffusers' EMAModel warm-up).
 
     torch's get_ema_multi_avg_fn uses a fixed decay, which leaves the average dominated by the random
     initial weights for the first ~1/(1 - decay) steps: useless for short CPU runs.
     """
 
-    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+    def update(
+        ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor
+    ) -> None:
         n = float(num_averaged)
         torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
 
@@ -113,9 +115,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             device.type, enabled=dtype == torch.float16 and device.type == "cuda"
         )
-        self.ema = AveragedModel(
-            task.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True
-        )
+        self.ema = AveragedModel(task.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
         self.step = 0
         self.tb = _tensorboard(self.dir) if tensorboard else None
 
