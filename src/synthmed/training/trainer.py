@@ -192,12 +192,13 @@ class Trainer:
                 if key != "step" and isinstance(value, int | float):
                     self.tb.add_scalar(f"{self.task.name}/{key}", value, row["step"])
 
-    def _truncate_log(self) -> None:
-        """Drop rows written after the checkpoint we resume from (the killed run's lost steps)."""
+    def _clean_after_kill(self) -> None:
+        """Drop log rows of the killed run's lost steps (and a half-written line) and stale temp files."""
+        for tmp in self.dir.glob(".*.tmp*"):
+            tmp.unlink()
         log = self.dir / "log.jsonl"
         if log.exists():
-            rows = [ln for ln in log.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in rows if json.loads(ln)["step"] <= self.step]
+            kept = [ln for ln in log.read_text().splitlines() if _row_step(ln) <= self.step]
             log.write_text("".join(r + "\n" for r in kept))
 
     def _evaluate(self) -> None:
@@ -244,7 +245,7 @@ class Trainer:
                     path=self.last_path,
                 )
             self.load_checkpoint(self.last_path)
-            self._truncate_log()
+            self._clean_after_kill()
         total = self.cfg.steps
         with _progress(self.show_progress) as bar:
             task_id = bar.add_task(self.task.name, total=total, completed=self.step, loss="")
@@ -267,6 +268,14 @@ class Trainer:
             return self.export()
         self.save_checkpoint()
         return self.last_path
+
+
+def _row_step(line: str) -> float:
+    """Step of a log row; a line cut short by a kill counts as past every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 def _progress(enabled: bool) -> Progress:
