@@ -92,6 +92,39 @@ def train(
 
 @app.command()
 @user_errors
+def split(
+    data: Annotated[Path, typer.Option(help="Data source: class folders, .npz or CSV manifest.")],
+    out: Annotated[Path, typer.Option(help="Where to write split.json (an existing one is verified).")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with data/seed fields.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed (overrides the config's seed).")] = None,
+) -> None:
+    """Check a data set and write its train/val/holdout split with content hashes, without training.
+
+    Prints images per class and split and every skipped file with the reason; copy split.json into a run
+    directory (or train with the same data settings and seed) to train on exactly this split.
+    """
+    from rich.table import Table
+
+    from synthmed.data import prepare
+    from synthmed.data.splits import split_counts
+
+    overrides: dict[str, Any] = {"data": {"source": str(data)}}
+    if seed is not None:
+        overrides["seed"] = seed
+    cfg = load_train_config(config, overrides)
+    prepared = prepare(cfg.data, cfg.seed, out)
+    counts = split_counts(prepared.records, prepared.class_names)
+    table = Table("class", *counts, title=f"{data} (seed {cfg.seed})")
+    for name in prepared.class_names:
+        table.add_row(name, *(str(counts[s][name]) for s in counts))
+    Console().print(table)
+    for skipped in prepared.skipped:
+        err.print(f"skipped {skipped.source}: {skipped.reason}", highlight=False, soft_wrap=True)
+    err.print(f"written: {out}")
+
+
+@app.command()
+@user_errors
 def generate(
     run: Annotated[Path | None, typer.Option(help="Trained run directory.")] = None,
     out: Annotated[
