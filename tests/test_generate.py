@@ -103,6 +103,12 @@ def test_cli_generate_manifest_rows_regenerate_identical_images(tiny_run: Path, 
     # Re-running the same command keeps finished images (an interrupted job continues) and adds none twice.
     assert runner.invoke(app, args).exit_code == 0
     assert len((out / "manifest.jsonl").read_text().splitlines()) == 5
+    # A job killed while appending its last row: the cut row is dropped and that image made again.
+    manifest = out / "manifest.jsonl"
+    manifest.write_text(manifest.read_text()[:-40])
+    assert runner.invoke(app, args).exit_code == 0
+    rows_after = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert sorted(r["seed"] for r in rows_after) == [10, 11, 12, 13, 14]
 
 
 def test_sixteen_bit_png(tiny_run: Path, tmp_path: Path) -> None:

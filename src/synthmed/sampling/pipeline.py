@@ -8,6 +8,7 @@ image bit for bit (same device, precision and library versions).
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -238,6 +239,19 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _drop_cut_last_line(manifest: Path) -> None:
+    """A job killed while appending leaves a partial last row: drop it (its image is regenerated)."""
+    if not manifest.exists():
+        return
+    text = manifest.read_text()
+    if not text or text.endswith("\n"):
+        return
+    kept = text[: text.rfind("\n") + 1]
+    tmp = manifest.with_name(f".{manifest.name}.tmp")
+    tmp.write_text(kept)
+    os.replace(tmp, manifest)
+
+
 def file_name(label: str | None, seed: int) -> str:
     return f"{label or 'unconditional'}/syn_{seed:08d}.png"
 
@@ -257,6 +271,7 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
         )
     cfg.out.mkdir(parents=True, exist_ok=True)
     manifest = cfg.out / MANIFEST
+    _drop_cut_last_line(manifest)
     existing = {r["file"]: r for r in read_manifest(manifest)}
     seeds = list(range(cfg.seed, cfg.seed + cfg.count))
     todo = [s for s in seeds if not _already_done(existing, pipe, cfg, s)]
