@@ -159,7 +159,6 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
-    stop_after: int | None = None,
 ) -> Path:
     """Train the requested stages in order; returns the run directory."""
     for stage in stages:
@@ -186,7 +185,7 @@ def train(
             task = AutoencoderTask(model, cfg.autoencoder, data.train_images, data.val_images)
         else:
             task = _diffusion_task(cfg, data, device)
-        _trainer(task, stage_cfg, cfg, device, progress).run(resume=resume, stop_after=stop_after)
+        _trainer(task, stage_cfg, cfg, device, progress).run(resume=resume)
     return cfg.run_dir
 
 

@@ -235,8 +235,8 @@ class Trainer:
         self.step += 1
         return {**{f"loss_{k}": v.item() for k, v in losses.items()}, **logs}
 
-    def run(self, resume: bool = False, stop_after: int | None = None) -> Path:
-        """Train to ``cfg.steps`` (or for ``stop_after`` more steps); returns the exported weights' path."""
+    def run(self, resume: bool = False) -> Path:
+        """Train to ``cfg.steps``, checkpointing on the way; returns the exported weights' path."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.last_path.exists():
             if not resume:
@@ -250,7 +250,7 @@ class Trainer:
         with _progress(self.show_progress) as bar:
             task_id = bar.add_task(self.task.name, total=total, completed=self.step, loss="")
             t0, done = time.perf_counter(), 0
-            while self.step < total and (stop_after is None or done < stop_after):
+            while self.step < total:
                 logs = self.train_step()
                 done += 1
                 rate = done / (time.perf_counter() - t0)
@@ -263,11 +263,8 @@ class Trainer:
                     self.save_checkpoint()
                 if self.step % self.cfg.preview_every == 0 or self.step == total:
                     self._evaluate()
-        if self.step >= total:
-            self.save_checkpoint()
-            return self.export()
         self.save_checkpoint()
-        return self.last_path
+        return self.export()
 
 
 def _row_step(line: str) -> float:
