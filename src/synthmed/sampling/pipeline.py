@@ -76,7 +76,7 @@ class Pipeline:
         state = ckpt.load(unet_path, dev)
         class_names = list(state["extra"]["class_names"])
         unet = build_unet(cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, len(class_names)).to(dev)
-        ckpt.load_exported(unet, unet_path, checkpoint)
+        ckpt.load_exported(unet, unet_path, checkpoint, state)
         hashes = {
             "autoencoder_sha256": ckpt.file_sha256(ae_path),
             "diffusion_sha256": ckpt.file_sha256(unet_path),

@@ -61,9 +61,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_exported(model: torch.nn.Module, path: Path, which: str = "ema") -> dict[str, Any]:
-    """Load the ``ema`` or ``raw`` weights of a stage's exported ``model.pt``; returns the whole file."""
-    state = load(path)
+def load_exported(
+    model: torch.nn.Module, path: Path, which: str = "ema", state: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Load the ``ema`` or ``raw`` weights of a stage's exported ``model.pt`` (or of its already-read
+    ``state``) into ``model``; returns the whole file."""
+    state = load(path) if state is None else state
     try:
         model.load_state_dict(state[which])
     except (KeyError, RuntimeError) as exc:
