@@ -201,6 +201,46 @@ class GenerateConfig(Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
 
 
+class EvaluateConfig(Strict):
+    """Everything `synthmed evaluate` needs: three image folders and the metric settings."""
+
+    real: Path = Field(
+        description="Real training images the generator was trained on (class folders or flat)."
+    )
+    holdout: Path = Field(description="Real images the generator never saw: the real-vs-real reference.")
+    synthetic: Path = Field(description="Synthetic images, e.g. the output folder of `synthmed generate`.")
+    out: Path = Field(description="Report folder: report.json, report.html and its images.")
+    masks: bool = Field(
+        False,
+        description="Evaluate condition fidelity: masks <stem>_mask*.png beside images or in a mask/ folder.",
+    )
+    image_size: int = Field(64, ge=16, le=1024, description="Every set is resized to this square size.")
+    resize_mode: Literal["pad", "crop", "stretch"] = "pad"
+    clip_percentiles: tuple[float, float] = (0.0, 99.0)
+    max_images: int | None = Field(None, ge=10, description="Seeded random subset per set (default: all).")
+    extractor: Path | None = Field(
+        None,
+        description="Local .pt2/TorchScript feature network instead of the in-house one (never downloaded).",
+    )
+    extractor_size: int = Field(224, ge=16, description="Input size the local feature network expects.")
+    extractor_steps: int = Field(600, ge=1, description="Training steps of the in-house extractor.")
+    segmenter_steps: int = Field(400, ge=1, description="Training steps of the condition-fidelity segmenter.")
+    bootstrap: int = Field(200, ge=0, description="Bootstrap resamples for the 95% intervals (0: none).")
+    prdc_k: int = Field(5, ge=1, description="Neighbours for precision/recall/density/coverage.")
+    copy_percentile: float = Field(
+        99.0,
+        gt=50.0,
+        lt=100.0,
+        description="Flag a synthetic image closer to training than this % of holdout.",
+    )
+    msssim_pairs: int = Field(300, ge=2, description="Random pairs per set for the MS-SSIM diversity.")
+    slice_fraction: float = Field(0.5, gt=0.0, le=1.0, description="3D: central fraction of slices per view.")
+    cache_dir: Path | None = Field(
+        None, description="Cache for data and extractors (default ~/.cache/synthmed)."
+    )
+    seed: int = 0
+
+
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in override.items():

@@ -132,30 +132,42 @@ def load_split_arrays(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 1, S, S) float32 images and (N,) int64 class indices for one split, cached under ``cache_dir``.
 
-    The cache is keyed by item hashes and preprocessing settings, so a resumed run loads instantly and
-    any change to the data or the settings rebuilds it. Skipped items are logged as warnings.
+    Skipped items are logged as warnings.
     """
-    chosen = [r for r in records if r.split == split]
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"{split}-{cache_key(chosen, cfg, split, class_names)[:24]}.pt"
-        cached = _read_cache(path)
-        if cached is not None:
-            return cached
-    loaded = load_arrays(chosen, cfg, class_names)
+    loaded = load_cached([r for r in records if r.split == split], cfg, split, cache_dir, class_names)
     for s in loaded.skipped:
         log.warning("skipped %s: %s", s.source, s.reason)
-    if path is not None:
-        _write_cache(path, loaded)
     return loaded.images, loaded.labels
 
 
-def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+def load_cached(
+    records: Sequence[Record], cfg: DataConfig, name: str, cache_dir: Path | None, class_names: Sequence[str]
+) -> Loaded:
+    """`load_arrays`, cached under ``cache_dir`` as ``<name>-<key>.pt``.
+
+    The cache is keyed by item hashes and preprocessing settings, so a resumed run loads instantly and
+    any change to the data or the settings rebuilds it.
+    """
+    if cache_dir is None:
+        return load_arrays(records, cfg, class_names)
+    path = Path(cache_dir) / f"{name}-{cache_key(records, cfg, name, class_names)[:24]}.pt"
+    cached = _read_cache(path, records)
+    if cached is not None:
+        return cached
+    loaded = load_arrays(records, cfg, class_names)
+    _write_cache(path, loaded)
+    return loaded
+
+
+def _read_cache(path: Path, records: Sequence[Record]) -> Loaded | None:
     if not path.is_file():
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        return blob["images"], blob["labels"]
+        by_source = {r.source: r for r in records}
+        kept = [by_source[s] for s in blob["sources"]]
+        skipped = [Skipped(s, reason) for s, reason in blob.get("skipped", [])]
+        return Loaded(blob["images"], blob["labels"], kept, skipped)
     except Exception as exc:  # a damaged cache is rebuilt, never fatal
         log.warning("ignoring unreadable data cache %s (%s)", path, exc)
         return None
@@ -164,7 +176,12 @@ def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
 def _write_cache(path: Path, loaded: Loaded) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    blob = {"images": loaded.images, "labels": loaded.labels, "sources": [r.source for r in loaded.records]}
+    blob = {
+        "images": loaded.images,
+        "labels": loaded.labels,
+        "sources": [r.source for r in loaded.records],
+        "skipped": [[s.source, s.reason] for s in loaded.skipped],
+    }
     torch.save(blob, tmp)
     os.replace(tmp, path)
 

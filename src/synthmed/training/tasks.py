@@ -12,8 +12,8 @@ from monai.networks.nets import AutoencoderKL
 from torch import nn
 
 from synthmed.config import AutoencoderConfig, DiffusionConfig
-from synthmed.errors import SynthmedError
 from synthmed.models.builders import build_discriminator, build_scheduler, build_unet
+from synthmed.models.local import load_local_network
 from synthmed.reporting.images import save_grid
 from synthmed.sampling.sampler import denoise, initial_noise
 
@@ -38,15 +38,7 @@ class LocalPerceptualLoss(nn.Module):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        try:
-            if Path(path).suffix == ".pt2":
-                self.net = torch.export.load(str(path)).module()
-            else:
-                self.net = torch.jit.load(str(path), map_location="cpu").eval()
-        except Exception as exc:  # torch raises many types on bad files
-            raise SynthmedError(f"cannot load the perceptual network ({exc})", path=path) from exc
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        self.net = load_local_network(path, "perceptual network")
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         fx, fy = self.net(x.repeat(1, 3, 1, 1)), self.net(y.repeat(1, 3, 1, 1))

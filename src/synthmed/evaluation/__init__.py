@@ -1,0 +1,1 @@
+"""Evaluation of synthetic images against the real data: fidelity, diversity, privacy and conditioning."""

@@ -1,0 +1,227 @@
+"""report.html: the evaluation's figures as plots, tables and image grids, beside their real-vs-real floor."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from synthmed.evaluation.sets import ImageSet
+from synthmed.reporting.images import save_grid
+
+FIDELITY_KEYS = ("fid", "precision", "recall", "density", "coverage")
+
+
+def _fmt(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "-"
+    if "se" in entry:
+        return f"{entry['value']:.4f} ± {entry['se'] or 0:.4f}"
+    ci = entry.get("ci95")
+    return f"{entry['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _fidelity_table(fid: dict[str, Any]) -> str:
+    rows = []
+    for group, res in fid.items():
+        if "not_computed" in res:
+            rows.append(
+                f"<tr><th>{html.escape(group)}</th><td colspan=3>"
+                f"not computed: {html.escape(res['not_computed'])}</td></tr>"
+            )
+            continue
+        for key in (*FIDELITY_KEYS, "kid"):
+            syn, floor = res["synthetic"], res["real_floor"]
+            if "not_computed" in syn:
+                rows.append(
+                    f"<tr><th>{html.escape(group)}</th><td>{key}</td><td colspan=2>"
+                    f"not computed: {html.escape(syn['not_computed'])}</td></tr>"
+                )
+                break
+            rows.append(
+                f"<tr><th>{html.escape(group)} (m={res['n_per_set']})</th><td>{key}</td>"
+                f"<td>{_fmt(syn.get(key))}</td><td>{_fmt(floor.get(key))}</td></tr>"
+            )
+    return (
+        "<table><tr><th>group</th><th>metric</th><th>synthetic vs train</th>"
+        "<th>floor: holdout vs train</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _bars(ax: Any, labels: list[str], series: dict[str, list[dict | None]], title: str) -> None:
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(labels))
+    for i, (name, entries) in enumerate(series.items()):
+        vals = [e["value"] if e else np.nan for e in entries]
+        err = np.array(
+            [
+                [e["value"] - e["ci95"][0], e["ci95"][1] - e["value"]] if e and e.get("ci95") else [0, 0]
+                for e in entries
+            ]
+        ).T
+        # A bootstrap interval need not contain the point estimate (FID is biased upwards by resampling).
+        ax.bar(x + i * width, vals, width, yerr=np.maximum(err, 0), capsize=3, label=name)
+    ax.set_xticks(x + width * (len(series) - 1) / 2, labels, fontsize=8)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def plot_fidelity(fid: dict[str, Any], path: Path) -> None:
+    groups = [g for g, r in fid.items() if "synthetic" in r and "not_computed" not in r["synthetic"]]
+    fig, axes = plt.subplots(1, len(FIDELITY_KEYS), figsize=(3.2 * len(FIDELITY_KEYS), 3.2))
+    for ax, key in zip(axes, FIDELITY_KEYS, strict=True):
+        series = {
+            "synthetic": [fid[g]["synthetic"].get(key) for g in groups],
+            "holdout (floor)": [fid[g]["real_floor"].get(key) for g in groups],
+        }
+        _bars(ax, groups, series, key.upper() if key == "fid" else key)
+    axes[0].legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_diversity(div: dict[str, Any], path: Path) -> None:
+    groups = [g for g, r in div.items() if "not_computed" not in r]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    series = {
+        n: [div[g][n] if "value" in div[g][n] else None for g in groups]
+        for n in ("synthetic", "holdout", "train")
+    }
+    _bars(ax, groups, series, "mean pairwise MS-SSIM (lower = more diverse)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_privacy(privacy: dict[str, Any], path: Path) -> None:
+    spaces = list(privacy["distances"])
+    fig, axes = plt.subplots(1, len(spaces), figsize=(5.5 * len(spaces), 3.2), squeeze=False)
+    for ax, space in zip(axes[0], spaces, strict=True):
+        d = privacy["distances"][space]
+        bins = np.histogram_bin_edges(np.concatenate([d["synthetic"], d["holdout"]]), bins=40)
+        ax.hist(d["holdout"], bins=bins, alpha=0.6, density=True, label="holdout → train")
+        ax.hist(d["synthetic"], bins=bins, alpha=0.6, density=True, label="synthetic → train")
+        ax.axvline(privacy["spaces"][space]["threshold"], color="k", ls="--", label="copy threshold")
+        ax.set_title(f"nearest training image, {space} space")
+        ax.set_xlabel("distance (1 - similarity)")
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _sample_grids(sets: dict[str, ImageSet], assets: Path, per_row: int = 8) -> str:
+    cells = []
+    for name in ("train", "holdout", "synthetic"):
+        images = sets[name].images
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: per_row * 2]
+        save_grid(images[pick], assets / f"samples_{name}.png", ncols=per_row)
+        cells.append(
+            f'<figure><img src="{assets.name}/samples_{name}.png"><figcaption>{name}</figcaption></figure>'
+        )
+    return "<div class=row>" + "".join(cells) + "</div>"
+
+
+def _pairs_grid(sets: dict[str, ImageSet], pairs: list[dict[str, Any]], assets: Path) -> str:
+    if not pairs:
+        return "<p>No synthetic image was flagged.</p>"
+    tiles = torch.stack(
+        [
+            t
+            for p in pairs
+            for t in (sets["synthetic"].images[p["synthetic"]], sets["train"].images[p["train"]])
+        ]
+    )
+    save_grid(tiles, assets / "top_pairs.png", ncols=8)
+    listing = "".join(
+        f"<li>{html.escape(p['synthetic_file'])} ↔ {html.escape(p['train_file'])} "
+        f"({p['space']}, distance {p['distance']:.4f})</li>"
+        for p in pairs
+    )
+    return (
+        f'<img src="{assets.name}/top_pairs.png" alt="flagged pairs">'
+        f"<p>Pairs left to right: synthetic, nearest training image.</p><ol>{listing}</ol>"
+    )
+
+
+def _label_table(label: dict[str, Any]) -> str:
+    if "not_computed" in label:
+        return f"<p>Not computed: {html.escape(label['not_computed'])}</p>"
+    rows = "".join(
+        f"<tr><th>{html.escape(c)}</th><td>{_pct(v)}</td><td>{_pct(label['holdout'].get(c, {}))}</td></tr>"
+        for c, v in label["synthetic"].items()
+    )
+    return (
+        f"<table><tr><th>class</th><th>synthetic agreement</th><th>holdout (ceiling)</th></tr>{rows}</table>"
+    )
+
+
+def _pct(entry: dict[str, Any]) -> str:
+    return (
+        f"{100 * entry['agreement']:.1f}% (n={entry['n']})"
+        if "agreement" in entry
+        else html.escape(entry.get("not_computed", "-"))
+    )
+
+
+def _privacy_text(priv: dict[str, Any]) -> str:
+    return (
+        f"<p><b>{100 * priv['flagged_fraction']:.1f}%</b> of synthetic images ({priv['flagged']} of "
+        f"{priv['n_synthetic']}) are closer to a training image than {priv['percentile']:g}% of real holdout "
+        f"images are; they copy {priv['distinct_train_images_copied']} distinct training images. By "
+        f"construction about {100 - priv['percentile']:g}% of genuinely new images are flagged too.</p>"
+    )
+
+
+def write_html(
+    report: dict[str, Any], sets: dict[str, ImageSet], pairs: list[dict[str, Any]], out: Path
+) -> Path:
+    assets = out / "report_files"
+    assets.mkdir(parents=True, exist_ok=True)
+    plot_fidelity(report["fidelity"], assets / "fidelity.png")
+    plot_diversity(report["diversity"], assets / "diversity.png")
+    plot_privacy(report["privacy"], assets / "privacy.png")
+    priv = report["privacy"]
+    body = [
+        "<h1>synthmed evaluation</h1>",
+        "<p>"
+        + ", ".join(
+            f"{n}: {s['n']} images from <code>{html.escape(s['root'])}</code>"
+            for n, s in report["sets"].items()
+        )
+        + "</p>",
+        _sample_grids(sets, assets),
+        "<h2>Fidelity</h2><p>Synthetic vs real training images, beside the floor (real holdout vs the same "
+        "training images), with bootstrap 95% intervals; KID ± its standard error.</p>",
+        f'<img src="{assets.name}/fidelity.png" alt="fidelity">',
+        _fidelity_table(report["fidelity"]),
+        "<h2>Diversity</h2>",
+        f'<img src="{assets.name}/diversity.png" alt="diversity">',
+        "<h2>Privacy: memorisation audit</h2>",
+        _privacy_text(priv),
+        f'<img src="{assets.name}/privacy.png" alt="privacy">',
+        _pairs_grid(sets, pairs, assets),
+        "<h2>Label fidelity</h2>",
+        _label_table(report["label_fidelity"]),
+    ]
+    path = out / "report.html"
+    path.write_text(_PAGE.format(body="\n".join(body)))
+    return path
+
+
+_PAGE = """<!doctype html><html lang=en><head><meta charset=utf-8><title>synthmed evaluation</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
+img{{image-rendering:pixelated;max-width:100%}} .row{{display:flex;gap:1.5em;flex-wrap:wrap}}
+figure{{margin:0}} figcaption{{text-align:center;color:#555}} table{{border-collapse:collapse;margin:1em 0}}
+th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:.9em}}</style></head><body>
+{body}
+</body></html>"""
