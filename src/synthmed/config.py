@@ -199,6 +199,12 @@ class GenerateConfig(Strict):
     checkpoint: Literal["ema", "raw"] = "ema"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    privacy_filter: bool = Field(
+        False, description="Drop (and replace) images closer to a training image than holdout images are."
+    )
+    copy_percentile: float = Field(
+        99.0, gt=50.0, lt=100.0, description="Privacy filter: closer than this % of holdout images = a copy."
+    )
 
 
 class EvaluateConfig(Strict):
@@ -235,6 +241,13 @@ class EvaluateConfig(Strict):
     )
     msssim_pairs: int = Field(300, ge=2, description="Random pairs per set for the MS-SSIM diversity.")
     slice_fraction: float = Field(0.5, gt=0.0, le=1.0, description="3D: central fraction of slices per view.")
+    volume_size: tuple[int, int, int] = Field(
+        (64, 64, 64), description="3D: voxels (x, y, z) after resampling."
+    )
+    volume_spacing: tuple[float, float, float] | None = Field(None, description="3D: target spacing in mm.")
+    modality: Literal["mri", "ct"] = Field(
+        "mri", description="3D intensity handling: MRI percentiles, CT window."
+    )
     cache_dir: Path | None = Field(
         None, description="Cache for data and extractors (default ~/.cache/synthmed)."
     )

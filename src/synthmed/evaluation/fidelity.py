@@ -1,8 +1,9 @@
 """Distribution metrics on features: FID, KID, precision/recall/density/coverage, with bootstrap CIs.
 
-FID gives MONAI's `FIDMetric` value, computed faster (see `fid`). KID (Binkowski et al. 2018) and PRDC (Naeem et al. 2020) are written out
-here because MONAI has neither and the reference implementations (torchmetrics, clean-fid, `prdc`) would
-add dependencies for twenty lines of linear algebra; both follow the published definitions exactly.
+FID gives MONAI's `FIDMetric` value, computed faster (see `fid`). KID (Binkowski et al. 2018) and
+PRDC (Naeem et al. 2020) are written out here because MONAI has neither and the reference
+implementations (torchmetrics, clean-fid, `prdc`) would add dependencies for twenty lines of linear
+algebra; both follow the published definitions exactly.
 """
 
 from __future__ import annotations

@@ -39,6 +39,40 @@ def nearest(query: torch.Tensor, ref: torch.Tensor, chunk: int = 1024) -> tuple[
     return torch.cat(dists).clamp(min=0), torch.cat(idx)
 
 
+def calibrate(train: torch.Tensor, holdout: torch.Tensor, percentile: float) -> tuple[torch.Tensor, float]:
+    """Holdout-to-train nearest distances and the copy threshold: their (100 - percentile)-th percentile."""
+    hold_d, _ = nearest(holdout, train)
+    return hold_d, float(np.percentile(hold_d.numpy(), 100 - percentile))
+
+
+class CopyGuard:
+    """Pixel-space copy check of new images against the training images, calibrated on holdout images.
+
+    Used by ``synthmed generate --privacy-filter``; pixel space needs no trained extractor, so it can run
+    inside generation. ``synthmed evaluate`` audits feature space too.
+    """
+
+    def __init__(
+        self, train: torch.Tensor, holdout: torch.Tensor, train_sources: list[str], percentile: float
+    ) -> None:
+        self.train, self.sources, self.percentile = pixel_vectors(train), train_sources, percentile
+        _, self.threshold = calibrate(self.train, pixel_vectors(holdout), percentile)
+
+    def check(self, images: torch.Tensor) -> list[dict[str, Any]]:
+        """Per image: flagged?, its distance and nearest training file, and the threshold used."""
+        d, idx = nearest(pixel_vectors(images), self.train)
+        return [
+            {
+                "flagged": bool(dist < self.threshold),
+                "distance": round(float(dist), 6),
+                "nearest_train": self.sources[int(i)],
+                "threshold": round(self.threshold, 6),
+                "percentile": self.percentile,
+            }
+            for dist, i in zip(d, idx, strict=True)
+        ]
+
+
 @dataclass
 class SpaceAudit:
     """One space's audit: the threshold from the holdout and, per synthetic image, its nearest neighbour."""

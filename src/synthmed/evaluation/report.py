@@ -173,6 +173,15 @@ def _pct(entry: dict[str, Any]) -> str:
     )
 
 
+def _fid_25d(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return ""
+    syn, floor = (
+        f"{v:.3f}" if v is not None else "not computed" for v in (entry["synthetic"], entry["real_floor"])
+    )
+    return f"<p><b>2.5D FID</b> (mean over axial, coronal, sagittal): synthetic {syn}, floor {floor}.</p>"
+
+
 def _privacy_text(priv: dict[str, Any]) -> str:
     return (
         f"<p><b>{100 * priv['flagged_fraction']:.1f}%</b> of synthetic images ({priv['flagged']} of "
@@ -204,6 +213,7 @@ def write_html(
         "training images), with bootstrap 95% intervals; KID ± its standard error.</p>",
         f'<img src="{assets.name}/fidelity.png" alt="fidelity">',
         _fidelity_table(report["fidelity"]),
+        _fid_25d(report.get("fid_25d")),
         "<h2>Diversity</h2>",
         f'<img src="{assets.name}/diversity.png" alt="diversity">',
         "<h2>Privacy: memorisation audit</h2>",

@@ -1,4 +1,4 @@
-"""Networks read from a local file: synthmed never downloads weights, so pretrained backbones come this way."""
+"""Networks read from a local file: synthmed never downloads weights, so pretrained ones come this way."""
 
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ def _synthetic_by_class(
     rows = read_manifest(synthetic_dir / MANIFEST)
     out = {}
     for i, name in enumerate(class_names):
-        chosen = [r for r in rows if r["label"] == name][:per_class]
+        chosen = [r for r in rows if r["label"] == name and r.get("file")][:per_class]
         if chosen:
             arrays = [
                 data_stage.read_image(synthetic_dir / r["file"]) / (2 ** r["bit_depth"] - 1) for r in chosen

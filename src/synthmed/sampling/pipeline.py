@@ -7,6 +7,7 @@ image bit for bit (same device, precision and library versions).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -25,6 +26,7 @@ from synthmed.errors import SynthmedError
 from synthmed.models.builders import SAMPLERS_FOR, build_autoencoder, build_scheduler, build_unet
 from synthmed.reporting.images import save_png
 from synthmed.runtime import PRECISION_NAMES, autocast, resolve_device, resolve_precision
+from synthmed.sampling.privacy_filter import copy_guard_for_run
 from synthmed.sampling.sampler import StepCallback, denoise, initial_noise
 from synthmed.training import checkpoint as ckpt
 
@@ -259,7 +261,10 @@ def file_name(label: str | None, seed: int) -> str:
 def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
     """Write PNGs under ``out/<label>/`` (readable back as a class-folder data set) plus manifest.jsonl.
 
-    An interrupted run is continued: images already in the manifest with the same settings are kept.
+    Seeds are tried in order from ``cfg.seed``. With the privacy filter, an image closer to a training
+    image than real holdout images are is dropped (a manifest row records it, without a file) and the
+    next seed takes its place. An interrupted run is continued: seeds already in the manifest with the
+    same settings are not drawn again.
     """
     _check_counts(cfg.count, cfg.steps, cfg.batch_size)
     pipe = Pipeline.load(cfg.run_dir, device=cfg.device, precision=cfg.precision, checkpoint=cfg.checkpoint)
@@ -269,12 +274,16 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
             f"unknown sampler '{cfg.sampler}' for this model; choose one of {list(pipe.samplers)}",
             field="sampler",
         )
+    guard = copy_guard_for_run(pipe.run_dir, pipe.cfg, cfg.copy_percentile) if cfg.privacy_filter else None
     cfg.out.mkdir(parents=True, exist_ok=True)
     manifest = cfg.out / MANIFEST
     _drop_cut_last_line(manifest)
-    existing = {r["file"]: r for r in read_manifest(manifest)}
-    seeds = list(range(cfg.seed, cfg.seed + cfg.count))
-    todo = [s for s in seeds if not _already_done(existing, pipe, cfg, s)]
+    existing = {(r.get("label"), r.get("seed")): r for r in read_manifest(manifest)}
+    # Without the filter nothing is dropped, so exactly seeds seed .. seed+count-1 are used.
+    candidates = range(cfg.seed, cfg.seed + (2 * cfg.count if guard else cfg.count))
+    status = {s: _already_done(existing, pipe, cfg, s) for s in candidates}
+    kept = sum(v == "kept" for v in status.values())
+    pending = iter([s for s in candidates if status[s] is None])
     with Progress(
         TextColumn("[bold]generate"),
         BarColumn(),
@@ -282,48 +291,79 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
         TimeRemainingColumn(),
         disable=not progress,
     ) as bar:
-        task = bar.add_task("generate", total=len(seeds), completed=len(seeds) - len(todo))
-        for batch in pipe.batches(todo, cfg.batch_size):
+        task = bar.add_task("generate", total=cfg.count, completed=kept)
+        while kept < cfg.count:
+            batch = list(itertools.islice(pending, min(cfg.batch_size, cfg.count - kept)))
+            if not batch:
+                raise _too_many_dropped(cfg)
             images = pipe.sample_batch(
                 batch, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler
             )
-            _write_batch(cfg, pipe, manifest, batch, images)
-            bar.advance(task, len(batch))
+            verdicts = guard.check(images) if guard else [None] * len(batch)
+            kept += _write_batch(cfg, pipe, manifest, batch, images, verdicts)
+            bar.update(task, completed=kept)
     return cfg.out
 
 
+def _too_many_dropped(cfg: GenerateConfig) -> SynthmedError:
+    return SynthmedError(
+        f"the privacy filter dropped more than {cfg.count} of {2 * cfg.count} candidates: the model "
+        "reproduces its training images; retrain with more data or fewer steps, or inspect with synthmed "
+        "evaluate",
+        path=cfg.out,
+    )
+
+
+def _wanted(pipe: Pipeline, cfg: GenerateConfig, seed: int) -> dict[str, Any]:
+    row = pipe.manifest_row(seed, [], cfg.label, cfg.steps, cfg.guidance, cfg.sampler)
+    return row | {"bit_depth": cfg.bit_depth, "privacy_filter": _filter_setting(cfg)}
+
+
+def _filter_setting(cfg: GenerateConfig) -> float | None:
+    return cfg.copy_percentile if cfg.privacy_filter else None
+
+
 def _already_done(
-    existing: dict[str, dict[str, Any]], pipe: Pipeline, cfg: GenerateConfig, seed: int
-) -> bool:
-    name = file_name(cfg.label, seed)
-    row = existing.get(name)
-    if row is None or not (cfg.out / name).exists():
-        return False
-    wanted = pipe.manifest_row(seed, [], cfg.label, cfg.steps, cfg.guidance, cfg.sampler) | {
-        "bit_depth": cfg.bit_depth
-    }
-    differing = [k for k in (*SETTINGS, "bit_depth") if row.get(k) != wanted[k]]
+    existing: dict[tuple[Any, Any], dict[str, Any]], pipe: Pipeline, cfg: GenerateConfig, seed: int
+) -> str | None:
+    """ "kept" or "dropped" when the manifest already has this seed with the same settings, else None."""
+    row = existing.get((cfg.label, seed))
+    if row is None:
+        return None
+    if row.get("dropped") is None and not (cfg.out / row["file"]).exists():
+        return None
+    wanted = _wanted(pipe, cfg, seed)
+    differing = [k for k in (*SETTINGS, "bit_depth", "privacy_filter") if row.get(k) != wanted[k]]
     if differing:
         raise SynthmedError(
-            f"{name} already exists there, generated with other settings ({differing}); choose "
-            "another --out or --seed",
+            f"seed {seed} of label {cfg.label!r} was already generated there with other settings "
+            f"({differing}); choose another --out or --seed",
             path=cfg.out,
         )
-    return True
+    return "dropped" if row.get("dropped") else "kept"
 
 
 def _write_batch(
-    cfg: GenerateConfig, pipe: Pipeline, manifest: Path, batch: list[int], images: torch.Tensor
-) -> None:
+    cfg: GenerateConfig,
+    pipe: Pipeline,
+    manifest: Path,
+    batch: list[int],
+    images: torch.Tensor,
+    verdicts: list[dict[str, Any] | None],
+) -> int:
+    """Save the batch's images that passed and append every row; returns how many were kept."""
     created = datetime.now(UTC).isoformat(timespec="seconds")
+    kept = 0
     with open(manifest, "a") as fh:
-        for seed, image in zip(batch, images, strict=True):
-            name = file_name(cfg.label, seed)
-            save_png(image, cfg.out / name, cfg.bit_depth)
-            row = {
-                "file": name,
-                **pipe.manifest_row(seed, batch, cfg.label, cfg.steps, cfg.guidance, cfg.sampler),
-                "bit_depth": cfg.bit_depth,
-                "created": created,
-            }
-            fh.write(json.dumps(row) + "\n")
+        for seed, image, verdict in zip(batch, images, verdicts, strict=True):
+            row: dict[str, Any] = {"file": None} | _wanted(pipe, cfg, seed) | {"batch_seeds": batch}
+            if verdict is not None:
+                row["privacy"] = verdict
+            if verdict is not None and verdict["flagged"]:
+                row["dropped"] = "privacy: closer to a training image than the holdout threshold"
+            else:
+                row["file"] = file_name(cfg.label, seed)
+                save_png(image, cfg.out / row["file"], cfg.bit_depth)
+                kept += 1
+            fh.write(json.dumps(row | {"created": created}) + "\n")
+    return kept

@@ -1,0 +1,134 @@
+"""Report sections shared by the 2D and 3D evaluations.
+
+Fidelity and diversity compare equal-sized samples (m = the smallest of the three sets, per group)
+of synthetic, holdout and training images, so the synthetic figure and the train-vs-holdout floor share
+the same sample-size bias. The privacy audit uses every image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from synthmed.config import EvaluateConfig
+from synthmed.evaluation.diversity import pairwise_ms_ssim
+from synthmed.evaluation.features import InHouseExtractor
+from synthmed.evaluation.fidelity import fidelity
+from synthmed.evaluation.privacy import audit, feature_vectors, pixel_vectors, top_pairs
+from synthmed.evaluation.report import write_html
+from synthmed.evaluation.sets import ImageSet
+
+SET_NAMES = ("train", "holdout", "synthetic")
+Groups = dict[str, dict[str, torch.Tensor] | str]
+
+
+def default_cache_dir(cfg: EvaluateConfig) -> Path:
+    return cfg.cache_dir or Path(os.environ.get("SYNTHMED_CACHE", Path.home() / ".cache" / "synthmed"))
+
+
+def _sample(idx: torch.Tensor, m: int, seed: int) -> torch.Tensor:
+    return idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:m]]
+
+
+def matched(idx: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Equal-sized random samples of the sets (see the module docstring)."""
+    m = min(len(i) for i in idx.values())
+    return {n: _sample(i, m, seed) for n, i in idx.items()}
+
+
+def fidelity_section(groups: dict[str, Any], feats: dict[str, torch.Tensor], cfg: EvaluateConfig) -> dict:
+    out = {}
+    for group, idx in groups.items():
+        if isinstance(idx, str):
+            out[group] = {"not_computed": idx}
+            continue
+        s = matched(idx, cfg.seed)
+        ref = feats["train"][s["train"]]
+        kwargs = {"k": cfg.prdc_k, "n_boot": cfg.bootstrap, "seed": cfg.seed}
+        out[group] = {
+            "n_per_set": len(s["train"]),
+            "synthetic": fidelity(ref, feats["synthetic"][s["synthetic"]], **kwargs),
+            "real_floor": fidelity(ref, feats["holdout"][s["holdout"]], **kwargs),
+        }
+    return out
+
+
+def diversity_section(groups: dict[str, Any], sets: dict[str, ImageSet], cfg: EvaluateConfig) -> dict:
+    out = {}
+    for group, idx in groups.items():
+        if isinstance(idx, str):
+            out[group] = {"not_computed": idx}
+            continue
+        s = matched(idx, cfg.seed)
+        out[group] = {
+            n: pairwise_ms_ssim(sets[n].images[s[n]], cfg.msssim_pairs, cfg.seed) for n in SET_NAMES
+        }
+    return out
+
+
+def privacy_section(
+    sets: dict[str, ImageSet], feats: dict[str, torch.Tensor], cfg: EvaluateConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    centre = feats["train"].mean(0)
+    spaces = {
+        "pixel": tuple(pixel_vectors(sets[n].images) for n in SET_NAMES),
+        "feature": tuple(feature_vectors(feats[n], centre) for n in SET_NAMES),
+    }
+    audits, summary = audit(spaces, cfg.copy_percentile)
+    pairs = top_pairs(audits, 16)
+    for p in pairs:
+        p["synthetic_file"] = sets["synthetic"].sources[p["synthetic"]]
+        p["train_file"] = sets["train"].sources[p["train"]]
+    summary["top_pairs"] = pairs
+    summary["distances"] = {
+        space: {"synthetic": a.distance.tolist(), "holdout": a.holdout_distance.tolist()}
+        for space, a in audits.items()
+    }
+    return summary, pairs
+
+
+def label_section(sets: dict[str, ImageSet], classifier: InHouseExtractor, classes: list[str]) -> dict:
+    if classifier.class_head is None:
+        return {"not_computed": "the real training set has fewer than two classes, so there is no classifier"}
+    if not classes:
+        return {"not_computed": "the synthetic set shares no class with the real training set"}
+    names = sets["train"].class_names
+    out: dict[str, Any] = {}
+    for name in ("synthetic", "holdout"):
+        s = sets[name]
+        pred = classifier.predict(s.images)
+        out[name] = {}
+        for c in classes:
+            idx = s.of_class(c)
+            hit = (pred[idx] == names.index(c)).float()
+            out[name][c] = (
+                {"agreement": float(hit.mean()), "n": len(idx)}
+                if len(idx)
+                else {"not_computed": f"no {name} images of class '{c}'"}
+            )
+    out["note"] = "agreement of a classifier trained on real training images; the holdout row is its ceiling"
+    return out
+
+
+def set_summary(s: ImageSet) -> dict[str, Any]:
+    counts = {c: len(s.of_class(c)) for c in s.class_names}
+    return {
+        "root": str(s.root),
+        "n": len(s),
+        "classes": counts,
+        "skipped": [{"source": k.source, "reason": k.reason} for k in s.skipped],
+    }
+
+
+def write_report(
+    report: dict[str, Any], shown: dict[str, ImageSet], pairs: list[dict[str, Any]], out: Path
+) -> Path:
+    """report.json and report.html; ``shown`` holds the 2D images the page displays for each set."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    write_html(report, shown, pairs, out)
+    return out
