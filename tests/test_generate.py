@@ -163,3 +163,57 @@ def test_missing_checkpoint_is_a_clear_error(tiny_run: Path, tmp_path: Path) -> 
     assert "model.pt" in result.output and "checkpoint not found" in result.output
     with pytest.raises(SynthmedError, match="not a synthmed run directory"):
         synthmed.load(tmp_path / "nowhere")
+
+
+def test_privacy_filter_records_its_verdict(tiny_run: Path, tmp_path: Path) -> None:
+    from synthmed.config import GenerateConfig
+    from synthmed.sampling.pipeline import generate_to_folder, read_manifest
+
+    out = tmp_path / "filtered"
+    cfg = GenerateConfig(
+        run_dir=tiny_run, out=out, label="NORMAL", count=3, steps=3, batch_size=3, privacy_filter=True
+    )
+    generate_to_folder(cfg, progress=False)
+    rows = read_manifest(out / "manifest.jsonl")
+    kept = [r for r in rows if r["file"]]
+    assert len(kept) == 3
+    for r in rows:
+        assert r["privacy_filter"] == 99.0
+        assert r["privacy"]["threshold"] > 0 and r["privacy"]["nearest_train"].endswith(".jpeg")
+        assert r["privacy"]["flagged"] == ("dropped" in r)
+
+
+def test_privacy_filter_replaces_dropped_images_and_resumes(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard's verdict is forced (even seeds are 'copies') to test the replacement bookkeeping."""
+    from synthmed.config import GenerateConfig
+    from synthmed.evaluation.privacy import CopyGuard
+    from synthmed.sampling import pipeline
+
+    real_check = CopyGuard.check
+    calls: list[int] = []
+
+    def every_other(self: CopyGuard, images: torch.Tensor) -> list[dict]:
+        verdicts = real_check(self, images)
+        calls.append(len(images))
+        start = sum(calls) - len(images)
+        return [v | {"flagged": (start + i) % 2 == 0} for i, v in enumerate(verdicts)]
+
+    monkeypatch.setattr(CopyGuard, "check", every_other)
+    out = tmp_path / "filtered"
+    cfg = GenerateConfig(
+        run_dir=tiny_run, out=out, label="NORMAL", count=3, steps=3, batch_size=2, privacy_filter=True
+    )
+    pipeline.generate_to_folder(cfg, progress=False)
+    rows = pipeline.read_manifest(out / "manifest.jsonl")
+    assert sorted(p.name for p in (out / "NORMAL").glob("*.png")) == [
+        "syn_00000001.png",
+        "syn_00000003.png",
+        "syn_00000005.png",
+    ]
+    assert [r["seed"] for r in rows if r.get("dropped")] == [0, 2, 4]
+    pipeline.generate_to_folder(cfg, progress=False)  # nothing left to do: no new rows
+    assert len(pipeline.read_manifest(out / "manifest.jsonl")) == len(rows)
+    with pytest.raises(SynthmedError, match="privacy_filter"):
+        pipeline.generate_to_folder(cfg.model_copy(update={"privacy_filter": False}), progress=False)

@@ -165,6 +165,29 @@ def _label_table(label: dict[str, Any]) -> str:
     )
 
 
+def _condition_table(cond: dict[str, Any]) -> str:
+    if "not_computed" in cond:
+        return f"<p>Not computed: {html.escape(cond['not_computed'])}</p>"
+    rows = []
+    for metric in ("dice", "hd95"):
+        cells = []
+        for side in ("synthetic", "holdout_ceiling"):
+            e = cond[side][metric]
+            ci = e.get("ci95")
+            cells.append(
+                f"{e['mean']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + f" (n={e['n']})"
+                if e["mean"] is not None
+                else html.escape(e.get("reason") or "-")
+            )
+        rows.append(f"<tr><th>{metric}</th><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
+    return (
+        "<p>A segmenter trained on the real training pairs segments each synthetic image; its output is "
+        "compared with the mask the image was generated for. The same segmenter on real holdout pairs is "
+        "the ceiling. HD95 in pixels.</p><table><tr><th></th><th>synthetic vs its mask</th>"
+        "<th>real holdout (ceiling)</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
 def _pct(entry: dict[str, Any]) -> str:
     return (
         f"{100 * entry['agreement']:.1f}% (n={entry['n']})"
@@ -222,6 +245,8 @@ def write_html(
         _pairs_grid(sets, pairs, assets),
         "<h2>Label fidelity</h2>",
         _label_table(report["label_fidelity"]),
+        "<h2>Condition fidelity</h2>",
+        _condition_table(report["condition_fidelity"]),
     ]
     path = out / "report.html"
     path.write_text(_PAGE.format(body="\n".join(body)))

@@ -11,6 +11,7 @@ from synthmed.errors import SynthmedError
 from synthmed.evaluation.features import ExtractorSettings, LocalExtractor, trained_extractor
 from synthmed.evaluation.sections import (
     Groups,
+    condition_section,
     default_cache_dir,
     diversity_section,
     fidelity_section,
@@ -96,6 +97,8 @@ def evaluate_images(cfg: EvaluateConfig) -> Path:
         "diversity": diversity_section(groups, sets, cfg),
         "privacy": privacy,
         "label_fidelity": label_section(sets, classifier, classes),
-        "condition_fidelity": {"not_computed": "run with --masks to evaluate masks"},
+        "condition_fidelity": condition_section(sets, cfg)
+        if cfg.masks
+        else {"not_computed": "run with --masks to evaluate masks"},
     }
     return write_report(report, sets, pairs, cfg.out)

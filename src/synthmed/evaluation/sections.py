@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-from synthmed.config import EvaluateConfig
+from synthmed.config import DataConfig, EvaluateConfig
+from synthmed.data.masks import load_image_mask_pairs
+from synthmed.evaluation.condition import (
+    compare_intensity,
+    condition_fidelity,
+    intensity_stats,
+    train_segmenter,
+)
 from synthmed.evaluation.diversity import pairwise_ms_ssim
 from synthmed.evaluation.features import InHouseExtractor
 from synthmed.evaluation.fidelity import fidelity
@@ -112,6 +119,44 @@ def label_section(sets: dict[str, ImageSet], classifier: InHouseExtractor, class
             )
     out["note"] = "agreement of a classifier trained on real training images; the holdout row is its ceiling"
     return out
+
+
+def condition_section(sets: dict[str, ImageSet], cfg: EvaluateConfig) -> dict[str, Any]:
+    """Dice/HD95 of a segmenter trained on the real training pairs, on synthetic images vs their masks
+    (the real holdout pairs give the ceiling), and per-label intensity statistics real vs synthetic."""
+    dcfg = DataConfig(
+        image_size=cfg.image_size, resize_mode=cfg.resize_mode, clip_percentiles=cfg.clip_percentiles
+    )
+    pairs = {n: load_image_mask_pairs([s.root / src for src in s.sources], dcfg) for n, s in sets.items()}
+    skipped = {n: [{"source": k.source, "reason": k.reason} for k in p.skipped] for n, p in pairs.items()}
+    empty = [n for n, p in pairs.items() if len(p.images) < 2]
+    if empty:
+        return {
+            "not_computed": f"fewer than 2 images with masks in the {', '.join(empty)} set(s)",
+            "skipped": skipped,
+        }
+    train, holdout, synthetic = (pairs[n] for n in SET_NAMES)
+    segmenter = train_segmenter(
+        train.images, train.masks, steps=cfg.segmenter_steps, batch_size=32, seed=cfg.seed
+    )
+    result = condition_fidelity(
+        segmenter, synthetic.images, synthetic.masks, holdout.images, holdout.masks, seed=cfg.seed
+    )
+    real_stats, syn_stats = (
+        intensity_stats(train.images, train.masks),
+        intensity_stats(synthetic.images, synthetic.masks),
+    )
+    result["intensity"] = {
+        "real": _without_medians(real_stats),
+        "synthetic": _without_medians(syn_stats),
+        "ks_test": compare_intensity(real_stats, syn_stats),
+    }
+    result["segmenter"] = {"steps": cfg.segmenter_steps, "train_pairs": len(train.images)}
+    return result | {"skipped": skipped}
+
+
+def _without_medians(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {label: {k: v for k, v in entry.items() if k != "medians"} for label, entry in stats.items()}
 
 
 def set_summary(s: ImageSet) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def evaluate_volumes(cfg: EvaluateConfig) -> Path:
         "diversity": diversity_section(all_volumes, sets, cfg),
         "privacy": privacy,
         "label_fidelity": {"not_computed": "volumes carry no class labels"},
-        "condition_fidelity": {"not_computed": "run with --masks to evaluate label maps"},
+        "condition_fidelity": {"not_computed": "not implemented for 3D volumes (no 3D segmenter yet)"},
     }
     shown = {
         n: ImageSet(

@@ -1,0 +1,164 @@
+"""Segmentation masks paired with images by file name, read as binary {0, 1} and resized like their image.
+
+Pairing follows the BUSI convention: ``<stem>_mask.<ext>`` plus ``<stem>_mask_<n>.<ext>`` for further
+lesions, beside the image or in a sibling ``mask``/``masks`` folder of an ``images``/``image`` folder.
+Several files for one image are merged (union). A mask file must be two-valued {0, v} (0/1, 0/255...):
+anything else, such as a JPEG-compressed mask, is an error rather than a guessed threshold. An all-zero
+mask is valid (an image without lesion, e.g. BUSI 'normal').
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import Compose, Resize
+
+from synthmed.config import DataConfig
+from synthmed.data.preprocess import FitResize, PercentileScale, build_transform, preprocess
+from synthmed.data.readers import IMAGE_EXTENSIONS, read_image
+from synthmed.data.sources import Skipped, handle_failure
+from synthmed.errors import SynthmedError
+
+_IMAGE_DIRS = frozenset({"images", "image"})
+_MASK_DIRS = frozenset({"mask", "masks"})
+
+
+@dataclass
+class MaskPairs:
+    """Preprocessed images with their aligned masks, and the images left out with the reason."""
+
+    images: torch.Tensor  # (N, 1, S, S) float32 in [0, 1]
+    masks: torch.Tensor  # (N, 1, S, S) uint8 in {0, 1}
+    sources: list[str]  # the N image paths, in order
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def mask_folders(image: Path) -> list[Path]:
+    """Folders searched for ``image``'s masks: its own, plus mask/masks siblings of an images folder."""
+    folders = [image.parent]
+    if image.parent.name.lower() in _IMAGE_DIRS:
+        # Listing the parent (not guessing names) also finds 'Mask' or 'MASKS' on case-sensitive disks.
+        siblings = _listdir(image.parent.parent)
+        folders += sorted(p for p in siblings if p.is_dir() and p.name.lower() in _MASK_DIRS)
+    return folders
+
+
+def find_mask_files(image: Path) -> list[Path]:
+    """Sorted mask files of ``image`` (``<stem>_mask.<ext>``, ``<stem>_mask_<n>.<ext>``); [] when none."""
+    image = Path(image)
+    # Stems like 'benign (1)' or 'scan [a]' are glob syntax, so match listed names with an escaped regex.
+    name = re.compile(re.escape(image.stem) + r"_(?i:mask)(?:_\d+)?(\.[^.]+)")
+    found = []
+    for folder in mask_folders(image):
+        for path in _listdir(folder):
+            match = name.fullmatch(path.name)
+            if match and match.group(1).lower() in IMAGE_EXTENSIONS and path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
+def _listdir(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise SynthmedError(f"cannot list folder ({exc.strerror or exc})", path=folder) from exc
+
+
+def read_mask(paths: Sequence[Path], image_shape: tuple[int, int]) -> np.ndarray:
+    """The union of the mask files ``paths`` as uint8 {0, 1} (H, W); each must match ``image_shape``."""
+    if not paths:
+        raise ValueError("read_mask needs at least one mask file")
+    union = np.zeros(image_shape, dtype=bool)
+    for path in paths:
+        union |= _read_one_mask(Path(path), image_shape)
+    return union.astype(np.uint8)
+
+
+def _read_one_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
+    mask = read_image(path)
+    if mask.shape != tuple(image_shape):
+        raise SynthmedError(
+            f"mask is {mask.shape[0]} x {mask.shape[1]} (H x W) but its image is "
+            f"{image_shape[0]} x {image_shape[1]}; save the mask at its image's size "
+            "(a size mismatch usually means the wrong image/mask pairing)",
+            path=path,
+        )
+    values = np.unique(mask)
+    if values.size > 2 or (values.size == 2 and values[0] != 0):
+        raise SynthmedError(
+            f"not a binary mask: {values.size} distinct values (from {values[0]:g} to {values[-1]:g}); "
+            "save it as 0/255 or 0/1 in a lossless format such as PNG",
+            path=path,
+        )
+    return mask > 0
+
+
+class NearestFitResize(FitResize):
+    """FitResize's crop and target shape, sampled nearest-neighbour so a mask stays binary and aligned.
+
+    'nearest-exact' samples pixel centres like the image's area/bilinear resampling; torch's plain
+    'nearest' picks the top-left source pixel and would shift the mask by up to half a source pixel.
+    """
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.fit == "shortest":
+            # FitResize to the short side crops its own centred square and resamples nothing.
+            img = FitResize(min(img.shape[-2:]), "shortest")(img)
+        return Resize(self.target_shape(*img.shape[-2:]), mode="nearest-exact")(img)
+
+
+@functools.lru_cache(maxsize=16)
+def build_mask_transform(size: int, resize_mode: str) -> Compose:
+    """The image pipeline of ``build_transform`` without intensity scaling, resampling nearest-neighbour."""
+    image_steps = build_transform(size, resize_mode, (0.0, 100.0)).transforms
+    return Compose(
+        [
+            NearestFitResize(step.size, step.fit) if isinstance(step, FitResize) else step
+            for step in image_steps
+            if not isinstance(step, PercentileScale)
+        ]
+    )
+
+
+def resize_mask(mask: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """An (H, W) mask -> uint8 {0, 1} (S, S), with the geometry ``preprocess`` gives its image."""
+    transform = build_mask_transform(cfg.image_size, cfg.resize_mode)
+    out = transform(torch.from_numpy(np.asarray(mask, dtype=np.float32))[None])
+    return (np.asarray(torch.as_tensor(out))[0] > 0.5).astype(np.uint8)
+
+
+def load_pair(image: Path, mask_files: Sequence[Path], cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One image and the union of its mask files, both (1, S, S): float32 in [0, 1] and uint8 {0, 1}."""
+    pixels = read_image(image)
+    mask = read_mask(mask_files, pixels.shape)
+    return preprocess(pixels, cfg), resize_mask(mask, cfg)[None]
+
+
+def load_image_mask_pairs(images: Sequence[Path], cfg: DataConfig) -> MaskPairs:
+    """Load ``images`` with their masks. Images without a mask file are skipped (a data set may label
+    only some images); unreadable images or masks are skipped or raised per ``cfg.on_error``."""
+    size = cfg.image_size
+    pixels = np.empty((len(images), 1, size, size), dtype=np.float32)
+    masks = np.empty((len(images), 1, size, size), dtype=np.uint8)
+    sources: list[str] = []
+    skipped: list[Skipped] = []
+    for path in map(Path, images):
+        try:
+            files = find_mask_files(path)
+            if not files:
+                reason = f"no mask file {path.stem}_mask{path.suffix} next to it or in a sibling mask/ folder"
+                skipped.append(Skipped(str(path), reason))
+                continue
+            pixels[len(sources)], masks[len(sources)] = load_pair(path, files, cfg)
+        except SynthmedError as exc:
+            handle_failure(exc, str(path), skipped, cfg.on_error)
+            continue
+        sources.append(str(path))
+    n = len(sources)
+    return MaskPairs(torch.from_numpy(pixels[:n]), torch.from_numpy(masks[:n]), sources, skipped)
