@@ -288,3 +288,35 @@ def test_three_view_fid_on_volumes_matches_the_2d_path(
     assert again["synthetic"]["fid"]["value"] == pytest.approx(
         report["fidelity"][view]["synthetic"]["fid"]["value"]
     )
+
+
+def test_a_local_extractor_file_replaces_the_in_house_features(
+    cxr_sets: Path, eval_cache: Path, tmp_path: Path
+) -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3))
+    path = tmp_path / "features.pt"
+    torch.jit.trace(net.eval(), torch.rand(2, 3, 48, 48)).save(str(path))
+    r = _run(cxr_sets, "unseen", tmp_path, eval_cache, extractor=path, extractor_size=48)
+    assert r["extractor"]["kind"].startswith("local file") and r["extractor"]["feature_dim"] == 16
+    assert r["fidelity"]["all"]["synthetic"]["fid"]["value"] >= 0
+
+
+def test_cli_reports_bad_input_in_one_line(
+    cxr_sets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from synthmed.cli import app
+
+    monkeypatch.setenv("SYNTHMED_CACHE", str(tmp_path / "cache"))
+    args = ["evaluate", "--real", str(cxr_sets / "train"), "--holdout", str(tmp_path / "missing")]
+    result = CliRunner().invoke(app, [*args, "--synthetic", str(cxr_sets / "unseen"), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "missing" in result.output and "Traceback" not in result.output
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a network")
+    args = ["evaluate", "--real", str(cxr_sets / "train"), "--holdout", str(cxr_sets / "holdout")]
+    result = CliRunner().invoke(
+        app, [*args, "--synthetic", str(cxr_sets / "unseen"), "--out", str(tmp_path), "--extractor", str(bad)]
+    )
+    assert result.exit_code == 2 and "bad.pt" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,6 +17,7 @@ from synthmed.evaluation.sections import (
     diversity_section,
     fidelity_section,
     label_section,
+    phase,
     privacy_section,
     set_summary,
     write_report,
@@ -71,34 +73,48 @@ def _groups(sets: dict[str, ImageSet], classes: list[str]) -> Groups:
 
 def evaluate(cfg: EvaluateConfig) -> Path:
     """Compute every figure and write ``report.json`` and ``report.html`` under ``cfg.out``."""
+    for name, root in (("real", cfg.real), ("holdout", cfg.holdout), ("synthetic", cfg.synthetic)):
+        if not Path(root).is_dir():
+            raise SynthmedError(f"the {name} folder does not exist", path=root)
     if is_volume_folder(cfg.real):
         return evaluate_volumes(cfg)
     return evaluate_images(cfg)
 
 
 def evaluate_images(cfg: EvaluateConfig) -> Path:
-    sets = load_sets(cfg)
-    classes = check_classes(sets)
+    timings: dict[str, float] = {}
+    with phase(timings, "load"):
+        sets = load_sets(cfg)
+        classes = check_classes(sets)
     train = sets["train"]
-    settings = ExtractorSettings(steps=cfg.extractor_steps, seed=cfg.seed)
-    classifier, extractor_info = trained_extractor(
-        train.images, train.labels, train.class_names, settings, default_cache_dir(cfg)
-    )
-    featurer = LocalExtractor(cfg.extractor, cfg.extractor_size) if cfg.extractor else classifier
-    extractor_info["kind"] = f"local file {cfg.extractor}" if cfg.extractor else "in-house ResNet"
-    feats = {n: featurer.features(s.images) for n, s in sets.items()}
+    with phase(timings, "extractor"):
+        local = LocalExtractor(cfg.extractor, cfg.extractor_size) if cfg.extractor else None
+        settings = ExtractorSettings(steps=cfg.extractor_steps, seed=cfg.seed)
+        classifier, extractor_info = trained_extractor(
+            train.images, train.labels, train.class_names, settings, default_cache_dir(cfg)
+        )
+        featurer = local or classifier
+        extractor_info["kind"] = f"local file {cfg.extractor}" if cfg.extractor else "in-house ResNet"
+        feats = {n: featurer.features(s.images) for n, s in sets.items()}
     groups = _groups(sets, classes)
-    privacy, pairs = privacy_section(sets, feats, cfg)
-    report = {
+    report: dict[str, Any] = {
         "settings": cfg.model_dump(mode="json"),
         "sets": {n: set_summary(s) for n, s in sets.items()},
         "extractor": extractor_info | {"feature_dim": int(feats["train"].shape[1])},
-        "fidelity": fidelity_section(groups, feats, cfg),
-        "diversity": diversity_section(groups, sets, cfg),
-        "privacy": privacy,
-        "label_fidelity": label_section(sets, classifier, classes),
-        "condition_fidelity": condition_section(sets, cfg)
-        if cfg.masks
-        else {"not_computed": "run with --masks to evaluate masks"},
     }
+    with phase(timings, "fidelity"):
+        report["fidelity"] = fidelity_section(groups, feats, cfg)
+    with phase(timings, "diversity"):
+        report["diversity"] = diversity_section(groups, sets, cfg)
+    with phase(timings, "privacy"):
+        report["privacy"], pairs = privacy_section(sets, feats, cfg)
+    with phase(timings, "label_fidelity"):
+        report["label_fidelity"] = label_section(sets, classifier, classes)
+    with phase(timings, "condition_fidelity"):
+        report["condition_fidelity"] = (
+            condition_section(sets, cfg)
+            if cfg.masks
+            else {"not_computed": "run with --masks to evaluate masks"}
+        )
+    report["timings_s"] = timings
     return write_report(report, sets, pairs, cfg.out)

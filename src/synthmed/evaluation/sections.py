@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,16 @@ from synthmed.evaluation.sets import ImageSet
 
 SET_NAMES = ("train", "holdout", "synthetic")
 Groups = dict[str, dict[str, torch.Tensor] | str]
+
+
+@contextmanager
+def phase(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[name]`` (reported in report.json)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 2)
 
 
 def default_cache_dir(cfg: EvaluateConfig) -> Path:
