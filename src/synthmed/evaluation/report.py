@@ -133,7 +133,7 @@ def _sample_grids(sets: dict[str, ImageSet], assets: Path, per_row: int = 8) -> 
 
 def _pairs_grid(sets: dict[str, ImageSet], pairs: list[dict[str, Any]], assets: Path) -> str:
     if not pairs:
-        return "<p>No synthetic image was flagged.</p>"
+        return ""
     tiles = torch.stack(
         [
             t
@@ -143,13 +143,14 @@ def _pairs_grid(sets: dict[str, ImageSet], pairs: list[dict[str, Any]], assets: 
     )
     save_grid(tiles, assets / "top_pairs.png", ncols=8)
     listing = "".join(
-        f"<li>{html.escape(p['synthetic_file'])} ↔ {html.escape(p['train_file'])} "
-        f"({p['space']}, distance {p['distance']:.4f})</li>"
+        f"<li>{'<b>flagged</b> ' if p['flagged'] else ''}{html.escape(p['synthetic_file'])} ↔ "
+        f"{html.escape(p['train_file'])} (distance / threshold {p['ratio']:.2f})</li>"
         for p in pairs
     )
     return (
-        f'<img src="{assets.name}/top_pairs.png" alt="flagged pairs">'
-        f"<p>Pairs left to right: synthetic, nearest training image.</p><ol>{listing}</ol>"
+        f'<img src="{assets.name}/top_pairs.png" alt="closest pairs">'
+        "<p>The synthetic images closest to a training image, in pairs left to right: synthetic, its nearest "
+        f"training image in pixel space. Ratios below 1 in every space are flagged.</p><ol>{listing}</ol>"
     )
 
 
@@ -209,8 +210,9 @@ def _privacy_text(priv: dict[str, Any]) -> str:
     return (
         f"<p><b>{100 * priv['flagged_fraction']:.1f}%</b> of synthetic images ({priv['flagged']} of "
         f"{priv['n_synthetic']}) are closer to a training image than {priv['percentile']:g}% of real holdout "
-        f"images are; they copy {priv['distinct_train_images_copied']} distinct training images. By "
-        f"construction about {100 - priv['percentile']:g}% of genuinely new images are flagged too.</p>"
+        "images are, in pixel space and in feature space; they copy "
+        f"{priv['distinct_train_images_copied']} distinct training images. Floor: "
+        f"{100 * priv['holdout_flagged_fraction']:.1f}% of the real holdout images pass the same test.</p>"
     )
 
 
