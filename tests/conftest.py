@@ -38,6 +38,11 @@ def busi(data_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def hippocampus(data_root: Path) -> Path:
+    return _subset(data_root, "hippocampus")
+
+
+@pytest.fixture(scope="session")
 def dicom_file() -> Callable[[str], Path]:
     """Path of a real DICOM object shipped with pydicom / pydicom-data, e.g. 'RG1_UNCI.dcm'."""
     from pydicom.data import get_testdata_file

@@ -30,14 +30,6 @@ KEYS = ("hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_00
 CFG = VolumeConfig(size=(40, 56, 40))
 
 
-@pytest.fixture(scope="module")
-def hippocampus(data_root: Path) -> Path:
-    path = data_root / "hippocampus"
-    if not path.is_dir():
-        pytest.skip(f"{path} missing from the shared data folder")
-    return path
-
-
 @pytest.fixture
 def msd_copy(hippocampus: Path, tmp_path: Path) -> Callable[..., Path]:
     """Copy some real pairs into <tmp>/hippo/{images,labels}/ (MSD layout)."""

@@ -16,14 +16,6 @@ from synthmed.evaluation.views import VIEW_AXIS, VIEWS, slice_indices, three_vie
 SHAPE = (20, 24, 28)  # X (towards Right), Y (Anterior), Z (Superior): all different, to catch axis mix-ups
 
 
-@pytest.fixture(scope="module")
-def hippocampus(data_root: Path) -> Path:
-    path = data_root / "hippocampus"
-    if not path.is_dir():
-        pytest.skip(f"{path} missing from the shared data folder")
-    return path
-
-
 def _half(axis: int) -> torch.Tensor:
     """(1, 1, X, Y, Z) volume, 1 in the upper half of one spatial axis (Right, Anterior or Superior)."""
     vol = torch.zeros(1, 1, *SHAPE)

@@ -238,10 +238,8 @@ def test_condition_fidelity_separates_right_from_wrong_masks(
 
 
 @pytest.fixture(scope="session")
-def hippocampus_sets(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = data_root / "hippocampus"
-    if not src.is_dir():
-        pytest.skip(f"{src} missing")
+def hippocampus_sets(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = hippocampus
     root = tmp_path_factory.mktemp("hippo_sets")
     paired = [p for p in sorted((src / "images").glob("*.nii.gz")) if (src / "labels" / p.name).exists()]
     for name, chosen in (("train", paired[:12]), ("holdout", paired[12:18]), ("synthetic", paired[18:24])):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,34 +60,35 @@ def matched(idx: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     return {n: _sample(i, m, seed) for n, i in idx.items()}
 
 
+def per_group(
+    groups: dict[str, Any], seed: int, compute: Callable[[dict[str, torch.Tensor]], dict[str, Any]]
+) -> dict[str, Any]:
+    """``compute`` on equal-sized samples of each group, or the reason a group cannot be compared."""
+    return {
+        group: {"not_computed": idx} if isinstance(idx, str) else compute(matched(idx, seed))
+        for group, idx in groups.items()
+    }
+
+
 def fidelity_section(groups: dict[str, Any], feats: dict[str, torch.Tensor], cfg: EvaluateConfig) -> dict:
-    out = {}
-    for group, idx in groups.items():
-        if isinstance(idx, str):
-            out[group] = {"not_computed": idx}
-            continue
-        s = matched(idx, cfg.seed)
+    kwargs = {"k": cfg.prdc_k, "n_boot": cfg.bootstrap, "seed": cfg.seed}
+
+    def compute(s: dict[str, torch.Tensor]) -> dict[str, Any]:
         ref = feats["train"][s["train"]]
-        kwargs = {"k": cfg.prdc_k, "n_boot": cfg.bootstrap, "seed": cfg.seed}
-        out[group] = {
+        return {
             "n_per_set": len(s["train"]),
             "synthetic": fidelity(ref, feats["synthetic"][s["synthetic"]], **kwargs),
             "real_floor": fidelity(ref, feats["holdout"][s["holdout"]], **kwargs),
         }
-    return out
+
+    return per_group(groups, cfg.seed, compute)
 
 
 def diversity_section(groups: dict[str, Any], sets: dict[str, ImageSet], cfg: EvaluateConfig) -> dict:
-    out = {}
-    for group, idx in groups.items():
-        if isinstance(idx, str):
-            out[group] = {"not_computed": idx}
-            continue
-        s = matched(idx, cfg.seed)
-        out[group] = {
-            n: pairwise_ms_ssim(sets[n].images[s[n]], cfg.msssim_pairs, cfg.seed) for n in SET_NAMES
-        }
-    return out
+    def compute(s: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {n: pairwise_ms_ssim(sets[n].images[s[n]], cfg.msssim_pairs, cfg.seed) for n in SET_NAMES}
+
+    return per_group(groups, cfg.seed, compute)
 
 
 def privacy_section(
