@@ -272,7 +272,7 @@ def test_three_view_fid_on_volumes_matches_the_2d_path(
     assert report["sets"]["train"]["n"] == 12 and report["privacy"]["n_synthetic"] == 6
     assert report["diversity"]["all"]["synthetic"]["scales"] >= 2
     # The 2D path on the same slices, with the same (cached) extractor, gives the same per-view figures.
-    sets = load_volume_sets(cfg)
+    sets, _ = load_volume_sets(cfg)
     slices = {
         n: three_view_slices(s.images, size=cfg.image_size, fraction=cfg.slice_fraction)
         for n, s in sets.items()
@@ -318,3 +318,38 @@ def test_cli_reports_bad_input_in_one_line(
         app, [*args, "--synthetic", str(cxr_sets / "unseen"), "--out", str(tmp_path), "--extractor", str(bad)]
     )
     assert result.exit_code == 2 and "bad.pt" in result.output
+
+
+def test_label_map_fidelity_separates_right_from_flipped_label_maps(
+    hippocampus_sets: Path, tmp_path: Path, eval_cache: Path
+) -> None:
+    import nibabel as nib
+
+    wrong = tmp_path / "wrong"
+    shutil.copytree(hippocampus_sets / "synthetic", wrong)
+    for path in (wrong / "labels").glob("*.nii.gz"):
+        img = nib.load(path)
+        flipped = np.ascontiguousarray(np.flip(np.asarray(img.dataobj), axis=1))  # anterior <-> posterior
+        nib.save(nib.Nifti1Image(flipped, img.affine, img.header), path)
+    results = {}
+    for name, synthetic in (("right", hippocampus_sets / "synthetic"), ("wrong", wrong)):
+        cfg = EvaluateConfig(
+            real=hippocampus_sets / "train",
+            holdout=hippocampus_sets / "holdout",
+            synthetic=synthetic,
+            out=tmp_path / name,
+            masks=True,
+            volume_size=(32, 48, 32),
+            segmenter_steps=150,
+            cache_dir=eval_cache,
+            **(FAST | {"msssim_pairs": 10}),
+        )
+        results[name] = json.loads((evaluate(cfg) / "report.json").read_text())["condition_fidelity"]
+    right, wrong_result = results["right"]["labels"], results["wrong"]["labels"]
+    assert set(right) == {"label_1", "label_2"}
+    for label in right:
+        assert (
+            right[label]["synthetic"]["dice"]["mean"] > wrong_result[label]["synthetic"]["dice"]["mean"] + 0.1
+        )
+        assert right[label]["holdout_ceiling"]["dice"]["mean"] > 0.3
+    assert set(results["right"]["intensity"]["ks_test"]) == {"background", "label_1", "label_2"}

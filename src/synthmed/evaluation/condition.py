@@ -33,22 +33,23 @@ LABELS = {"background": 0, "foreground": 1}
 BOOTSTRAP_RESAMPLES = 1000
 
 
-def segmenter_channels(size: int) -> tuple[int, ...]:
-    """Enough levels to bring an S x S input down to about 8 x 8, so the receptive field spans a lesion.
+def segmenter_channels(shape: int | Sequence[int]) -> tuple[int, ...]:
+    """Enough levels to bring the smallest side down to about 8, so the receptive field spans a lesion.
 
     Measured on BUSI: at 64 px a 3-level UNet learned to predict nothing on held-out images for much of
     its training, while 4 levels reached Dice 0.5 with 40 training pairs.
     """
-    levels = min(5, max(2, (size // 8).bit_length()))
-    while levels > 2 and size % 2 ** (levels - 1):  # each stride-2 level needs an even size
+    sides = (shape,) if isinstance(shape, int) else tuple(shape)
+    levels = min(5, max(2, (min(sides) // 8).bit_length()))
+    while levels > 2 and any(side % 2 ** (levels - 1) for side in sides):  # stride-2 levels need even sides
         levels -= 1
     return tuple(min(16 * 2**i, 128) for i in range(levels))
 
 
-def build_segmenter(channels: Sequence[int]) -> UNet:
+def build_segmenter(channels: Sequence[int], spatial_dims: int = 2) -> UNet:
     """One-channel logits (sigmoid foreground probability); each level after the first halves the size."""
     return UNet(
-        spatial_dims=2,
+        spatial_dims=spatial_dims,
         in_channels=1,
         out_channels=1,
         channels=tuple(channels),
@@ -68,20 +69,22 @@ def train_segmenter(
     lr: float = 3e-3,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Train a UNet on (N, 1, S, S) images in [0, 1] and {0, 1} masks; deterministic for a given seed.
+    """Train a UNet on (N, 1, *spatial) images in [0, 1] and {0, 1} masks, 2D or 3D (RAS volumes);
+    deterministic for a given seed.
 
-    ``channels`` defaults to ``segmenter_channels(S)``. Augmentation is a random horizontal flip only:
-    vertical flips and rotations would put the skin line of an ultrasound (or the patient's orientation
-    in other modalities) where real images never have it.
+    ``channels`` defaults to ``segmenter_channels(spatial)``. Augmentation is a random left-right flip
+    only: vertical flips and rotations would put the skin line of an ultrasound (or the patient's
+    orientation in other modalities) where real images never have it.
     """
     _check_pairs(images, masks, "training")
     if not len(images):
         raise SynthmedError("no real training image has a mask, so no segmenter can be trained")
-    channels = channels or segmenter_channels(images.shape[-1])
-    _check_size(images.shape[-1], len(channels))
+    spatial = tuple(images.shape[2:])
+    channels = channels or segmenter_channels(spatial)
+    _check_size(spatial, len(channels))
     torch.manual_seed(seed)  # weight initialisation
     rng = torch.Generator().manual_seed(seed)  # batches and flips, independent of other torch users
-    model = build_segmenter(channels).to(device).train()
+    model = build_segmenter(channels, len(spatial)).to(device).train()
     # batch=True: Dice over the whole batch, so images with empty masks do not give a degenerate 0/0 term.
     loss_fn = DiceCELoss(sigmoid=True, batch=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -103,7 +106,9 @@ def _augmented_batch(
     idx = torch.randint(len(images), (batch_size,), generator=rng)
     flip = torch.rand(batch_size, generator=rng) < 0.5
     x, y = images[idx], targets[idx]
-    x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
+    # Left-right: the last axis of a 2D image, the first spatial axis (x) of a RAS volume.
+    axis = -1 if images.ndim == 4 else 2
+    x[flip], y[flip] = x[flip].flip(axis), y[flip].flip(axis)
     return x, y
 
 
@@ -119,7 +124,7 @@ def _autocast(device: str | torch.device) -> torch.autocast:
 
 
 def segment(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Binary uint8 {0, 1} (N, 1, S, S) masks: foreground where the model's probability exceeds 0.5."""
+    """Binary uint8 {0, 1} (N, 1, *spatial) masks: foreground where the model's probability exceeds 0.5."""
     device = next(model.parameters()).device
     model.eval()
     out = []
@@ -161,7 +166,7 @@ def summarise(values: np.ndarray, *, seed: int, resamples: int = BOOTSTRAP_RESAM
 
 
 def dice_hd95(pred: torch.Tensor, target: torch.Tensor, *, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Dice and HD95 of binary (N, 1, S, S) masks, summarised over images (see the module docstring).
+    """Dice and HD95 of binary (N, 1, *spatial) masks, summarised over images (see the module docstring).
 
     {"dice": {"mean", "ci95", "n", "reason", "both_empty"},
      "hd95": {"mean", "ci95", "n", "reason", "excluded"}}
@@ -203,17 +208,20 @@ def condition_fidelity(
     return {"image_size": int(synthetic_images.shape[-1]), **scores, "dice_gap": gap}
 
 
-def intensity_stats(images: torch.Tensor, masks: torch.Tensor) -> dict[str, dict[str, Any]]:
+def intensity_stats(
+    images: torch.Tensor, masks: torch.Tensor, labels: dict[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per label, the distribution over images of the median intensity inside that label.
 
-    {"background" | "foreground": {"label", "n", "mean", "std", "p5", "p50", "p95", "medians", "reason"}};
-    ``n`` counts the images that have pixels of the label. In pad mode the background includes the
-    zero padding border, identically for real and synthetic images of the same shape.
+    {name: {"label", "n", "mean", "std", "p5", "p50", "p95", "medians", "reason"}} for each of ``labels``
+    (default background 0 / foreground 1; label maps name theirs); ``n`` counts the images that have
+    pixels of the label. In pad mode the background includes the zero padding border, identically for
+    real and synthetic images of the same shape.
     """
     _check_pairs(images, masks, "intensity")
     pixels = images.float().flatten(1).numpy()
-    labels = masks.flatten(1).numpy()
-    return {name: _label_stats(pixels, labels, label) | {"label": label} for name, label in LABELS.items()}
+    values = masks.flatten(1).numpy()
+    return {name: _label_stats(pixels, values, v) | {"label": v} for name, v in (labels or LABELS).items()}
 
 
 def _label_stats(pixels: np.ndarray, labels: np.ndarray, label: int) -> dict[str, Any]:
@@ -246,11 +254,11 @@ def compare_intensity(
 ) -> dict[str, Any]:
     """Two-sample Kolmogorov-Smirnov test of per-image label medians, real vs synthetic, per label.
 
-    {"background" | "foreground": {"ks_statistic", "p_value", "median_shift", "n_real", "n_synthetic",
-    "reason"}}; ``median_shift`` is synthetic p50 minus real p50.
+    {label name: {"ks_statistic", "p_value", "median_shift", "n_real", "n_synthetic", "reason"}};
+    ``median_shift`` is synthetic p50 minus real p50.
     """
     out = {}
-    for name in LABELS:
+    for name in real:
         r, s = real[name], synthetic[name]
         counts = {"n_real": r["n"], "n_synthetic": s["n"]}
         if not (r["n"] and s["n"]):
@@ -269,18 +277,18 @@ def compare_intensity(
 
 
 def _check_pairs(images: torch.Tensor, masks: torch.Tensor, what: str) -> None:
-    if images.ndim != 4 or images.shape[1] != 1 or images.shape != masks.shape:
+    if images.ndim not in (4, 5) or images.shape[1] != 1 or images.shape != masks.shape:
         raise SynthmedError(
             f"{what} images {tuple(images.shape)} and masks {tuple(masks.shape)} must both be (N, 1, S, S) "
-            "with one mask per image"
+            "or (N, 1, X, Y, Z) with one mask per image"
         )
 
 
-def _check_size(size: int, levels: int) -> None:
+def _check_size(spatial: tuple[int, ...], levels: int) -> None:
     factor = 2 ** (levels - 1)
-    if size % factor:
+    if any(side % factor for side in spatial):
         raise SynthmedError(
-            f"image size {size} is not divisible by {factor}, which a {levels}-level segmenter needs; "
-            "choose an image size that is a multiple of it",
-            field="data.image_size",
+            f"image size {spatial} is not divisible by {factor}, which a {levels}-level segmenter needs; "
+            "choose an image (or volume) size that is a multiple of it",
+            field="image_size",
         )

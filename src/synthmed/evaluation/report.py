@@ -169,6 +169,8 @@ def _label_table(label: dict[str, Any]) -> str:
 def _condition_table(cond: dict[str, Any]) -> str:
     if "not_computed" in cond:
         return f"<p>Not computed: {html.escape(cond['not_computed'])}</p>"
+    if "labels" in cond:  # 3D label maps: one table per label
+        return "".join(f"<h3>{html.escape(k)}</h3>" + _condition_table(v) for k, v in cond["labels"].items())
     rows = []
     for metric in ("dice", "hd95"):
         cells = []
