@@ -166,19 +166,17 @@ def test_missing_checkpoint_is_a_clear_error(tiny_run: Path, tmp_path: Path) -> 
 
 
 def test_privacy_filter_records_its_verdict(tiny_run: Path, tmp_path: Path) -> None:
-    from synthmed.config import GenerateConfig
-    from synthmed.sampling.pipeline import generate_to_folder, read_manifest
+    from synthmed.sampling.pipeline import read_manifest
 
     out = tmp_path / "filtered"
-    cfg = GenerateConfig(
-        run_dir=tiny_run, out=out, label="NORMAL", count=3, steps=3, batch_size=3, privacy_filter=True
-    )
-    generate_to_folder(cfg, progress=False)
+    args = ["generate", "--run", str(tiny_run), "--label", "NORMAL", "--count", "3", "--steps", "3"]
+    args += ["--out", str(out), "--privacy-filter", "--copy-percentile", "95", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
     rows = read_manifest(out / "manifest.jsonl")
-    kept = [r for r in rows if r["file"]]
-    assert len(kept) == 3
+    assert len([r for r in rows if r["file"]]) == 3
     for r in rows:
-        assert r["privacy_filter"] == 99.0
+        assert r["privacy_filter"] == 95.0 and r["privacy"]["percentile"] == 95.0
         assert r["privacy"]["threshold"] > 0 and r["privacy"]["nearest_train"].endswith(".jpeg")
         assert r["privacy"]["flagged"] == ("dropped" in r)
 
