@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from synthmed.config import (
+    AugmentationConfig,
     EvaluateConfig,
     GenerateConfig,
     format_validation_error,
@@ -259,6 +260,72 @@ def evaluate(
     cfg = command_config(EvaluateConfig, config, given)
     report = run_evaluation(cfg)
     err.print(f"done: {report / 'report.html'}")
+
+
+class Task(StrEnum):
+    classify = "classify"
+    segment = "segment"
+
+
+@app.command("benchmark-augmentation")
+@user_errors
+def benchmark_augmentation(
+    task: Annotated[Task | None, typer.Option(help="classify (ResNet) or segment (UNet on masks).")] = None,
+    real_train: Annotated[Path | None, typer.Option(help="Real training images (class folders).")] = None,
+    real_test: Annotated[
+        Path | None, typer.Option(help="Real test images the generator never saw (class folders).")
+    ] = None,
+    synthetic: Annotated[
+        Path | None, typer.Option(help="A `synthmed generate` folder (with manifest.jsonl).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for results.json, results.csv, report.html.")
+    ] = None,
+    arm: Annotated[
+        list[str] | None,
+        typer.Option(help="Arm to run (repeatable): real, real+synthetic, synthetic, pretrain."),
+    ] = None,
+    ratio: Annotated[list[float] | None, typer.Option(help="Synthetic:real ratio (repeatable).")] = None,
+    real_fraction: Annotated[
+        list[float] | None, typer.Option(help="Fraction of the real training images (repeatable).")
+    ] = None,
+    minority_class: Annotated[str | None, typer.Option(help="Class to subsample to a prevalence.")] = None,
+    minority_fraction: Annotated[float | None, typer.Option(help="Prevalence of --minority-class.")] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="Training seed (repeatable).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps per arm (fixed budget).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Common square image size (default 64).")] = None,
+    bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples for 95% intervals.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML with AugmentationConfig fields.")
+    ] = None,
+) -> None:
+    """Does synthetic data help? Train a downstream model with and without it; test on real images.
+
+    Arms: real only (standard augmentation), real + synthetic at each ratio, synthetic only, and
+    synthetic pre-training + real fine-tuning, over seeds and real-data fractions, with paired bootstrap
+    CIs against the real-only arm. Refuses a test image the generator was trained on.
+    """
+    from synthmed.downstream.run import benchmark
+
+    given = {
+        "task": task.value if task else None,
+        "real_train": real_train,
+        "real_test": real_test,
+        "synthetic": synthetic,
+        "out": out,
+        "arms": arm or None,
+        "ratios": ratio or None,
+        "real_fractions": real_fraction or None,
+        "minority_class": minority_class,
+        "minority_fraction": minority_fraction,
+        "seeds": seed or None,
+        "steps": steps,
+        "image_size": image_size,
+        "bootstrap": bootstrap,
+    }
+    cfg = command_config(AugmentationConfig, config, given)
+    benchmark(cfg)
+    err.print(f"done: {cfg.out / 'report.html'}")
 
 
 @app.command()

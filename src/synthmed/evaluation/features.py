@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -112,10 +113,50 @@ def _rotate(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.
     return rotated, k
 
 
-def _class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights: the label head must not learn 'always the majority class'."""
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights: a class head must not learn 'always the majority class'."""
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).float()
     return counts.sum() / (num_classes * counts)
+
+
+#: (augmented image batch, its labels or None, the loop's generator) -> loss, run under bf16 autocast.
+BatchLoss = Callable[[torch.Tensor, torch.Tensor | None, torch.Generator], torch.Tensor]
+
+
+def train_loop(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    settings: ExtractorSettings,
+    batch_loss: BatchLoss,
+    on_step: Callable[[int], None] | None = None,
+) -> list[dict[str, float]]:
+    """The classifier training loop shared by the extractor and the downstream benchmark.
+
+    ``settings.steps`` AdamW steps with a one-cycle schedule on random batches of (N, 1, S, S) images,
+    augmented by ``_augment``; ``on_step(step)`` runs after each step (e.g. validation for early
+    stopping) and may switch the model to eval mode. Returns the loss log.
+    """
+    gen = torch.Generator().manual_seed(settings.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.steps)
+    history = []
+    model.train()
+    for step in range(settings.steps):
+        idx = torch.randint(0, images.shape[0], (min(settings.batch_size, images.shape[0]),), generator=gen)
+        x = _augment(images[idx], gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # ~4x faster matmuls on this CPU class
+            loss = batch_loss(x, labels[idx] if labels is not None else None, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == settings.steps - 1:
+            history.append({"step": step, "loss": loss.item()})
+        if on_step is not None:
+            on_step(step)
+            model.train()
+    return history
 
 
 def fit_extractor(
@@ -123,28 +164,17 @@ def fit_extractor(
 ) -> tuple[InHouseExtractor, list[dict[str, float]]]:
     """Train on (N, 1, S, S) real images (and class indices); returns the model and its loss log."""
     torch.manual_seed(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)
     model = InHouseExtractor(num_classes if labels is not None else 0, settings.widths)
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, settings.lr, total_steps=settings.steps)
-    weights = _class_weights(labels, num_classes) if model.class_head is not None else None
-    history = []
-    model.train()
-    for step in range(settings.steps):
-        idx = torch.randint(0, images.shape[0], (min(settings.batch_size, images.shape[0]),), generator=gen)
-        x = _augment(images[idx], gen)
+    weights = class_weights(labels, num_classes) if model.class_head is not None else None
+
+    def batch_loss(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
         rotated, k = _rotate(x, gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # ~4x faster matmuls on this CPU class
-            loss = F.cross_entropy(model.rotation_head(model.backbone(rotated)).float(), k)
-            if model.class_head is not None:
-                logits = model.class_head(model.backbone(x)).float()
-                loss = loss + F.cross_entropy(logits, labels[idx], weight=weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 50 == 0 or step == settings.steps - 1:
-            history.append({"step": step, "loss": loss.item()})
+        loss = F.cross_entropy(model.rotation_head(model.backbone(rotated)).float(), k)
+        if model.class_head is not None:
+            loss = loss + F.cross_entropy(model.class_head(model.backbone(x)).float(), y, weight=weights)
+        return loss
+
+    history = train_loop(model, images, labels, settings, batch_loss)
     return model.eval(), history
 
 
