@@ -10,6 +10,11 @@ with the train64 run when it exists, else 1,000 other real training images as a 
 which), holdout = the 624 Kermany test images. Records time per phase (extractor training included), peak
 memory, the headline figures, and in the same run the baseline: MONAI's `FIDMetric` (scipy sqrtm) vs
 synthmed's eigendecomposition FID on the same features.
+
+augment64: the augmentation protocol on Kermany 64 px with NORMAL reduced to 5% prevalence. A small64
+generator is trained (as train64) on the reduced training folder only; it generates NORMAL and PNEUMONIA
+images; ``synthmed benchmark-augmentation`` then runs every arm (real+synthetic adds synthetic NORMAL images
+only) over several seeds and reports minority-class F1 and macro-F1 with paired CIs against real-only.
 """
 
 from __future__ import annotations
@@ -254,6 +259,103 @@ def _fid_baseline(report: dict) -> dict:
     return timings
 
 
+def _reduced_kermany(root: Path, prevalence: float, seed: int) -> dict[str, int]:
+    """Kermany train with NORMAL subsampled to ``prevalence`` of the images (seeded)."""
+    import random
+
+    pneumonia = sorted((DATA / "cxr-kermany" / "train" / "PNEUMONIA").glob("*.jpeg"))
+    normal = sorted((DATA / "cxr-kermany" / "train" / "NORMAL").glob("*.jpeg"))
+    keep = round(prevalence / (1 - prevalence) * len(pneumonia))
+    chosen = {"PNEUMONIA": pneumonia, "NORMAL": random.Random(seed).sample(normal, keep)}
+    for cls, files in chosen.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for f in files:
+            shutil.copy(f, root / cls / f.name)
+    return {cls: len(files) for cls, files in chosen.items()}
+
+
+def augment64(args: argparse.Namespace) -> dict:
+    from synthmed.config import AugmentationConfig, GenerateConfig, build_train_config
+    from synthmed.downstream.run import benchmark
+    from synthmed.sampling.pipeline import generate_to_folder
+    from synthmed.training.run import train
+
+    work = Path(args.work_dir)
+    real, run_dir, synthetic = work / "real_train", work / "generator", work / "synthetic"
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if not args.reuse_generator:
+        shutil.rmtree(work, ignore_errors=True)
+        counts = _reduced_kermany(real, args.prevalence, seed=0)
+        cfg = build_train_config(
+            {
+                "preset": "small64",
+                "run_dir": str(run_dir),
+                "data": {"source": str(real)},
+                "autoencoder": {"steps": args.ae_steps, "preview_every": args.ae_steps},
+                "diffusion": {"steps": args.diffusion_steps, "preview_every": args.diffusion_steps},
+                "runtime": {"precision": "bf16"},
+            }
+        )
+        train(cfg, progress=False)
+        times["generator_training_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        for label, count in (("NORMAL", args.normal), ("PNEUMONIA", args.pneumonia)):
+            generate_to_folder(
+                GenerateConfig(
+                    run_dir=run_dir, out=synthetic, label=label, count=count, batch_size=100, precision="bf16"
+                ),
+                progress=False,
+            )
+        times["generation_s"] = round(time.perf_counter() - t0, 1)
+    else:
+        counts = {c: len(list((real / c).iterdir())) for c in ("NORMAL", "PNEUMONIA")}
+    t0 = time.perf_counter()
+    results = benchmark(
+        AugmentationConfig(
+            real_train=real,
+            real_test=DATA / "cxr-kermany" / "test",
+            synthetic=synthetic,
+            out=work / "results",
+            ratios=args.ratios,
+            fill_class="NORMAL",
+            seeds=args.seeds,
+            steps=args.steps,
+            cache_dir=work / "cache",
+        )
+    )
+    times["benchmark_s"] = round(time.perf_counter() - t0, 1)
+    return {
+        "real_train": counts,
+        "times": times,
+        "summary": _augment_summary(results),
+        "leak_check": results["leak_check"],
+    }
+
+
+def _augment_summary(results: dict) -> list[dict]:
+    """Per arm (pooled over seeds): minority F1, macro-F1 and their paired differences vs real-only."""
+    rows = []
+    for r in results["pooled"]:
+        m, d = r["metrics"], r["vs_real"] or {}
+        rows.append(
+            {
+                "arm": r["arm"],
+                "ratio": r["ratio"],
+                **{
+                    k: {"value": round(m[k]["value"], 4), "ci95": [round(x, 4) for x in m[k]["ci95"]]}
+                    for k in ("f1[NORMAL]", "macro_f1", "balanced_accuracy", "auroc")
+                },
+                "vs_real": {
+                    k: {"value": round(d[k]["value"], 4), "ci95": [round(x, 4) for x in d[k]["ci95"]]}
+                    for k in ("f1[NORMAL]", "macro_f1")
+                    if k in d
+                },
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -272,11 +374,24 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--run-dir", default="runs/bench-train64", help="train64 run that makes the synthetic set")
     p.add_argument("--work-dir", default="runs/bench-eval64")
+    p = sub.add_parser("augment64", help="augmentation protocol on Kermany 64 px, NORMAL at 5% prevalence")
+    p.add_argument("--prevalence", type=float, default=0.05)
+    p.add_argument("--ae-steps", type=int, default=500)
+    p.add_argument("--diffusion-steps", type=int, default=1000)
+    p.add_argument("--normal", type=int, default=800, help="synthetic NORMAL images to generate")
+    p.add_argument("--pneumonia", type=int, default=400, help="synthetic PNEUMONIA images to generate")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--work-dir", default="runs/bench-augment64")
+    p.add_argument("--reuse-generator", action="store_true", help="keep the trained generator and its images")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.name}.json"
     if args.name == "eval64":
         result = {"machine": machine(), **eval64(args)}
+    elif args.name == "augment64":
+        result = {"machine": machine(), **augment64(args)}
     else:
         result = train64(args, out)
         result["generate"] = generate64(args)

@@ -87,6 +87,14 @@ def test_classify_real_vs_real_plus_synthetic(cxr: dict[str, Path], tmp_path: Pa
     assert json.loads((cfg.out / "results.json").read_text())["settings"]["steps"] == 30
 
 
+def test_fill_class_adds_only_minority_synthetic_images(cxr: dict[str, Path], tmp_path: Path) -> None:
+    cfg = _cfg(cxr, tmp_path / "out", arms=["real+synthetic"], ratios=[0.25], fill_class="NORMAL", steps=5)
+    run = benchmark(cfg)["runs"][0]
+    assert run["n_synthetic"] == round(0.25 * run["n_real"])
+    with pytest.raises(SynthmedError, match="fill_class"):
+        benchmark(cfg.model_copy(update={"fill_class": "COVID"}))
+
+
 def test_leak_check_refuses_a_test_image_from_the_generator_training_split(
     cxr: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -284,6 +284,11 @@ class AugmentationConfig(Strict):
     minority_fraction: float | None = Field(
         None, gt=0.0, lt=1.0, description="Prevalence of minority_class in the real training images."
     )
+    fill_class: str | None = Field(
+        None,
+        description="real+synthetic arms add synthetic images of this class only (fill a minority gap); "
+        "the synthetic and pretrain arms still use every synthetic image.",
+    )
     seeds: list[int] = Field([0, 1], min_length=1, description="One training run per seed and arm.")
     steps: int = Field(
         400, ge=1, description="Optimiser steps per arm (pretrain: this on synthetic, then on real)."

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from synthmed.config import AugmentationConfig
 from synthmed.downstream.data import Labelled, Sets, leak_check, load_sets, real_subset, synthetic_subset
@@ -74,8 +75,22 @@ def _training_set(arm: Arm, sets: Sets, cfg: AugmentationConfig, seed: int) -> t
     real = real_subset(sets, cfg, arm.fraction, seed)
     if arm.name != "real+synthetic":
         return real, len(real), 0
-    syn = synthetic_subset(sets.synthetic, round(arm.ratio * len(real)), seed)
+    syn = synthetic_subset(fill_pool(sets, cfg), round(arm.ratio * len(real)), seed)
     return real.concat(syn), len(real), len(syn)
+
+
+def fill_pool(sets: Sets, cfg: AugmentationConfig) -> Labelled:
+    """The synthetic images real+synthetic arms draw from: all, or only ``cfg.fill_class``."""
+    if cfg.fill_class is None:
+        return sets.synthetic
+    if cfg.fill_class not in sets.class_names:
+        raise SynthmedError(
+            f"'{cfg.fill_class}' is not a real training class {sets.class_names}", field="fill_class"
+        )
+    pool = torch.nonzero(sets.synthetic.labels == sets.class_names.index(cfg.fill_class)).flatten()
+    if not len(pool):
+        raise SynthmedError(f"the synthetic set has no '{cfg.fill_class}' images", path=cfg.synthetic)
+    return sets.synthetic.take(pool)
 
 
 def _train_and_score(arm: Arm, sets: Sets, cfg: AugmentationConfig, seed: int) -> tuple[Scorer, dict]:
