@@ -142,6 +142,8 @@ def test_segment_on_busi(busi: Path, tmp_path: Path) -> None:
     real, syn = results["runs"]
     assert syn["n_real"] == 0 and syn["n_synthetic"] == 20 and real["n_real"] == 34
     assert 0.0 <= real["metrics"]["dice"]["value"] <= 1.0
+    assert 1 <= real["training"]["step"] <= 20 and 0.0 <= real["training"]["val_dice"] <= 1.0
+    assert "mean Dice" in results["protocol"]["early_stopping"]
     assert syn["vs_real"]["dice"]["value"] == pytest.approx(
         syn["metrics"]["dice"]["value"] - real["metrics"]["dice"]["value"]
     )

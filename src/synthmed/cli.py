@@ -291,6 +291,9 @@ def benchmark_augmentation(
     ] = None,
     minority_class: Annotated[str | None, typer.Option(help="Class to subsample to a prevalence.")] = None,
     minority_fraction: Annotated[float | None, typer.Option(help="Prevalence of --minority-class.")] = None,
+    fill_class: Annotated[
+        str | None, typer.Option(help="real+synthetic arms add synthetic images of this class only.")
+    ] = None,
     seed: Annotated[list[int] | None, typer.Option("--seed", help="Training seed (repeatable).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps per arm (fixed budget).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Common square image size (default 64).")] = None,
@@ -318,6 +321,7 @@ def benchmark_augmentation(
         "real_fractions": real_fraction or None,
         "minority_class": minority_class,
         "minority_fraction": minority_fraction,
+        "fill_class": fill_class,
         "seeds": seed or None,
         "steps": steps,
         "image_size": image_size,

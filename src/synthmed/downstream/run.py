@@ -99,7 +99,9 @@ def _train_and_score(arm: Arm, sets: Sets, cfg: AugmentationConfig, seed: int) -
     if arm.ratio is not None:  # below the asked ratio when the synthetic pool is too small
         info["ratio_achieved"] = round(n_syn / n_real, 3)
     if cfg.task == "segment":
-        model, info["training"] = train_segmentation(train, cfg.steps, cfg.batch_size, seed)
+        model, info["training"] = train_segmentation(
+            train, sets.val, cfg.steps, cfg.batch_size, seed, cfg.eval_every
+        )
         return segmentation_scorer(segment(model, sets.test.images), sets.test.targets), info
     settings = ExtractorSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
     k = len(sets.class_names)
@@ -180,11 +182,8 @@ def _protocol(cfg: AugmentationConfig) -> dict[str, str]:
         if cfg.task == "classify"
         else "MONAI UNet from the condition-fidelity segmenter"
     )
-    stopping = (
-        f"best real-validation macro-F1, checked every {cfg.eval_every} steps"
-        if cfg.task == "classify"
-        else "none: fixed steps (train_segmenter has no validation hook)"
-    )
+    metric = "macro-F1" if cfg.task == "classify" else "mean Dice"
+    stopping = f"best real-validation {metric}, checked every {cfg.eval_every} steps"
     return {
         "model": model,
         "budget": f"{cfg.steps} steps x batch {cfg.batch_size} per arm; pretrain: {cfg.steps} on synthetic "

@@ -6,8 +6,8 @@ autocast, inverse-frequency class weights). A DenseNet121 would be the textbook 
 slow on a CPU. Every `eval_every` steps the macro-F1 on the real validation split is measured and the
 best weights are kept (early stopping within a fixed step budget, so arms get the same compute).
 
-Segmenter: the condition-fidelity `train_segmenter` (MONAI UNet, left-right flips), fixed steps without
-early stopping, since it offers no validation hook.
+Segmenter: the condition-fidelity `train_segmenter` (MONAI UNet, left-right flips), with the same early
+stopping on the mean Dice of the real validation split.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from synthmed.downstream.data import Labelled
-from synthmed.evaluation.condition import train_segmenter
+from synthmed.evaluation.condition import per_image_scores, segment, train_segmenter
 from synthmed.evaluation.features import ExtractorSettings, InHouseExtractor, class_weights, train_loop
 
 
@@ -65,6 +65,21 @@ def train_classifier(
     return model.eval(), best | {"history": history}
 
 
-def train_segmentation(train: Labelled, steps: int, batch_size: int, seed: int) -> tuple[nn.Module, dict]:
-    model = train_segmenter(train.images, train.targets, steps=steps, batch_size=batch_size, seed=seed)
-    return model, {"step": steps, "early_stopping": False}
+def train_segmentation(
+    train: Labelled, val: Labelled, steps: int, batch_size: int, seed: int, eval_every: int
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train a segmenter and return the weights with the best mean validation Dice."""
+    best: dict[str, Any] = {"val_dice": -1.0, "step": None, "state": None}
+
+    def validate(step: int, model: nn.Module) -> None:
+        if (step + 1) % eval_every and step != steps - 1:
+            return
+        dice, _, _ = per_image_scores(segment(model, val.images), val.targets)
+        if dice.mean() > best["val_dice"]:
+            best.update(val_dice=float(dice.mean()), step=step + 1, state=copy.deepcopy(model.state_dict()))
+
+    model = train_segmenter(
+        train.images, train.targets, steps=steps, batch_size=batch_size, seed=seed, on_step=validate
+    )
+    model.load_state_dict(best.pop("state"))
+    return model.eval(), best

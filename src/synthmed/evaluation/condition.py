@@ -16,7 +16,7 @@ A value that cannot be computed is None with a ``reason``, never NaN.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,13 +68,15 @@ def train_segmenter(
     channels: Sequence[int] | None = None,
     lr: float = 3e-3,
     device: str | torch.device = "cpu",
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
     """Train a UNet on (N, 1, *spatial) images in [0, 1] and {0, 1} masks, 2D or 3D (RAS volumes);
     deterministic for a given seed.
 
     ``channels`` defaults to ``segmenter_channels(spatial)``. Augmentation is a random left-right flip
     only: vertical flips and rotations would put the skin line of an ultrasound (or the patient's
-    orientation in other modalities) where real images never have it.
+    orientation in other modalities) where real images never have it. ``on_step(step, model)`` runs
+    after every optimiser step (e.g. validation for early stopping); training mode is restored after it.
     """
     _check_pairs(images, masks, "training")
     if not len(images):
@@ -89,7 +91,7 @@ def train_segmenter(
     loss_fn = DiceCELoss(sigmoid=True, batch=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
     targets = masks.float()
-    for _ in range(steps):
+    for step in range(steps):
         x, y = _augmented_batch(images, targets, batch_size, rng)
         with _autocast(device):
             logits = model(x.to(device))
@@ -97,6 +99,9 @@ def train_segmenter(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if on_step is not None:
+            on_step(step, model)
+            model.train()
     return model.eval()
 
 
