@@ -159,3 +159,35 @@ def test_minority_subsampling_gives_the_requested_prevalence() -> None:
     assert not torch.equal(keep, subsample_minority(labels, 0, 0.05, seed=2))
     with pytest.raises(SynthmedError, match="minority_fraction"):
         subsample_minority(labels, 0, 0.5, seed=1)
+
+
+def test_segment_on_hippocampus_volumes(hippocampus: Path, tmp_path: Path) -> None:
+    paired = [
+        p
+        for p in sorted((hippocampus / "images").glob("*.nii.gz"))
+        if (hippocampus / "labels" / p.name).exists()
+    ]
+    for part, chosen in (("train", paired[:10]), ("test", paired[10:14]), ("synthetic", paired[14:20])):
+        _copy(chosen, tmp_path / part / "images")
+        _copy([hippocampus / "labels" / p.name for p in chosen], tmp_path / part / "labels")
+    paths = {k: tmp_path / k for k in ("train", "test", "synthetic")}
+    cfg = _cfg(
+        paths,
+        tmp_path / "out",
+        task="segment",
+        arms=["real", "real+synthetic"],
+        ratios=[0.5],
+        steps=6,
+        eval_every=3,
+        batch_size=2,
+        volume_size=(32, 48, 32),
+    )
+    results = benchmark(cfg)
+    real, mixed = results["runs"]
+    assert (
+        results["data"]["test"] == {"volume": 4} and real["n_real"] + results["data"]["val"]["volume"] == 10
+    )
+    assert mixed["n_synthetic"] == round(0.5 * mixed["n_real"])
+    assert 0.0 <= mixed["metrics"]["dice"]["value"] <= 1.0 and mixed["vs_real"]["dice"]["ci95"] is not None
+    with pytest.raises(SynthmedError, match="segment"):
+        benchmark(cfg.model_copy(update={"task": "classify", "arms": ["real"]}))

@@ -270,6 +270,9 @@ class AugmentationConfig(Strict):
     out: Path = Field(description="Output folder: results.json, results.csv and report.html.")
     image_size: int = Field(64, ge=16, le=1024, description="Every set is resized to this square size.")
     resize_mode: Literal["pad", "crop", "stretch"] = "pad"
+    volume_size: tuple[int, int, int] = Field(
+        (64, 64, 64), description="3D (segment on NIfTI folders): voxels (x, y, z) after crop/pad."
+    )
     arms: list[Literal["real", "real+synthetic", "synthetic", "pretrain"]] | None = Field(
         None,
         description="Training arms (default: all four for classify; pretrain is classify-only).",

@@ -17,15 +17,18 @@ from synthmed.config import AugmentationConfig, DataConfig
 from synthmed.data.masks import load_image_mask_pairs
 from synthmed.data.sources import hash_file
 from synthmed.data.splits import read_split_file
+from synthmed.data.volumes import VolumeConfig, load_volumes
 from synthmed.errors import SynthmedError
 from synthmed.evaluation.sections import default_cache_dir
 from synthmed.evaluation.sets import ImageSet, load_set
+from synthmed.evaluation.volumetric import is_volume_folder
 from synthmed.sampling.pipeline import read_manifest
 
 
 @dataclass
 class Labelled:
-    """(N, 1, S, S) images, their class indices and training targets (labels, or (N, 1, S, S) masks)."""
+    """(N, 1, *spatial) images (2D or 3D), their class indices and training targets (labels, or masks of
+    the images' shape)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -85,14 +88,45 @@ class Sets:
     test_set: ImageSet
 
 
-def load_sets(cfg: AugmentationConfig) -> Sets:
-    """Real train (split into train and a stratified validation part), real test and synthetic sets."""
+def _volumes(name: str, root: Path, cfg: AugmentationConfig) -> tuple[ImageSet, Labelled]:
+    """3D volumes with label maps; the segmentation target is the foreground (every label > 0)."""
+    if not Path(root).is_dir():
+        raise SynthmedError("folder not found", path=root)
+    loaded = load_volumes(Path(root), VolumeConfig(size=cfg.volume_size), require_labels=True)
+    if len(loaded) < 2:
+        raise SynthmedError(f"fewer than 2 volumes with a label map in the {name} set", path=root)
+    labels = torch.zeros(len(loaded), dtype=torch.int64)  # one class: volumes carry no diagnosis label
+    targets = (loaded.labels > 0).to(torch.uint8)
+    image_set = ImageSet(name, Path(root), loaded.images, None, [], loaded.keys, loaded.skipped)
+    return image_set, Labelled(loaded.images, labels, targets)
+
+
+def _real_sets(cfg: AugmentationConfig) -> tuple[list[str], Labelled, Labelled, Labelled, ImageSet]:
+    """(class names, real train, real test, synthetic, the test ImageSet), 2D or 3D."""
+    if is_volume_folder(Path(cfg.real_train)):
+        if cfg.task != "segment":
+            raise SynthmedError("3D volumes carry no class labels: use --task segment", field="task")
+        (_, train), (test_set, test), (_, synthetic) = (
+            _volumes(n, r, cfg)
+            for n, r in (
+                ("real-train", cfg.real_train),
+                ("real-test", cfg.real_test),
+                ("synthetic", cfg.synthetic),
+            )
+        )
+        return ["volume"], train, test, synthetic, test_set
     real = _load("real-train", cfg.real_train, cfg)
     if real.labels is None:
         raise SynthmedError("real training images need class sub-folders", path=cfg.real_train)
     names = real.class_names
     test_set = _load("real-test", cfg.real_test, cfg)
-    train_all = _as_labelled(real, names, cfg)
+    synthetic = _as_labelled(_load("synthetic", cfg.synthetic, cfg), names, cfg)
+    return names, _as_labelled(real, names, cfg), _as_labelled(test_set, names, cfg), synthetic, test_set
+
+
+def load_sets(cfg: AugmentationConfig) -> Sets:
+    """Real train (split into train and a stratified validation part), real test and synthetic sets."""
+    names, train_all, test, synthetic, test_set = _real_sets(cfg)
     val_idx = stratified_fraction(train_all.labels, cfg.val_fraction, cfg.seed)
     is_val = torch.zeros(len(train_all), dtype=torch.bool)
     is_val[val_idx] = True
@@ -100,8 +134,8 @@ def load_sets(cfg: AugmentationConfig) -> Sets:
         class_names=names,
         train=train_all.take(torch.nonzero(~is_val).flatten()),
         val=train_all.take(val_idx),
-        test=_as_labelled(test_set, names, cfg),
-        synthetic=_as_labelled(_load("synthetic", cfg.synthetic, cfg), names, cfg),
+        test=test,
+        synthetic=synthetic,
         test_set=test_set,
     )
 
