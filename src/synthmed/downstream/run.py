@@ -103,7 +103,7 @@ def _train_and_score(arm: Arm, sets: Sets, cfg: AugmentationConfig, seed: int) -
             train, sets.val, cfg.steps, cfg.batch_size, seed, cfg.eval_every
         )
         return segmentation_scorer(segment(model, sets.test.images), sets.test.targets), info
-    settings = ExtractorSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
+    settings = ExtractorSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, flip=True)
     k = len(sets.class_names)
     model = None
     if arm.name == "pretrain":

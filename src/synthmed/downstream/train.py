@@ -1,10 +1,11 @@
 """Downstream models, trained with the evaluation's code so the benchmark has no second trainer.
 
 Classifier: the evaluation extractor's MONAI ResNet (`InHouseExtractor`, class head only) trained by
-the shared `train_loop` (random translation and intensity augmentation, AdamW, one-cycle schedule, bf16
-autocast, inverse-frequency class weights). A DenseNet121 would be the textbook choice but is far too
-slow on a CPU. Every `eval_every` steps the macro-F1 on the real validation split is measured and the
-best weights are kept (early stopping within a fixed step budget, so arms get the same compute).
+the shared `train_loop` (random left-right flips, translation and intensity augmentation, AdamW,
+one-cycle schedule, bf16 autocast, inverse-frequency class weights). A DenseNet121 would be the textbook
+choice but is far too slow on a CPU. Every `eval_every` steps the macro-F1 on the real validation split
+is measured and the best weights are kept (early stopping within a fixed step budget, so arms get the
+same compute).
 
 Segmenter: the condition-fidelity `train_segmenter` (MONAI UNet, left-right flips), with the same early
 stopping on the mean Dice of the real validation split.

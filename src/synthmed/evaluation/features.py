@@ -42,6 +42,7 @@ class ExtractorSettings:
     lr: float = 2e-3
     widths: tuple[int, ...] = (16, 32, 64, 128)
     seed: int = 0
+    flip: bool = False  # left-right flips: off for the extractor, on for the downstream classifier
 
 
 class InHouseExtractor(nn.Module):
@@ -96,9 +97,13 @@ class LocalExtractor:
         return torch.cat(out).float()
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator, shift: int = 4) -> torch.Tensor:
-    """Random translation (reflect-padded crop), contrast/brightness jitter and a little noise."""
+def _augment(x: torch.Tensor, gen: torch.Generator, flip: bool, shift: int = 4) -> torch.Tensor:
+    """Random translation (reflect-padded crop), contrast/brightness jitter, a little noise and, with
+    ``flip``, random left-right flips."""
     n, _, h, w = x.shape
+    if flip:
+        flipped = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
     padded = F.pad(x, (shift, shift, shift, shift), mode="reflect")
     dy, dx = torch.randint(0, 2 * shift + 1, (2, n), generator=gen).tolist()
     x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
@@ -144,7 +149,7 @@ def train_loop(
     model.train()
     for step in range(settings.steps):
         idx = torch.randint(0, images.shape[0], (min(settings.batch_size, images.shape[0]),), generator=gen)
-        x = _augment(images[idx], gen)
+        x = _augment(images[idx], gen, settings.flip)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # ~4x faster matmuls on this CPU class
             loss = batch_loss(x, labels[idx] if labels is not None else None, gen)
         opt.zero_grad(set_to_none=True)
