@@ -271,9 +271,13 @@ class Task(StrEnum):
 @user_errors
 def benchmark_augmentation(
     task: Annotated[Task | None, typer.Option(help="classify (ResNet) or segment (UNet on masks).")] = None,
-    real_train: Annotated[Path | None, typer.Option(help="Real training images (class folders).")] = None,
+    real_train: Annotated[
+        Path | None,
+        typer.Option(help="Real training images: class folders, or NIfTI images/ + labels/ (3D, segment)."),
+    ] = None,
     real_test: Annotated[
-        Path | None, typer.Option(help="Real test images the generator never saw (class folders).")
+        Path | None,
+        typer.Option(help="Real test images the generator never saw (same layout as --real-train)."),
     ] = None,
     synthetic: Annotated[
         Path | None, typer.Option(help="A `synthmed generate` folder (with manifest.jsonl).")
