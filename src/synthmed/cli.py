@@ -218,7 +218,11 @@ def evaluate(
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder: report.json + report.html.")] = None,
     masks: Annotated[
-        bool, typer.Option("--masks", help="Also evaluate masks: <stem>_mask*.png beside each image.")
+        bool,
+        typer.Option(
+            "--masks",
+            help="Condition fidelity: masks <stem>_mask*.png (beside images or in mask/), or 3D label maps.",
+        ),
     ] = False,
     image_size: Annotated[
         int | None, typer.Option(help="Common square size of all images (default 64).")

@@ -15,7 +15,6 @@ import torch
 
 from synthmed.config import AugmentationConfig, DataConfig
 from synthmed.data.masks import load_image_mask_pairs
-from synthmed.data.sources import hash_file
 from synthmed.data.splits import read_split_file
 from synthmed.data.volumes import VolumeConfig, load_volumes
 from synthmed.errors import SynthmedError
@@ -86,6 +85,12 @@ class Sets:
     test: Labelled
     synthetic: Labelled
     test_set: ImageSet
+
+    def class_index(self, name: str, field: str) -> int:
+        """Index of the real training class ``name`` given in config ``field``, or a SynthmedError."""
+        if name not in self.class_names:
+            raise SynthmedError(f"'{name}' is not a real training class {self.class_names}", field=field)
+        return self.class_names.index(name)
 
 
 def _volumes(name: str, root: Path, cfg: AugmentationConfig) -> tuple[ImageSet, Labelled]:
@@ -170,12 +175,7 @@ def real_subset(sets: Sets, cfg: AugmentationConfig, fraction: float, seed: int)
     """The real training images of one run: minority subsampling first, then the scarcity fraction."""
     train = sets.train
     if cfg.minority_class is not None:
-        if cfg.minority_class not in sets.class_names:
-            raise SynthmedError(
-                f"'{cfg.minority_class}' is not a real training class {sets.class_names}",
-                field="minority_class",
-            )
-        minority = sets.class_names.index(cfg.minority_class)
+        minority = sets.class_index(cfg.minority_class, "minority_class")
         train = train.take(subsample_minority(train.labels, minority, cfg.minority_fraction, seed))
     return train if fraction >= 1.0 else train.take(stratified_fraction(train.labels, fraction, seed))
 
@@ -192,7 +192,9 @@ def leak_check(test: ImageSet, synthetic_root: Path) -> dict[str, Any]:
     run_dirs = sorted({str(r["run_dir"]) for r in rows if r.get("run_dir")})
     if not run_dirs:
         return {"checked": False, "reason": "leak check not possible: no manifest with a run_dir"}
-    test_hashes = {hash_file(test.root / src): src for src in test.sources}
+    if test.sha256 is None:
+        return {"checked": False, "reason": "leak check not possible: 3D volumes carry no content hashes"}
+    test_hashes = dict(zip(test.sha256, test.sources, strict=True))
     for run_dir in run_dirs:
         split = read_split_file(Path(run_dir) / "split.json")
         seen = {r.sha256: r for r in split.records if r.split in ("train", "val")}

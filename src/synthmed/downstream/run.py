@@ -83,11 +83,7 @@ def fill_pool(sets: Sets, cfg: AugmentationConfig) -> Labelled:
     """The synthetic images real+synthetic arms draw from: all, or only ``cfg.fill_class``."""
     if cfg.fill_class is None:
         return sets.synthetic
-    if cfg.fill_class not in sets.class_names:
-        raise SynthmedError(
-            f"'{cfg.fill_class}' is not a real training class {sets.class_names}", field="fill_class"
-        )
-    pool = torch.nonzero(sets.synthetic.labels == sets.class_names.index(cfg.fill_class)).flatten()
+    pool = torch.nonzero(sets.synthetic.labels == sets.class_index(cfg.fill_class, "fill_class")).flatten()
     if not len(pool):
         raise SynthmedError(f"the synthetic set has no '{cfg.fill_class}' images", path=cfg.synthetic)
     return sets.synthetic.take(pool)

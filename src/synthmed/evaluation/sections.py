@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from synthmed.config import DataConfig, EvaluateConfig
+from synthmed.config import AugmentationConfig, DataConfig, EvaluateConfig
 from synthmed.data.masks import load_image_mask_pairs
 from synthmed.evaluation.condition import (
     compare_intensity,
@@ -46,7 +46,7 @@ def phase(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 2)
 
 
-def default_cache_dir(cfg: EvaluateConfig) -> Path:
+def default_cache_dir(cfg: EvaluateConfig | AugmentationConfig) -> Path:
     return cfg.cache_dir or Path(os.environ.get("SYNTHMED_CACHE", Path.home() / ".cache" / "synthmed"))
 
 

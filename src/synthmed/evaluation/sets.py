@@ -36,6 +36,7 @@ class ImageSet:
     class_names: list[str]
     sources: list[str]
     skipped: list[Skipped] = field(default_factory=list)
+    sha256: list[str] | None = None  # content hash per image, from discovery (None for 3D volumes)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -109,4 +110,5 @@ def load_set(
         class_names=[] if unlabelled else class_names,
         sources=[r.source for r in loaded.records],
         skipped=skipped + loaded.skipped,
+        sha256=[r.sha256 for r in loaded.records],
     )
