@@ -17,10 +17,16 @@ from synthmed.models.presets import PRESETS
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_presets_build_monai_networks(preset: str) -> None:
     cfg = build_train_config({"preset": preset})
-    assert cfg.data.image_size == PRESETS[preset]["data"]["image_size"]
-    ae = build_autoencoder(cfg.autoencoder.arch)
-    unet = build_unet(cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, num_classes=3)
-    assert type(ae).__name__ == "AutoencoderKL" and type(unet).__name__ == "DiffusionModelUNet"
+    dims = cfg.data.spatial_dims
+    if dims == 2:
+        assert cfg.data.image_size == PRESETS[preset]["data"]["image_size"]
+    else:  # 3D presets: MAISI's 4x VAE to 4 latent channels, the spacing-conditioned MAISI UNet
+        assert list(cfg.data.volume.size) == PRESETS[preset]["data"]["volume"]["size"]
+        assert cfg.autoencoder.arch.latent_channels == 4
+    ae = build_autoencoder(cfg.autoencoder.arch, dims)
+    unet = build_unet(cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, num_classes=3, spatial_dims=dims)
+    expected = "DiffusionModelUNet" if dims == 2 else "DiffusionModelUNetMaisi"
+    assert type(ae).__name__ == "AutoencoderKL" and type(unet).__name__ == expected
     assert cfg.autoencoder.arch.compression in (4, 8)
 
 

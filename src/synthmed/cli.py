@@ -65,13 +65,18 @@ class Stage(StrEnum):
     all = "all"
     autoencoder = "autoencoder"
     diffusion = "diffusion"
+    controlnet = "controlnet"
 
 
 @app.command()
 @user_errors
 def train(
     stage: Annotated[
-        Stage, typer.Argument(help="Which stage to train: all = autoencoder then diffusion.")
+        Stage,
+        typer.Argument(
+            help="Which stage to train: all = autoencoder then diffusion (then the label-map controlnet for "
+            "3D data)."
+        ),
     ] = Stage.all,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML config (fields of TrainConfig).")
@@ -82,12 +87,12 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train the autoencoder and/or the class-conditional diffusion model.
+    """Train the autoencoder, the class-conditional diffusion model and (3D) the label-map ControlNet.
 
     Checkpoints, logs (log.jsonl) and preview grids go to the run directory; --resume continues exactly where
     a killed run stopped. On resume without --config the run's saved config.yaml is used.
     """
-    from synthmed.training.run import STAGES, resolve_run_config
+    from synthmed.training.run import resolve_run_config
     from synthmed.training.run import train as run_training
 
     overrides: dict[str, Any] = {}
@@ -103,7 +108,7 @@ def train(
     elif preset is not None:
         raise SynthmedError("--preset needs --config or --data", field="preset")
     cfg = resolve_run_config(cfg, run, resume)
-    stages = STAGES if stage == Stage.all else (stage.value,)
+    stages = None if stage == Stage.all else (stage.value,)
     run_training(cfg, stages, resume=resume, progress=progress)
     err.print(f"done: {cfg.run_dir}")
 
@@ -154,7 +159,8 @@ def generate(
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (1 = none).")] = None,
     seed: Annotated[int | None, typer.Option(help="First seed; image i gets seed+i.")] = None,
     sampler: Annotated[
-        str | None, typer.Option(help="ddim, ddpm or pndm (rflow for rectified-flow models).")
+        str | None,
+        typer.Option(help="ddim (default), ddpm or pndm; rflow (default) for rectified-flow models."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
     bit_depth: Annotated[int | None, typer.Option(help="PNG bit depth: 8 or 16.")] = None,
@@ -174,13 +180,50 @@ def generate(
         float | None,
         typer.Option(help="Privacy filter threshold: closer than this % of holdout images (99)."),
     ] = None,
+    size: Annotated[
+        tuple[int, int, int] | None,
+        typer.Option(help="3D: output voxels X Y Z (default: the training size).", show_default=False),
+    ] = None,
+    spacing: Annotated[
+        tuple[float, float, float] | None,
+        typer.Option(
+            help="3D: voxel spacing in mm X Y Z, also the model's input (default: training).",
+            show_default=False,
+        ),
+    ] = None,
+    label_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="3D: NIfTI label map to generate the image for (default: drawn from the training maps)."
+        ),
+    ] = None,
+    augment_label_maps: Annotated[
+        bool | None,
+        typer.Option(
+            help="3D: deform label maps drawn from the training set (random affine, nearest).",
+            show_default=False,
+        ),
+    ] = None,
+    conditioning_scale: Annotated[
+        float | None, typer.Option(help="3D: ControlNet strength (1; 0 ignores the label map).")
+    ] = None,
+    tile_size: Annotated[
+        int | None, typer.Option(help="3D: VAE decoding tile in latent voxels (32); bounds memory.")
+    ] = None,
+    tile_overlap: Annotated[float | None, typer.Option(help="3D: overlap of decoding tiles (0.25).")] = None,
+    qc_retries: Annotated[
+        int | None, typer.Option(help="3D: new seeds tried when a volume fails the intensity check (3).")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML with GenerateConfig fields.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Generate labelled synthetic images with a provenance manifest.
+    """Generate labelled synthetic images (2D PNG) or volumes (3D NIfTI) with a provenance manifest.
 
+    3D runs write syn_<seed>_image.nii.gz with its syn_<seed>_label.nii.gz (the label map it was generated
+    for), previews/syn_<seed>.png (three views, labels overlaid), and check every volume's per-label
+    intensities against the training data (failures are re-tried with new seeds, all in the manifest).
     Re-running the same command continues an interrupted job: images already written are kept.
     """
     from synthmed.sampling.pipeline import generate_to_folder
@@ -200,6 +243,14 @@ def generate(
         "device": device,
         "privacy_filter": privacy_filter or None,
         "copy_percentile": copy_percentile,
+        "size": size,
+        "spacing": spacing,
+        "label_map": label_map,
+        "augment_label_maps": augment_label_maps,
+        "conditioning_scale": conditioning_scale,
+        "tile_size": tile_size,
+        "tile_overlap": tile_overlap,
+        "qc_retries": qc_retries,
     }
     cfg = command_config(GenerateConfig, config, given)
     generate_to_folder(cfg, progress=progress)

@@ -24,6 +24,39 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class VolumeData(Strict):
+    """3D data: how NIfTI volumes / DICOM series become model inputs (see synthmed.data.volumes)."""
+
+    size: tuple[int, int, int] = Field(
+        (32, 48, 32), description="Voxels (x, y, z) after resampling: centred crop or zero pad."
+    )
+    spacing: tuple[float, float, float] | None = Field(
+        None, description="Target voxel size in mm (x, y, z); None keeps each file's own spacing."
+    )
+    train_spacings: list[tuple[float, float, float]] | None = Field(
+        None,
+        description="Spacing augmentation: each training volume is also resampled to each of these "
+        "spacings, so the spacing-conditioned model learns what spacing means (MAISI trains on many).",
+    )
+    modality: Literal["mri", "ct"] = Field("mri", description="ct: clip HU to ct_window; mri: percentiles.")
+    ct_window: tuple[float, float] = (-1000.0, 1000.0)
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    num_labels: int | None = Field(
+        None, ge=2, description="Label values incl. background (default: highest value in the data + 1)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if any(s < 4 or s > 1024 for s in self.size):
+            raise ValueError(f"size must be 4..1024 voxels per axis, got {self.size}")
+        spacings = ([self.spacing] if self.spacing else []) + (self.train_spacings or [])
+        if any(v <= 0 for s in spacings for v in s):
+            raise ValueError("spacings must be positive (mm)")
+        if self.ct_window[0] >= self.ct_window[1]:
+            raise ValueError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
+        return self
+
+
 class DataConfig(Strict):
     """Where the images are and how they become model inputs."""
 
@@ -55,6 +88,15 @@ class DataConfig(Strict):
     allow_single_class: bool = Field(
         False, description="Accept a data set with one class (unconditional use)."
     )
+    volume: VolumeData | None = Field(
+        None,
+        description="Set for 3D: source is a folder of volumes (images/ + labels/, <key>_image/_label, or "
+        "DICOM series folders); classes names its one class (default: the modality).",
+    )
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.volume is None else 3
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -162,6 +204,20 @@ class DiffusionConfig(StageConfig):
     )
 
 
+class ControlNetConfig(StageConfig):
+    """ControlNet on label maps (3D, MAISI style): a trainable copy of the frozen diffusion UNet's encoder."""
+
+    encoding: Literal["onehot", "bits"] = Field(
+        "onehot",
+        description="Label map channels: onehot (one per foreground label) or bits (MAISI's binary code, "
+        "ceil(log2(labels)) channels, for hundreds of labels).",
+    )
+    embedding_channels: list[int] = Field(
+        [8, 16, 32],
+        description="Conditioning encoder widths; len - 1 stride-2 steps must equal the VAE compression.",
+    )
+
+
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
@@ -180,7 +236,25 @@ class TrainConfig(Strict):
     data: DataConfig = DataConfig()
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    controlnet: ControlNetConfig = ControlNetConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _check_3d(self) -> Self:
+        if self.data.volume is None:
+            return self
+        steps = len(self.controlnet.embedding_channels) - 1
+        if 2**steps != self.autoencoder.arch.compression:
+            raise ValueError(
+                f"controlnet.embedding_channels has {steps} downsampling steps (2^{steps}) but the autoencoder "
+                f"compresses {self.autoencoder.arch.compression}x; give it log2(compression) + 1 entries"
+            )
+        divisor = self.autoencoder.arch.compression * 2 ** (len(self.diffusion.arch.channels) - 1)
+        if any(s % divisor for s in self.data.volume.size):
+            raise ValueError(f"data.volume.size must be divisible by {divisor} (VAE x UNet downsampling)")
+        if self.autoencoder.perceptual_weights is not None:
+            raise ValueError("autoencoder.perceptual_weights takes a 2D network; leave it unset for 3D")
+        return self
 
 
 class GenerateConfig(Strict):
@@ -193,7 +267,7 @@ class GenerateConfig(Strict):
     steps: int = Field(25, gt=0, le=1000)
     guidance: float = Field(3.0, ge=0.0)
     seed: int = 0
-    sampler: str = "ddim"
+    sampler: str | None = Field(None, description="Default: ddim for DDPM-trained models, rflow for rflow.")
     batch_size: int = Field(16, gt=0)
     bit_depth: Literal[8, 16] = 8
     checkpoint: Literal["ema", "raw"] = "ema"
@@ -204,6 +278,27 @@ class GenerateConfig(Strict):
     )
     copy_percentile: float = Field(
         99.0, gt=50.0, lt=100.0, description="Privacy filter: closer than this % of holdout images = a copy."
+    )
+    # 3D only
+    size: tuple[int, int, int] | None = Field(None, description="3D: output voxels (default: training size).")
+    spacing: tuple[float, float, float] | None = Field(
+        None, description="3D: output voxel size in mm, also the model's spacing input (default: training)."
+    )
+    label_map: Path | None = Field(
+        None,
+        description="3D: NIfTI label map to generate the image for (default: one sampled per seed from the "
+        "training label maps).",
+    )
+    augment_label_maps: bool = Field(
+        True, description="3D: deform label maps sampled from the training set (random affine, nearest)."
+    )
+    conditioning_scale: float = Field(1.0, ge=0.0, description="3D: ControlNet strength (0 = none).")
+    tile_size: int | None = Field(
+        32, ge=2, description="3D: VAE decoding tile in latent voxels (None: whole volume at once)."
+    )
+    tile_overlap: float = Field(0.25, ge=0.0, lt=1.0, description="3D: fractional overlap of decoding tiles.")
+    qc_retries: int = Field(
+        3, ge=0, description="3D: new seeds tried when a volume fails the intensity quality check."
     )
 
 

@@ -11,19 +11,25 @@ Layouts found by `discover_volumes`:
 
 A bad file (unpaired, unreadable, NaN, empty, label map off the image grid, non-integer labels) is a
 SynthmedError naming it; `load_volumes` turns those into `Skipped` entries and loads everything else.
+
+For 3D generation, `load_label_map` reads a label map on its own (the condition) through the same checks
+and transforms, and `save_nifti` writes generated volumes and label maps.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self, TypedDict
 
+import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 import torch
 from monai.data import MetaTensor, NibabelReader, PydicomReader
 from monai.transforms import (
@@ -269,13 +275,13 @@ def load_volume_pair(
     """
     image = _read(pair.image, "image")
     _check_not_empty(_check_volume(image, pair.image, "image"), pair.image)
-    data = {"image": image}
+    data: dict[Role, MetaTensor] = {"image": image}
     if pair.label is not None:
         label = _read(pair.label, "label")
         _check_label_values(_check_volume(label, pair.label, "label map"), pair.label)
         _check_same_grid(image, label, pair)
         data["label"] = label
-    out = _pipeline(cfg, pair.label is not None)(data)
+    out = _pipeline(cfg, tuple(data))(data)
     labels = out["label"].as_tensor().long() if pair.label is not None else None  # nearest: exact integers
     return out["image"].as_tensor(), labels, _meta(image, out["image"])
 
@@ -419,20 +425,87 @@ def _fmt(affine: np.ndarray) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _pipeline(cfg: VolumeConfig, with_label: bool) -> Compose:
+def _pipeline(cfg: VolumeConfig, keys: tuple[Role, ...]) -> Compose:
     """RAS -> target spacing (bilinear image, nearest label) -> intensities in [0, 1] -> crop/pad to size."""
-    keys = ["image", "label"] if with_label else ["image"]
-    steps: list[MapTransform] = [Orientationd(keys, axcodes="RAS", labels=None)]
+    names = list(keys)
+    steps: list[MapTransform] = [Orientationd(names, axcodes="RAS", labels=None)]
     if cfg.spacing is not None:
-        steps.append(Spacingd(keys, pixdim=cfg.spacing, mode=["bilinear", "nearest"][: len(keys)]))
+        modes = ["nearest" if key == "label" else "bilinear" for key in keys]
+        steps.append(Spacingd(names, pixdim=cfg.spacing, mode=modes))
+    if "image" in keys:
+        steps.append(_intensity_step(cfg))
+    # Scaled first, so the zero padding is the darkest value (air for CT, background for MRI).
+    steps.append(ResizeWithPadOrCropd(names, spatial_size=cfg.size, mode="constant", value=0.0))
+    return Compose(steps)
+
+
+def _intensity_step(cfg: VolumeConfig) -> MapTransform:
     if cfg.modality == "ct":
         lo, hi = cfg.ct_window
-        steps.append(ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True))
-    else:
-        # The project's numpy PercentileScale: MONAI's torch.quantile version is several times slower on
-        # busy cores, and leaves [0, 1] for a near-constant volume; same interpolation otherwise.
-        lo, hi = cfg.clip_percentiles
-        steps.append(Lambdad("image", PercentileScale(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)))
-    # Scaled first, so the zero padding is the darkest value (air for CT, background for MRI).
-    steps.append(ResizeWithPadOrCropd(keys, spatial_size=cfg.size, mode="constant", value=0.0))
-    return Compose(steps)
+        return ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+    # The project's numpy PercentileScale: MONAI's torch.quantile version is several times slower on
+    # busy cores, and leaves [0, 1] for a near-constant volume; same interpolation otherwise.
+    lo, hi = cfg.clip_percentiles
+    return Lambdad("image", PercentileScale(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True))
+
+
+# --- label maps alone and NIfTI output (3D generation) ------------------------------------------
+
+
+def load_label_map(path: Path, cfg: VolumeConfig) -> tuple[torch.Tensor, np.ndarray]:
+    """A user's label map on its own (the condition for 3D generation): (1, X, Y, Z) int64 and the 4 x 4
+    voxel -> RAS mm affine of that result.
+
+    Same checks as a label map paired with an image, plus "not all background"; then RAS, nearest
+    neighbour resampling to ``cfg.spacing`` (if set) and centred crop or zero pad to ``cfg.size``.
+    """
+    path = Path(path)
+    label = _read(path, "label")
+    arr = _check_volume(label, path, "label map")
+    _check_label_values(arr, path)
+    if not arr.any():
+        raise SynthmedError(
+            "empty label map: every voxel is background (0); a generated volume needs labelled structures",
+            path=path,
+        )
+    out = _pipeline(cfg, ("label",))({"label": label})["label"]
+    return out.as_tensor().long(), out.affine.numpy()
+
+
+def save_nifti(
+    volume: torch.Tensor | np.ndarray, affine: np.ndarray, path: Path, *, dtype: npt.DTypeLike
+) -> None:
+    """Write a (X, Y, Z) or (1, X, Y, Z) volume as NIfTI (``.nii.gz`` compresses) with its voxel -> RAS mm
+    affine, atomically: an interrupted run never leaves a half-written file under the final name.
+
+    Both qform and sform carry the affine with code 1 (scanner), as viewers and nibabel expect; an
+    integer ``dtype`` (label maps) must hold every value exactly.
+    """
+    path = Path(path)
+    arr = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+    arr = arr[0] if arr.ndim == 4 and arr.shape[0] == 1 else arr
+    if arr.ndim != 3:
+        raise SynthmedError(f"expected a (X, Y, Z) or (1, X, Y, Z) volume, got {arr.shape}", path=path)
+    suffix = next((s for s in NIFTI_SUFFIXES if path.name.endswith(s)), None)
+    if suffix is None:
+        raise SynthmedError("a NIfTI output needs a .nii.gz or .nii file name", path=path)
+    img = nib.Nifti1Image(_cast(arr, np.dtype(dtype), path), np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    img.header.set_xyzt_units(xyz="mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp{os.getpid()}{suffix}")  # suffix: gzip or not
+    nib.save(img, tmp)
+    os.replace(tmp, path)
+
+
+def _cast(arr: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
+    """``arr`` as ``dtype``, refusing to round or wrap values into an integer type (label 300 as uint8)."""
+    if np.issubdtype(dtype, np.integer) and arr.size:
+        info = np.iinfo(dtype)
+        if not (np.array_equal(arr, np.round(arr)) and info.min <= arr.min() and arr.max() <= info.max):
+            raise SynthmedError(
+                f"values {arr.min():g}..{arr.max():g} do not fit {dtype} exactly; use a wider integer type",
+                path=path,
+            )
+    return arr.astype(dtype)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from monai.apps.generation.maisi.networks.controlnet_maisi import ControlNetMaisi
+from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, PatchDiscriminator
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler, RFlowScheduler, Scheduler
 
-from synthmed.config import AutoencoderArch, NoiseConfig, UNetArch
+from synthmed.config import AutoencoderArch, ControlNetConfig, NoiseConfig, UNetArch
 from synthmed.errors import SynthmedError
 
 SAMPLERS_FOR = {"ddpm": ("ddim", "ddpm", "pndm"), "rflow": ("rflow",)}
@@ -27,22 +29,56 @@ def build_autoencoder(arch: AutoencoderArch, spatial_dims: int = 2) -> Autoencod
     )
 
 
+def _unet_args(arch: UNetArch, latent_channels: int, num_classes: int, spatial_dims: int) -> dict:
+    # One extra class embedding is the "no label" token used for classifier-free guidance.
+    return {
+        "spatial_dims": spatial_dims,
+        "in_channels": latent_channels,
+        "num_res_blocks": arch.num_res_blocks,
+        "attention_levels": tuple(arch.attention_levels),
+        "num_head_channels": arch.num_head_channels,
+        "norm_num_groups": arch.norm_num_groups,
+        "num_class_embeds": num_classes + 1,
+        "include_fc": False,
+    }
+
+
 def build_unet(
     arch: UNetArch, latent_channels: int, num_classes: int, spatial_dims: int = 2
 ) -> DiffusionModelUNet:
-    # One extra class embedding is the "no label" token used for classifier-free guidance.
-    return DiffusionModelUNet(
-        spatial_dims=spatial_dims,
-        in_channels=latent_channels,
-        out_channels=latent_channels,
-        channels=tuple(arch.channels),
-        num_res_blocks=arch.num_res_blocks,
-        attention_levels=tuple(arch.attention_levels),
-        num_head_channels=arch.num_head_channels,
-        norm_num_groups=arch.norm_num_groups,
-        num_class_embeds=num_classes + 1,
-        include_fc=False,
+    """2D: MONAI's class-conditional UNet. 3D: MONAI's MAISI UNet, which also takes the voxel spacing."""
+    args = _unet_args(arch, latent_channels, num_classes, spatial_dims)
+    if spatial_dims == 3:
+        return DiffusionModelUNetMaisi(
+            out_channels=latent_channels,
+            num_channels=tuple(arch.channels),
+            include_spacing_input=True,
+            **args,
+        )
+    return DiffusionModelUNet(out_channels=latent_channels, channels=tuple(arch.channels), **args)
+
+
+def build_controlnet(
+    arch: UNetArch, cfg: ControlNetConfig, latent_channels: int, num_classes: int, cond_channels: int
+) -> ControlNetMaisi:
+    """MONAI's MAISI ControlNet mirroring the 3D UNet's encoder; takes the encoded full-resolution label map."""
+    return ControlNetMaisi(
+        num_channels=tuple(arch.channels),
+        conditioning_embedding_in_channels=cond_channels,
+        conditioning_embedding_num_channels=tuple(cfg.embedding_channels),
+        use_checkpointing=False,  # recomputation only pays off for GPU memory on large volumes
+        **_unet_args(arch, latent_channels, num_classes, 3),
     )
+
+
+def init_controlnet_from_unet(controlnet: ControlNetMaisi, unet: DiffusionModelUNetMaisi) -> int:
+    """Copy the UNet's weights into the ControlNet's matching layers (the ControlNet recipe); returns how many
+    tensors were copied. The MAISI UNet concatenates a spacing embedding to the time embedding, so its
+    time-projection layers have other shapes than the ControlNet's and keep their fresh initialisation."""
+    own = controlnet.state_dict()
+    same = {k: v for k, v in unet.state_dict().items() if k in own and own[k].shape == v.shape}
+    controlnet.load_state_dict(same, strict=False)
+    return len(same)
 
 
 def build_discriminator(channels: int, num_layers: int, spatial_dims: int = 2) -> PatchDiscriminator:

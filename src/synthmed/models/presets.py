@@ -97,4 +97,68 @@ PRESETS: dict[str, dict[str, Any]] = {
             "lr": 1e-4,
         },
     },
+    # 3D (MAISI style, scaled for a CPU): 4x VAE to 4 latent channels, spacing-conditioned rectified-flow UNet
+    # and a label-map ControlNet. tiny3d is for tests; small3d for 64^3 volumes.
+    "tiny3d": {
+        "data": {"volume": {"size": [16, 24, 16]}},
+        "autoencoder": {
+            "arch": {
+                "channels": [8, 16, 16],
+                "num_res_blocks": 1,
+                "attention_levels": [False, False, False],
+                "latent_channels": 4,
+                "norm_num_groups": 4,
+                "with_nonlocal_attn": False,
+            },
+            "steps": 20,
+            "batch_size": 4,
+            "lr": 2e-3,
+        },
+        "diffusion": {
+            "arch": {
+                "channels": [16, 32],
+                "num_res_blocks": 1,
+                "attention_levels": [False, False],
+                "num_head_channels": 8,
+                "norm_num_groups": 8,
+            },
+            "noise": {"kind": "rflow"},
+            "steps": 20,
+            "batch_size": 4,
+            "lr": 2e-3,
+            "label_dropout": 0.0,
+        },
+        "controlnet": {"embedding_channels": [4, 8, 16], "steps": 20, "batch_size": 4, "lr": 2e-3},
+    },
+    "small3d": {
+        "data": {"volume": {"size": [64, 64, 64]}},
+        "autoencoder": {
+            "arch": {
+                "channels": [32, 64, 64],
+                "num_res_blocks": 1,
+                "attention_levels": [False, False, False],
+                "latent_channels": 4,
+                "norm_num_groups": 16,
+                "with_nonlocal_attn": False,
+            },
+            "steps": 2000,
+            "batch_size": 4,
+            "lr": 1e-3,
+        },
+        "diffusion": {
+            "arch": {
+                "channels": [64, 128, 128],
+                "num_res_blocks": 1,
+                "attention_levels": [False, False, True],
+                "num_head_channels": 32,
+                "norm_num_groups": 32,
+            },
+            "noise": {"kind": "rflow"},
+            "steps": 4000,
+            "batch_size": 4,
+            "lr": 5e-4,
+            "label_dropout": 0.0,
+        },
+        "controlnet": {"embedding_channels": [16, 32, 64], "steps": 2000, "batch_size": 4, "lr": 5e-4},
+    },
 }

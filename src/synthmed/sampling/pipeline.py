@@ -12,6 +12,7 @@ import json
 import os
 import platform
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,16 +24,41 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import synthmed
 from synthmed.config import GenerateConfig, TrainConfig, build_train_config, read_yaml
 from synthmed.errors import SynthmedError
-from synthmed.models.builders import SAMPLERS_FOR, build_autoencoder, build_scheduler, build_unet
+from synthmed.models.builders import SAMPLERS_FOR, build_autoencoder, build_controlnet, build_scheduler
+from synthmed.models.conditioning import ConditionedUNet
 from synthmed.reporting.images import save_png
 from synthmed.runtime import PRECISION_NAMES, autocast, resolve_device, resolve_precision
+from synthmed.sampling.label_maps import encode_labels, encoding_channels
 from synthmed.sampling.privacy_filter import copy_guard_for_run
 from synthmed.sampling.sampler import StepCallback, denoise, initial_noise
+from synthmed.sampling.tiled import decode_latents
 from synthmed.training import checkpoint as ckpt
+from synthmed.training.run import load_unet
 
 MANIFEST = "manifest.jsonl"
 # Settings that must agree for an existing image in an output folder to count as already generated.
 SETTINGS = ("label", "sampler", "steps", "guidance", "checkpoint", "precision", "diffusion_sha256")
+
+
+@dataclass
+class VolumeCondition:
+    """What a 3D batch is generated for: voxel spacing (mm) and size, and label maps for the ControlNet."""
+
+    spacing: tuple[float, float, float]
+    size: tuple[int, int, int]
+    label_maps: torch.Tensor | None = None  # (B, 1, *size) int64
+    scale: float = 1.0  # ControlNet strength
+
+
+@dataclass
+class ControlNetState:
+    """A trained 3D label-map ControlNet and what generation needs beside it."""
+
+    model: torch.nn.Module
+    num_labels: int
+    encoding: str
+    quality_bounds: dict[str, list[float]]
+    sha256: str
 
 
 @dataclass
@@ -56,10 +82,16 @@ class Pipeline:
         device: torch.device,
         dtype: torch.dtype,
         checkpoint: str,
+        spacing: tuple[float, float, float] | None = None,
+        controlnet: ControlNetState | None = None,
     ) -> None:
+        """3D runs add ``spacing`` (the default voxel spacing, mm) and their ``controlnet`` if trained."""
         self.run_dir, self.cfg, self.autoencoder, self.unet = run_dir, cfg, autoencoder, unet
         self.scale_factor, self.class_names, self.hashes = scale_factor, class_names, hashes
         self.device, self.dtype, self.checkpoint = device, dtype, checkpoint
+        self.spacing, self.controlnet = spacing, controlnet
+        self.tile_size: int | None = 32  # 3D decoding tile (latent voxels) and overlap
+        self.tile_overlap = 0.25
 
     @classmethod
     def load(
@@ -71,29 +103,31 @@ class Pipeline:
                 "not a synthmed run directory (no config.yaml); train one with synthmed train", path=run_dir
             )
         cfg = build_train_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+        cfg = cfg.model_copy(update={"run_dir": run_dir})
         dev = resolve_device(device)
         ae_path, unet_path = run_dir / "autoencoder" / "model.pt", run_dir / "diffusion" / "model.pt"
-        autoencoder = build_autoencoder(cfg.autoencoder.arch).to(dev)
+        autoencoder = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(dev)
         ckpt.load_exported(autoencoder, ae_path, checkpoint)
-        state = ckpt.load(unet_path, dev)
+        unet, state = load_unet(cfg, dev, checkpoint)
         class_names = list(state["extra"]["class_names"])
-        unet = build_unet(cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, len(class_names)).to(dev)
-        ckpt.load_exported(unet, unet_path, checkpoint, state)
         hashes = {
             "autoencoder_sha256": ckpt.file_sha256(ae_path),
             "diffusion_sha256": ckpt.file_sha256(unet_path),
         }
+        spacing = state["extra"].get("spacing")
         return cls(
             run_dir,
             cfg,
             autoencoder.eval(),
-            unet.eval(),
+            unet,
             float(state["extra"]["scale_factor"]),
             class_names,
             hashes,
             dev,
             resolve_precision(precision, dev),
             checkpoint,
+            tuple(spacing) if spacing else None,
+            _load_controlnet(cfg, len(class_names), dev, checkpoint),
         )
 
     @property
@@ -101,9 +135,21 @@ class Pipeline:
         return self.cfg.data.image_size
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        side = self.image_size // self.cfg.autoencoder.arch.compression
-        return (self.cfg.autoencoder.arch.latent_channels, side, side)
+    def latent_shape(self) -> tuple[int, ...]:
+        """2D: the latent of one image; 3D: of one volume at the training size."""
+        vol = self.cfg.data.volume
+        spatial = vol.size if vol is not None else (self.image_size, self.image_size)
+        return self.latent_shape_for(spatial)
+
+    def latent_shape_for(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        arch = self.cfg.autoencoder.arch
+        divisor = arch.compression * 2 ** (len(self.cfg.diffusion.arch.channels) - 1)
+        bad = [s for s in size if s % divisor]
+        if bad:
+            raise SynthmedError(
+                f"size {tuple(size)}: every side must be a multiple of {divisor} for this model", field="size"
+            )
+        return (arch.latent_channels, *(s // arch.compression for s in size))
 
     @property
     def samplers(self) -> tuple[str, ...]:
@@ -129,17 +175,19 @@ class Pipeline:
         guidance: float = 3.0,
         sampler: str = "ddim",
         callback: StepCallback | None = None,
+        volume: VolumeCondition | None = None,
     ) -> torch.Tensor:
-        """Images (len(seeds), 1, H, W) in [0, 1] for one batch of seeds."""
+        """Images (len(seeds), 1, H, W) or, for 3D runs, volumes (len(seeds), 1, X, Y, Z) in [0, 1]."""
         if not seeds:
             raise SynthmedError("at least one seed is needed", field="count")
-        scheduler = build_scheduler(self.cfg.diffusion.noise, sampler)
+        scheduler = build_scheduler(self.cfg.diffusion.noise, sampler, self.cfg.data.spatial_dims)
         labels = torch.full((len(seeds),), self.label_index(label), dtype=torch.long, device=self.device)
-        noise = initial_noise(seeds, self.latent_shape, self.device)
+        shape = self.latent_shape if volume is None else self.latent_shape_for(volume.size)
+        noise = initial_noise(seeds, shape, self.device)
         generator = torch.Generator(self.device).manual_seed(seeds[0])  # stochastic samplers' per-step noise
         amp = autocast(self.device, self.dtype)
         z = denoise(
-            self.unet,
+            self.denoiser(len(seeds), volume),
             scheduler,
             noise,
             labels,
@@ -150,9 +198,41 @@ class Pipeline:
             autocast=amp,
             callback=callback,
         )
+        tile = self.tile_size if volume is not None else None
         with amp:
-            images = self.autoencoder.decode(z / self.scale_factor)
+            images = decode_latents(
+                self.autoencoder, z / self.scale_factor, tile=tile, overlap=self.tile_overlap
+            )
         return images.float().clamp(0, 1).cpu()
+
+    def denoiser(self, n: int, volume: VolumeCondition | None) -> torch.nn.Module:
+        """The UNet with a 3D batch's spacing and (given label maps) its ControlNet condition bound."""
+        if self.cfg.data.volume is None:
+            if volume is not None:
+                raise SynthmedError("size, spacing and label maps apply to 3D models only", field="size")
+            return self.unet
+        if volume is None:
+            volume = VolumeCondition(self.default_spacing, self.cfg.data.volume.size)
+        spacing = torch.tensor([volume.spacing], dtype=torch.float32, device=self.device).expand(n, 3)
+        if volume.label_maps is None:
+            return ConditionedUNet(self.unet, spacing=spacing)
+        cn = self.require_controlnet()
+        control = encode_labels(volume.label_maps.to(self.device), cn.num_labels, cn.encoding)  # type: ignore[arg-type]
+        return ConditionedUNet(self.unet, spacing, cn.model, control, volume.scale)
+
+    @property
+    def default_spacing(self) -> tuple[float, float, float]:
+        vol = self.cfg.data.volume
+        assert vol is not None
+        return vol.spacing or self.spacing or (1.0, 1.0, 1.0)
+
+    def require_controlnet(self) -> ControlNetState:
+        if self.controlnet is None:
+            raise SynthmedError(
+                "this run has no trained label-map ControlNet; train it with synthmed train controlnet",
+                path=self.run_dir / "controlnet" / "model.pt",
+            )
+        return self.controlnet
 
     def manifest_row(
         self, seed: int, batch: list[int], label: str | None, steps: int, guidance: float, sampler: str
@@ -218,6 +298,28 @@ class Pipeline:
         return images[batch.index(int(row["seed"]))]
 
 
+def _load_controlnet(
+    cfg: TrainConfig, num_classes: int, device: torch.device, which: str
+) -> ControlNetState | None:
+    path = cfg.run_dir / "controlnet" / "model.pt"
+    if cfg.data.volume is None or not path.exists():
+        return None
+    state = ckpt.load(path, device)
+    extra = state["extra"]
+    num_labels, encoding = int(extra["num_labels"]), str(extra["encoding"])
+    model = build_controlnet(
+        cfg.diffusion.arch,
+        cfg.controlnet,
+        cfg.autoencoder.arch.latent_channels,
+        num_classes,
+        encoding_channels(num_labels, encoding),  # type: ignore[arg-type]
+    ).to(device)
+    ckpt.load_exported(model, path, which, state)
+    return ControlNetState(
+        model.eval(), num_labels, encoding, dict(extra["quality_bounds"]), ckpt.file_sha256(path)
+    )
+
+
 def _check_counts(n: int, steps: int, batch_size: int) -> None:
     if n <= 0:
         raise SynthmedError(f"count must be at least 1, got {n}", field="count")
@@ -241,7 +343,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _drop_cut_last_line(manifest: Path) -> None:
+def drop_cut_last_line(manifest: Path) -> None:
     """A job killed while appending leaves a partial last row: drop it (its image is regenerated)."""
     if not manifest.exists():
         return
@@ -269,40 +371,57 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
     _check_counts(cfg.count, cfg.steps, cfg.batch_size)
     pipe = Pipeline.load(cfg.run_dir, device=cfg.device, precision=cfg.precision, checkpoint=cfg.checkpoint)
     pipe.label_index(cfg.label)
-    if cfg.sampler not in pipe.samplers:
+    sampler = cfg.sampler or pipe.samplers[0]
+    if sampler not in pipe.samplers:
         raise SynthmedError(
-            f"unknown sampler '{cfg.sampler}' for this model; choose one of {list(pipe.samplers)}",
+            f"unknown sampler '{sampler}' for this model; choose one of {list(pipe.samplers)}",
             field="sampler",
         )
+    cfg = cfg.model_copy(update={"sampler": sampler})
+    if pipe.cfg.data.volume is not None:
+        from synthmed.sampling.volumes import generate_volumes  # that module builds on this one
+
+        return generate_volumes(pipe, cfg, progress)
+    given_3d = [f for f in ("size", "spacing", "label_map") if getattr(cfg, f) is not None]
+    if given_3d:
+        raise SynthmedError(f"{given_3d} apply to 3D runs only; this run is 2D", field=given_3d[0])
     guard = copy_guard_for_run(pipe.run_dir, pipe.cfg, cfg.copy_percentile) if cfg.privacy_filter else None
     cfg.out.mkdir(parents=True, exist_ok=True)
     manifest = cfg.out / MANIFEST
-    _drop_cut_last_line(manifest)
+    drop_cut_last_line(manifest)
     existing = {(r.get("label"), r.get("seed")): r for r in read_manifest(manifest)}
     # Without the filter nothing is dropped, so exactly seeds seed .. seed+count-1 are used.
     candidates = range(cfg.seed, cfg.seed + (2 * cfg.count if guard else cfg.count))
     status = {s: _already_done(existing, pipe, cfg, s) for s in candidates}
     kept = sum(v == "kept" for v in status.values())
     pending = iter([s for s in candidates if status[s] is None])
-    with Progress(
-        TextColumn("[bold]generate"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-    ) as bar:
-        task = bar.add_task("generate", total=cfg.count, completed=kept)
+    with progress_bar(progress, cfg.count, kept) as advance:
         while kept < cfg.count:
             batch = list(itertools.islice(pending, min(cfg.batch_size, cfg.count - kept)))
             if not batch:
                 raise _too_many_dropped(cfg)
             images = pipe.sample_batch(
-                batch, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler
+                batch, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=sampler
             )
             verdicts = guard.check(images) if guard else [None] * len(batch)
-            kept += _write_batch(cfg, pipe, manifest, batch, images, verdicts)
-            bar.update(task, completed=kept)
+            newly = _write_batch(cfg, pipe, manifest, batch, images, verdicts)
+            kept += newly
+            advance(newly)
     return cfg.out
+
+
+@contextmanager
+def progress_bar(enabled: bool, total: int, completed: int = 0) -> Iterator[Callable[[int], None]]:
+    """A Rich bar for generation; yields ``advance(n)``."""
+    with Progress(
+        TextColumn("[bold]generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    ) as bar:
+        task = bar.add_task("generate", total=total, completed=completed)
+        yield lambda n=1: bar.advance(task, n)
 
 
 def _too_many_dropped(cfg: GenerateConfig) -> SynthmedError:

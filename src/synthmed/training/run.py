@@ -7,6 +7,8 @@ Run directory layout (self-describing, nnU-Net style)::
     cache/                 preprocessed arrays, keyed by content and settings
     autoencoder/           last.pt, step_*.pt, model.pt (EMA + raw weights), log.jsonl, previews/
     diffusion/             the same, plus latents.pt; model.pt holds the latent scale factor and class names
+    controlnet/            3D: the label-map ControlNet (model.pt also holds the label encoding and the
+                           intensity bounds of the generation quality check)
 """
 
 from __future__ import annotations
@@ -20,14 +22,24 @@ from rich.console import Console
 
 from synthmed import data as data_stage
 from synthmed.config import TrainConfig, build_train_config, read_yaml, save_yaml
+from synthmed.data.volume_sets import load_volume_split, prepare_volumes
 from synthmed.errors import SynthmedError
-from synthmed.models.builders import build_autoencoder
+from synthmed.models.builders import build_autoencoder, build_unet
 from synthmed.runtime import resolve_device, resolve_precision, set_threads
+from synthmed.sampling.quality import intensity_bounds
 from synthmed.training import checkpoint as ckpt
-from synthmed.training.tasks import AutoencoderTask, DiffusionTask, encode_dataset, latent_scale_factor
+from synthmed.training.tasks import (
+    AutoencoderTask,
+    ControlNetTask,
+    DiffusionTask,
+    LatentSet,
+    encode_dataset,
+    latent_scale_factor,
+)
 from synthmed.training.trainer import Trainer
 
-STAGES = ("autoencoder", "diffusion")
+STAGES = ("autoencoder", "diffusion", "controlnet")
+CANDIDATES = "candidates.pt"  # controlnet/: the training label maps 3D generation draws from
 # Fields that may change in a resumed run (and runtime.*); any other change would train a different model.
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "preview_every", "log_every"}
 
@@ -36,11 +48,24 @@ console = Console(stderr=True)
 
 @dataclass
 class TrainingData:
+    """Images (2D) or volumes (3D, with voxel spacings and label maps) of the train and val splits."""
+
     class_names: list[str]
     train_images: torch.Tensor
     train_labels: torch.Tensor
     val_images: torch.Tensor
     val_labels: torch.Tensor
+    train_spacings: torch.Tensor | None = None
+    val_spacings: torch.Tensor | None = None
+    train_maps: torch.Tensor | None = None
+    val_maps: torch.Tensor | None = None
+    num_labels: int | None = None
+    train_keys: list[str] | None = None
+
+
+def default_stages(cfg: TrainConfig) -> tuple[str, ...]:
+    """`synthmed train all`: the autoencoder and diffusion UNet, plus the label-map ControlNet for 3D."""
+    return STAGES if cfg.data.volume is not None else STAGES[:2]
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -95,6 +120,8 @@ def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
         raise SynthmedError(
             "no data source: set data.source (or --data) to a folder, .npz or CSV file", field="data.source"
         )
+    if cfg.data.volume is not None:
+        return _load_volume_data(cfg, device)
     prepared = data_stage.prepare(cfg.data, cfg.seed, cfg.run_dir / "split.json")
     cache = cfg.run_dir / "cache"
     arrays = {
@@ -111,6 +138,39 @@ def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
         val_x, val_y = train_x[:8], train_y[:8]
     return TrainingData(
         prepared.class_names, train_x.to(device), train_y.to(device), val_x.to(device), val_y.to(device)
+    )
+
+
+def _load_volume_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
+    assert cfg.data.volume is not None
+    prepared = prepare_volumes(cfg.data, cfg.seed, cfg.run_dir / "split.json")
+    for skipped in prepared.skipped:
+        console.print(f"skipped {skipped.source}: {skipped.reason}", highlight=False, soft_wrap=True)
+    cache = cfg.run_dir / "cache"
+    train = load_volume_split(cfg.data, prepared, "train", cache, augment=True)
+    val = load_volume_split(cfg.data, prepared, "val", cache)
+    if len(val.keys) == 0:  # tiny data sets: validate on a few training volumes rather than not at all
+        val = train
+    num_labels = cfg.data.volume.num_labels or int(train.label_maps.max()) + 1
+    too_high = int(max(train.label_maps.max(), val.label_maps.max()))
+    if too_high >= num_labels:
+        raise SynthmedError(
+            f"the label maps hold label {too_high} but data.volume.num_labels is {num_labels}",
+            field="data.volume.num_labels",
+        )
+    zeros = torch.zeros  # one class: every volume is class 0
+    return TrainingData(
+        prepared.class_names,
+        train.images.to(device),
+        zeros(len(train.keys), dtype=torch.long, device=device),
+        val.images.to(device),
+        zeros(len(val.keys), dtype=torch.long, device=device),
+        train.spacings.to(device),
+        val.spacings.to(device),
+        train.label_maps.to(device),
+        val.label_maps.to(device),
+        max(num_labels, 2),
+        train.keys,
     )
 
 
@@ -134,7 +194,7 @@ def _trainer(task, stage_cfg, cfg: TrainConfig, device: torch.device, progress: 
 
 
 def load_autoencoder(cfg: TrainConfig, device: torch.device, which: str = "ema") -> torch.nn.Module:
-    model = build_autoencoder(cfg.autoencoder.arch).to(device)
+    model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(device)
     ckpt.load_exported(model, cfg.run_dir / "autoencoder" / "model.pt", which)
     return model.eval()
 
@@ -148,31 +208,39 @@ def _latents(
     if path.exists():
         cached = ckpt.load(path)
         return cached["train"].to(data.train_images.device), cached["val"].to(data.train_images.device)
-    train, val = encode_dataset(autoencoder, data.train_images), encode_dataset(autoencoder, data.val_images)
+    batch = 64 if cfg.data.volume is None else 2  # 3D activations are large
+    train = encode_dataset(autoencoder, data.train_images, batch)
+    val = encode_dataset(autoencoder, data.val_images, batch)
     ckpt.atomic_save({"train": train.cpu(), "val": val.cpu()}, path)
     return train, val
 
 
 def train(
     cfg: TrainConfig,
-    stages: Sequence[str] = STAGES,
+    stages: Sequence[str] | None = None,
     *,
     resume: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Train the requested stages in order; returns the run directory."""
+    """Train the requested stages in order (default: `default_stages`); returns the run directory."""
+    stages = default_stages(cfg) if stages is None else stages
     for stage in stages:
         if stage not in STAGES:
             raise SynthmedError(f"unknown stage '{stage}'; choose from {list(STAGES)}", field="stage")
+        if stage == "controlnet" and cfg.data.volume is None:
+            raise SynthmedError(
+                "the controlnet stage needs 3D data with label maps (data.volume)", field="stage"
+            )
     set_threads(cfg.runtime.num_threads)
     device = resolve_device(cfg.runtime.device)
     check_against_saved(cfg, resume)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, cfg.run_dir / "config.yaml")
     data = load_training_data(cfg, device)
+    items = "images" if cfg.data.volume is None else "volumes (spacing copies included)"
     console.print(
         f"[bold]{cfg.run_dir}[/]: {len(data.train_images)} training and {len(data.val_images)} "
-        f"validation images, classes {data.class_names}, device {device}"
+        f"validation {items}, classes {data.class_names}, device {device}"
     )
     for stage in stages:
         stage_cfg = getattr(cfg, stage)
@@ -181,28 +249,76 @@ def train(
             continue
         torch.manual_seed(cfg.seed)  # identical initial weights for identical configs
         if stage == "autoencoder":
-            model = build_autoencoder(cfg.autoencoder.arch).to(device)
+            model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(device)
             task = AutoencoderTask(model, cfg.autoencoder, data.train_images, data.val_images)
-        else:
+        elif stage == "diffusion":
             task = _diffusion_task(cfg, data, device)
+        else:
+            task = _controlnet_task(cfg, data, device)
         _trainer(task, stage_cfg, cfg, device, progress).run(resume=resume)
     return cfg.run_dir
 
 
-def _diffusion_task(cfg: TrainConfig, data: TrainingData, device: torch.device) -> DiffusionTask:
+def _latent_sets(
+    cfg: TrainConfig, data: TrainingData, device: torch.device
+) -> tuple[torch.nn.Module, LatentSet, LatentSet, float]:
+    """The frozen autoencoder, both splits encoded, and the latent scale factor."""
     autoencoder = load_autoencoder(cfg, device)
     for p in autoencoder.parameters():
         p.requires_grad_(False)
     train_lat, val_lat = _latents(cfg, autoencoder, data)
     scale = latent_scale_factor(train_lat, cfg.diffusion.scale_factor_samples, cfg.seed)
+    train = LatentSet(train_lat, data.train_labels, data.train_spacings, data.train_maps)
+    val = LatentSet(val_lat, data.val_labels, data.val_spacings, data.val_maps)
+    return autoencoder, train, val, scale
+
+
+def _diffusion_task(cfg: TrainConfig, data: TrainingData, device: torch.device) -> DiffusionTask:
+    autoencoder, train, val, scale = _latent_sets(cfg, data, device)
     torch.manual_seed(cfg.seed)
-    return DiffusionTask(
+    return DiffusionTask(cfg.diffusion, autoencoder, train, val, data.class_names, scale)
+
+
+def load_unet(cfg: TrainConfig, device: torch.device, which: str = "ema") -> tuple[torch.nn.Module, dict]:
+    """The trained diffusion UNet and its exported file's contents (scale factor, class names)."""
+    path = cfg.run_dir / "diffusion" / "model.pt"
+    state = ckpt.load(path, device)
+    class_names = list(state["extra"]["class_names"])
+    unet = build_unet(
+        cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, len(class_names), cfg.data.spatial_dims
+    ).to(device)
+    ckpt.load_exported(unet, path, which, state)
+    return unet.eval(), state
+
+
+def _save_candidates(cfg: TrainConfig, data: TrainingData) -> None:
+    """The training label maps at the data's own spacing (spacing-augmented copies come after them)."""
+    assert data.train_maps is not None and data.train_spacings is not None and data.train_keys is not None
+    n = len(dict.fromkeys(data.train_keys))
+    spacing = data.train_spacings[:n].median(dim=0).values.tolist()
+    maps = data.train_maps[:n].cpu()
+    maps = maps.to(torch.uint8 if int(maps.max()) < 256 else torch.int16)  # small on disk
+    state = {"label_maps": maps, "keys": data.train_keys[:n], "spacing": spacing}
+    ckpt.atomic_save(state, cfg.run_dir / "controlnet" / CANDIDATES)
+
+
+def _controlnet_task(cfg: TrainConfig, data: TrainingData, device: torch.device) -> ControlNetTask:
+    assert data.train_maps is not None and data.num_labels is not None
+    autoencoder, train, val, _ = _latent_sets(cfg, data, device)
+    unet, state = load_unet(cfg, device)
+    _save_candidates(cfg, data)
+    # The generation quality check's bounds (MAISI): per-label median intensities of the training volumes.
+    bounds = intensity_bounds(data.train_images.cpu(), data.train_maps.cpu(), data.num_labels)
+    torch.manual_seed(cfg.seed)
+    return ControlNetTask(
+        cfg.controlnet,
         cfg.diffusion,
         autoencoder,
-        train_lat,
-        data.train_labels,
-        val_lat,
-        data.val_labels,
+        unet,
+        train,
+        val,
         data.class_names,
-        scale,
+        float(state["extra"]["scale_factor"]),
+        data.num_labels,
+        bounds,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,40 @@ from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import AutoencoderKL
 from torch import nn
 
-from synthmed.config import AutoencoderConfig, DiffusionConfig
-from synthmed.models.builders import build_discriminator, build_scheduler, build_unet
+from synthmed.config import AutoencoderConfig, ControlNetConfig, DiffusionConfig
+from synthmed.evaluation.views import view_slices
+from synthmed.models.builders import (
+    build_controlnet,
+    build_discriminator,
+    build_scheduler,
+    build_unet,
+    init_controlnet_from_unet,
+)
+from synthmed.models.conditioning import ConditionedUNet
 from synthmed.models.local import load_local_network
 from synthmed.reporting.images import save_grid
+from synthmed.sampling.label_maps import encode_labels, encoding_channels
 from synthmed.sampling.sampler import denoise, initial_noise
 
 VAL_ITEMS = 64  # validation batch: enough for a stable curve, cheap on a CPU
+
+
+@dataclass
+class LatentSet:
+    """Encoded items of one split: (N, 2, C, *spatial) latent mean and sigma, (N,) class indices, and for 3D
+    the (N, 3) voxel spacings in mm and (N, 1, X, Y, Z) int64 label maps."""
+
+    latents: torch.Tensor
+    labels: torch.Tensor
+    spacings: torch.Tensor | None = None
+    label_maps: torch.Tensor | None = None
+
+
+def as_images(x: torch.Tensor) -> torch.Tensor:
+    """2D batches as they are; 3D volumes as their central axial slices, upright (for preview grids)."""
+    if x.ndim == 4:
+        return x
+    return view_slices(x.float(), "axial", size=max(x.shape[2:4]), slices=1)
 
 
 def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
@@ -59,8 +87,11 @@ class AutoencoderTask:
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
         self.num_items = len(train)
         device = train.device
+        dims = train.ndim - 2
         self.disc = (
-            build_discriminator(cfg.disc_channels, cfg.disc_layers).to(device) if cfg.adv_weight else None
+            build_discriminator(cfg.disc_channels, cfg.disc_layers, dims).to(device)
+            if cfg.adv_weight
+            else None
         )
         self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
         self.perceptual = (
@@ -103,7 +134,8 @@ class AutoencoderTask:
 
     def preview(self, model: nn.Module, path: Path) -> None:
         x = self.val[:8]
-        save_grid(torch.cat([x, self._reconstruct(model, x).clamp(0, 1)]), path, ncols=len(x))
+        recon = self._reconstruct(model, x).clamp(0, 1)
+        save_grid(torch.cat([as_images(x), as_images(recon)]), path, ncols=len(x))
 
     def extra_state(self) -> dict[str, Any]:
         return {}
@@ -111,7 +143,7 @@ class AutoencoderTask:
 
 @torch.inference_mode()
 def encode_dataset(autoencoder: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Latent (mu, sigma) of every image, stacked on a new dim 1: (N, 2, C, h, w)."""
+    """Latent (mu, sigma) of every image or volume, stacked on a new dim 1: (N, 2, C, *latent_spatial)."""
     out = []
     for i in range(0, len(images), batch_size):
         mu, sigma = autoencoder.encode(images[i : i + batch_size])
@@ -128,31 +160,38 @@ def latent_scale_factor(latents: torch.Tensor, samples: int, seed: int) -> float
 
 
 class DiffusionTask:
+    """The class-conditional latent diffusion UNet (2D), or MAISI's spacing-conditioned one (3D)."""
+
     name = "diffusion"
+    trainable = "unet"
 
     def __init__(
         self,
         cfg: DiffusionConfig,
         autoencoder: AutoencoderKL,
-        train_latents: torch.Tensor,
-        train_labels: torch.Tensor,
-        val_latents: torch.Tensor,
-        val_labels: torch.Tensor,
+        train: LatentSet,
+        val: LatentSet,
         class_names: list[str],
         scale_factor: float,
     ) -> None:
         self.cfg, self.autoencoder, self.class_names = cfg, autoencoder.eval(), class_names
-        self.train_latents, self.train_labels = train_latents, train_labels
-        self.val_latents, self.val_labels = val_latents, val_labels
-        self.num_items = len(train_latents)
+        self.train, self.val = train, val
+        self.num_items = len(train.latents)
         self.scale_factor = scale_factor
         self.null_label = len(class_names)
-        latent_channels = train_latents.shape[2]
-        self.model = build_unet(cfg.arch, latent_channels, len(class_names)).to(train_latents.device)
-        self.scheduler = build_scheduler(cfg.noise)
+        self.spatial_dims = train.latents.ndim - 3
+        self.unet = build_unet(cfg.arch, train.latents.shape[2], len(class_names), self.spatial_dims)
+        self.model: nn.Module = self.unet.to(train.latents.device)
+        self.scheduler = build_scheduler(cfg.noise, spatial_dims=self.spatial_dims)
+
+    def denoiser(self, model: nn.Module, items: LatentSet, index: torch.Tensor) -> nn.Module:
+        """``model`` as the loss and the sampler call it, with items ``index``'s spacings bound (3D)."""
+        if items.spacings is None:
+            return model
+        return ConditionedUNet(model, spacing=items.spacings[index])
 
     def trainables(self) -> dict[str, nn.Module]:
-        return {"unet": self.model}
+        return {self.trainable: self.model}
 
     def _noisy(
         self, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
@@ -172,37 +211,99 @@ class DiffusionTask:
         return torch.randint(0, self.cfg.noise.num_train_timesteps, (len(z),), device=z.device)
 
     def losses(self, index: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        stats = self.train_latents[index]
+        stats = self.train.latents[index]
         z = (stats[:, 0] + stats[:, 1] * torch.randn_like(stats[:, 0])) * self.scale_factor
         noise = torch.randn_like(z)
         t = self._timesteps(z)
-        labels = self.train_labels[index].clone()
+        labels = self.train.labels[index].clone()
         labels[torch.rand(len(labels), device=labels.device) < self.cfg.label_dropout] = self.null_label
         x_t, target = self._noisy(z, noise, t)
-        pred = self.model(x_t, timesteps=t, class_labels=labels).float()
-        return {"unet": F.mse_loss(pred, target)}, {}
+        pred = self.denoiser(self.model, self.train, index)(x_t, timesteps=t, class_labels=labels).float()
+        return {self.trainable: F.mse_loss(pred, target)}, {}
 
     @torch.inference_mode()
     def validate(self, model: nn.Module) -> dict[str, float]:
         """MSE at fixed noise and evenly spread timesteps on validation latents: comparable across steps."""
         g = torch.Generator().manual_seed(0)
-        stats, labels = self.val_latents[:VAL_ITEMS], self.val_labels[:VAL_ITEMS]
-        z = stats[:, 0] * self.scale_factor
+        index = torch.arange(min(VAL_ITEMS, len(self.val.latents)))
+        z = self.val.latents[index, 0] * self.scale_factor
         noise = torch.randn(z.shape, generator=g).to(z.device)
         t = torch.linspace(0, self.cfg.noise.num_train_timesteps - 1, len(z)).long().to(z.device)
         x_t, target = self._noisy(z, noise, t)
-        return {"mse": F.mse_loss(model(x_t, timesteps=t, class_labels=labels).float(), target).item()}
+        pred = self.denoiser(model, self.val, index)(x_t, timesteps=t, class_labels=self.val.labels[index])
+        return {"mse": F.mse_loss(pred.float(), target).item()}
+
+    def _sample(self, net: nn.Module, labels: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
+        """Decoded samples in [0, 1] with the stage's default sampler (DDIM, or rflow for rflow models)."""
+        shape = tuple(self.val.latents.shape[2:])
+        noise = initial_noise(list(range(len(labels))), shape, labels.device)
+        sampler = build_scheduler(
+            self.cfg.noise, "rflow" if self.cfg.noise.kind == "rflow" else "ddim", self.spatial_dims
+        )
+        z = denoise(net, sampler, noise, labels, null_label=self.null_label, steps=steps, guidance=guidance)
+        return self.autoencoder.decode(z / self.scale_factor).float().clamp(0, 1)
 
     @torch.inference_mode()
     def preview(self, model: nn.Module, path: Path, per_class: int = 6, steps: int = 25) -> None:
-        """One row of samples per class (25 DDIM steps, guidance 3), decoded to images."""
-        labels = torch.arange(len(self.class_names)).repeat_interleave(per_class).to(self.val_latents.device)
-        shape = tuple(self.val_latents.shape[2:])
-        noise = initial_noise(list(range(len(labels))), shape, labels.device)
-        sampler = build_scheduler(self.cfg.noise, "rflow" if self.cfg.noise.kind == "rflow" else "ddim")
-        z = denoise(model, sampler, noise, labels, null_label=self.null_label, steps=steps, guidance=3.0)
-        images = self.autoencoder.decode(z / self.scale_factor).float().clamp(0, 1)
-        save_grid(images, path, ncols=per_class)
+        """One row of samples per class (25 steps, guidance 3); 3D at the first validation item's spacing."""
+        labels = torch.arange(len(self.class_names)).repeat_interleave(per_class).to(self.val.labels.device)
+        net = self.denoiser(model, self.val, torch.zeros(len(labels), dtype=torch.long))
+        save_grid(as_images(self._sample(net, labels, steps, 3.0)), path, ncols=per_class)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"scale_factor": self.scale_factor, "class_names": self.class_names}
+        extra: dict[str, Any] = {"scale_factor": self.scale_factor, "class_names": self.class_names}
+        if self.train.spacings is not None:  # 3D: generation's default spacing
+            extra["spacing"] = self.train.spacings.median(dim=0).values.tolist()
+        return extra
+
+
+class ControlNetTask(DiffusionTask):
+    """A ControlNet on encoded label maps, trained against the frozen diffusion UNet (MAISI's second stage)."""
+
+    name = "controlnet"
+    trainable = "controlnet"
+
+    def __init__(
+        self,
+        cfg: ControlNetConfig,
+        diffusion_cfg: DiffusionConfig,
+        autoencoder: AutoencoderKL,
+        unet: nn.Module,
+        train: LatentSet,
+        val: LatentSet,
+        class_names: list[str],
+        scale_factor: float,
+        num_labels: int,
+        quality_bounds: dict[int, tuple[float, float]],
+    ) -> None:
+        """``quality_bounds``: per-label intensity bounds of the generation quality check, kept with the model."""
+        super().__init__(diffusion_cfg, autoencoder, train, val, class_names, scale_factor)
+        self.cn_cfg, self.num_labels, self.quality_bounds = cfg, num_labels, quality_bounds
+        self.unet = unet.eval().requires_grad_(False)
+        channels = encoding_channels(num_labels, cfg.encoding)
+        latent_channels = train.latents.shape[2]
+        controlnet = build_controlnet(diffusion_cfg.arch, cfg, latent_channels, len(class_names), channels)
+        init_controlnet_from_unet(controlnet, unet)
+        self.model = controlnet.to(train.latents.device)
+
+    def denoiser(self, model: nn.Module, items: LatentSet, index: torch.Tensor) -> nn.Module:
+        assert items.label_maps is not None and items.spacings is not None
+        control = encode_labels(items.label_maps[index], self.num_labels, self.cn_cfg.encoding)
+        return ConditionedUNet(self.unet, spacing=items.spacings[index], controlnet=model, control=control)
+
+    @torch.inference_mode()
+    def preview(self, model: nn.Module, path: Path, count: int = 6, steps: int = 25) -> None:
+        """Samples for the first validation label maps (top row) with those maps below them."""
+        index = torch.arange(min(count, len(self.val.latents)))
+        images = self._sample(self.denoiser(model, self.val, index), self.val.labels[index], steps, 1.0)
+        assert self.val.label_maps is not None
+        maps = self.val.label_maps[index].float() / (self.num_labels - 1)
+        save_grid(torch.cat([as_images(images), as_images(maps)]), path, ncols=len(index))
+
+    def extra_state(self) -> dict[str, Any]:
+        bounds = {str(k): [float(lo), float(hi)] for k, (lo, hi) in self.quality_bounds.items()}
+        return super().extra_state() | {
+            "num_labels": self.num_labels,
+            "encoding": self.cn_cfg.encoding,
+            "quality_bounds": bounds,
+        }

@@ -1,0 +1,90 @@
+"""Three-view PNG previews of 3D volumes: axial, coronal and sagittal mid-slices side by side, with the
+label map overlaid in a fixed colour per label.
+
+Slices are taken and oriented by `synthmed.evaluation.views` (RAS, anatomy upright, fitted into
+``size`` x ``size``), so a preview shows exactly what the 2.5D evaluation compares.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthmed.errors import SynthmedError
+from synthmed.evaluation.views import VIEW_AXIS, VIEWS, slice_indices, view_slices
+from synthmed.reporting.images import save_png
+
+#: Label l is drawn in PALETTE[(l - 1) % len(PALETTE)] (tab10): the same structure, the same colour.
+PALETTE = (
+    np.array(
+        [
+            (31, 119, 180),
+            (255, 127, 14),
+            (44, 160, 44),
+            (214, 39, 40),
+            (148, 103, 189),
+            (140, 86, 75),
+            (227, 119, 194),
+            (127, 127, 127),
+            (188, 189, 34),
+            (23, 190, 207),
+        ],
+        dtype=np.float32,
+    )
+    / 255.0
+)
+ALPHA = 0.4
+GUTTER = 2  # white pixels between the views
+
+
+def three_view_preview(
+    image: torch.Tensor, label: torch.Tensor | None = None, *, size: int = 128
+) -> np.ndarray:
+    """(size, 3 * size + 2 * GUTTER, 3) RGB in [0, 1]: axial | coronal | sagittal mid-slices of a
+    (1, X, Y, Z) image in [0, 1], with ``label`` (1, X, Y, Z) blended in at ``ALPHA`` where non-zero."""
+    if image.ndim != 4 or image.shape[0] != 1 or (label is not None and label.shape != image.shape):
+        got = tuple(image.shape), None if label is None else tuple(label.shape)
+        raise SynthmedError(f"expected image and label map (1, X, Y, Z) of one shape, got {got}")
+    panels = [_panel(image, label, view, size) for view in VIEWS]
+    gutter = np.ones((size, GUTTER, 3), dtype=np.float32)
+    return np.concatenate([panels[0], gutter, panels[1], gutter, panels[2]], axis=1)
+
+
+def save_three_view_preview(
+    image: torch.Tensor, label: torch.Tensor | None, path: Path, *, size: int = 128
+) -> None:
+    """Write `three_view_preview` as an RGB PNG (atomically); without a label map, the plain image."""
+    save_png(three_view_preview(image, label, size=size), Path(path))
+
+
+def _panel(image: torch.Tensor, label: torch.Tensor | None, view: str, size: int) -> np.ndarray:
+    grey = _fit(_middle(image.float(), view), view, size)[0].clamp(0.0, 1.0).numpy()
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    if label is None:
+        return rgb
+    classes = _label_plane(_middle(label, view), view, size)
+    fg = classes > 0
+    rgb[fg] = (1.0 - ALPHA) * rgb[fg] + ALPHA * PALETTE[(classes[fg] - 1) % len(PALETTE)]
+    return rgb
+
+
+def _middle(volume: torch.Tensor, view: str) -> torch.Tensor:
+    """(C, X, Y, Z) -> the middle slice of ``view``, keeping its axis (extent 1)."""
+    dim = 1 + VIEW_AXIS[view]
+    index = slice_indices(volume.shape[dim], fraction=1e-9, slices=1)[0]  # tiny fraction: middle only
+    return volume.narrow(dim, index, 1)
+
+
+def _fit(plane: torch.Tensor, view: str, size: int) -> torch.Tensor:
+    """One slice from `_middle` -> (C, size, size), oriented and fitted by `view_slices`."""
+    return view_slices(plane[None], view, size=size, fraction=1.0)[0]
+
+
+def _label_plane(plane: torch.Tensor, view: str, size: int) -> np.ndarray:
+    """(size, size) label values of a slice: fitted as one channel per label, then argmax, because
+    `view_slices` interpolates and would blend label numbers into values no label has."""
+    values = torch.unique(torch.cat([torch.zeros(1, dtype=plane.dtype), plane.flatten()]))  # 0 first
+    onehot = (plane == values.view(-1, 1, 1, 1)).float()  # of one slice, so hundreds of labels fit
+    return values[_fit(onehot, view, size).argmax(dim=0)].numpy()  # zero padding: argmax 0, background

@@ -1,0 +1,233 @@
+"""3D generation to a folder (``synthmed generate`` on a 3D run): paired image and label map NIfTI files,
+2.5D previews, the quality check with re-tries, and the provenance manifest.
+
+Each output has a base seed (``seed .. seed+count-1``). Its label map is the given ``--label-map`` or one
+drawn by that seed from the run's candidate label maps (the training label maps, MAISI's mask database),
+optionally deformed. A volume failing the quality check (a structure's median intensity outside the
+training range) is generated again for the same label map with a derived seed, up to ``qc_retries`` times;
+the manifest records every attempt. An interrupted job continues where it stopped.
+
+Output layout (readable back by `synthmed.data.volumes.discover_volumes`, flat layout)::
+
+    OUT/syn_<seed>_image.nii.gz   float32 in [0, 1], affine with the requested spacing
+    OUT/syn_<seed>_label.nii.gz   uint8/int16 label map on the same grid (when a label map conditions it)
+    OUT/previews/syn_<seed>.png   axial | coronal | sagittal mid-slices with the labels overlaid
+    OUT/manifest.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Spacing
+
+from synthmed.config import GenerateConfig
+from synthmed.data.volumes import VolumeConfig, load_label_map, save_nifti
+from synthmed.errors import SynthmedError
+from synthmed.reporting.previews import save_three_view_preview
+from synthmed.sampling.label_maps import CandidateLabelMaps, check_label_range, fit
+from synthmed.sampling.pipeline import (
+    MANIFEST,
+    SETTINGS,
+    Pipeline,
+    VolumeCondition,
+    drop_cut_last_line,
+    progress_bar,
+    read_manifest,
+)
+from synthmed.sampling.quality import check_volume
+from synthmed.training import checkpoint as ckpt
+from synthmed.training.run import CANDIDATES
+from synthmed.training.trainer import step_seed
+
+# Settings that must agree for an existing volume in an output folder to count as already generated.
+RESUME_SETTINGS = (
+    *SETTINGS,
+    "size",
+    "spacing",
+    "conditioning_scale",
+    "label_map_source",
+    "augment_label_maps",
+)
+
+
+@dataclass
+class Condition:
+    """One output's label map on the output grid, its affine and where it came from."""
+
+    label_map: torch.Tensor | None  # (1, X, Y, Z) int64
+    affine: np.ndarray
+    provenance: dict[str, Any]
+
+
+def centred_affine(spacing: tuple[float, ...], size: tuple[int, ...]) -> np.ndarray:
+    """RAS affine with the given spacing whose grid is centred on the origin (no scanner position exists)."""
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = [-(n - 1) / 2 * s for n, s in zip(size, spacing, strict=True)]
+    return affine
+
+
+class LabelMaps:
+    """Where each output's label map comes from: a user file, the run's candidates, or none (image only)."""
+
+    def __init__(
+        self, pipe: Pipeline, cfg: GenerateConfig, size: tuple[int, int, int], spacing: tuple
+    ) -> None:
+        self.size, self.spacing, self.augment = size, spacing, cfg.augment_label_maps
+        self.fixed: Condition | None = None
+        self.candidates: CandidateLabelMaps | None = None
+        self.source = "none"  # for the manifest: file sha256, "candidates" or "none"
+        if cfg.label_map is not None:
+            cn = pipe.require_controlnet()
+            label, affine = load_label_map(cfg.label_map, VolumeConfig(size=size, spacing=spacing))
+            check_label_range(label, cn.num_labels)
+            info = {"file": str(cfg.label_map), "sha256": ckpt.file_sha256(cfg.label_map)}
+            self.fixed = Condition(label, affine, info)
+            self.source = info["sha256"]
+        elif pipe.controlnet is not None:
+            state = ckpt.load(pipe.run_dir / "controlnet" / CANDIDATES)
+            self.candidates = CandidateLabelMaps(state["label_maps"].long(), state["keys"], state["spacing"])
+            self.source = "candidates"
+
+    def for_seed(self, seed: int) -> Condition:
+        if self.fixed is not None:
+            return self.fixed
+        affine = centred_affine(self.spacing, self.size)
+        if self.candidates is None:
+            return Condition(None, affine, {"none": "this run has no ControlNet: image only"})
+        label, info = self.candidates.sample(seed, augment=self.augment)
+        label = fit(_resample(label, self.candidates.spacing, self.spacing), self.size)
+        return Condition(label, affine, {"candidate": info})
+
+
+def _resample(label: torch.Tensor, source: tuple[float, ...], target: tuple[float, ...]) -> torch.Tensor:
+    """A candidate map from its training spacing to the requested one (nearest: labels stay integers)."""
+    if np.allclose(source, target):
+        return label
+    meta = MetaTensor(label.float(), affine=torch.diag(torch.tensor([*source, 1.0], dtype=torch.float64)))
+    out = Spacing(pixdim=target, mode="nearest")(meta)
+    return torch.as_tensor(out.as_tensor()).round().long()
+
+
+def generate_volumes(pipe: Pipeline, cfg: GenerateConfig, progress: bool = True) -> Path:
+    """`synthmed generate` for a loaded 3D run (sampler already resolved); see the module docstring."""
+    vol = pipe.cfg.data.volume
+    assert vol is not None
+    if cfg.privacy_filter:
+        raise SynthmedError("the privacy filter works on 2D images only", field="privacy_filter")
+    pipe.tile_size, pipe.tile_overlap = cfg.tile_size, cfg.tile_overlap
+    size = cfg.size or vol.size
+    pipe.latent_shape_for(size)  # checks divisibility before any work
+    spacing = cfg.spacing or pipe.default_spacing
+    maps = LabelMaps(pipe, cfg, size, spacing)
+    settings = _settings(pipe, cfg, size, spacing, maps)
+    todo = _pending(cfg, settings)
+    with progress_bar(progress, cfg.count, cfg.count - len(todo)) as advance:
+        for i in range(0, len(todo), cfg.batch_size):
+            batch = todo[i : i + cfg.batch_size]
+            conditions = [maps.for_seed(s) for s in batch]
+            images = _sample(pipe, cfg, batch, conditions, size, spacing)
+            for seed, image, cond in zip(batch, images, conditions, strict=True):
+                image, attempts = _quality_checked(pipe, cfg, seed, image, cond, size, spacing)
+                _write(cfg, seed, image, cond, settings | {"batch_seeds": batch, "attempts": attempts})
+                advance(1)
+    return cfg.out
+
+
+def _pending(cfg: GenerateConfig, settings: dict[str, Any]) -> list[int]:
+    """Seeds still to generate; finished ones of an interrupted run with the same settings are kept."""
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    manifest = cfg.out / MANIFEST
+    drop_cut_last_line(manifest)
+    done = set()
+    for row in read_manifest(manifest):
+        if not (cfg.out / str(row.get("file"))).exists() or row.get("label") != cfg.label:
+            continue
+        differing = [k for k in RESUME_SETTINGS if row.get(k) != settings.get(k)]
+        if differing and row["seed"] in range(cfg.seed, cfg.seed + cfg.count):
+            raise SynthmedError(
+                f"seed {row['seed']} was already generated there with other settings ({differing}); "
+                "choose another --out or --seed",
+                path=cfg.out,
+            )
+        done.add(row["seed"])
+    return [s for s in range(cfg.seed, cfg.seed + cfg.count) if s not in done]
+
+
+def _sample(
+    pipe: Pipeline,
+    cfg: GenerateConfig,
+    seeds: list[int],
+    conditions: list[Condition],
+    size: tuple[int, int, int],
+    spacing: tuple,
+) -> torch.Tensor:
+    label_maps = None
+    if conditions[0].label_map is not None:
+        label_maps = torch.stack([c.label_map for c in conditions if c.label_map is not None])
+    volume = VolumeCondition(spacing, size, label_maps, cfg.conditioning_scale)
+    return pipe.sample_batch(
+        seeds, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=str(cfg.sampler), volume=volume
+    )
+
+
+def _quality_checked(
+    pipe: Pipeline,
+    cfg: GenerateConfig,
+    seed: int,
+    image: torch.Tensor,
+    cond: Condition,
+    size: tuple[int, int, int],
+    spacing: tuple,
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """The first image (this one, then retries with derived seeds) that passes, else the last tried."""
+    if cond.label_map is None or pipe.controlnet is None:
+        return image, [{"seed": seed, "quality": None}]
+    bounds = pipe.controlnet.quality_bounds
+    attempts = [{"seed": seed, "quality": check_volume(image, cond.label_map, bounds)}]
+    for k in range(1, cfg.qc_retries + 1):
+        if attempts[-1]["quality"]["passed"]:
+            break
+        retry = step_seed(seed, k)
+        image = _sample(pipe, cfg, [retry], [cond], size, spacing)[0]
+        attempts.append({"seed": retry, "quality": check_volume(image, cond.label_map, bounds)})
+    return image, attempts
+
+
+def _settings(
+    pipe: Pipeline, cfg: GenerateConfig, size: tuple, spacing: tuple, maps: LabelMaps
+) -> dict[str, Any]:
+    row = pipe.manifest_row(cfg.seed, [], cfg.label, cfg.steps, cfg.guidance, str(cfg.sampler))
+    row.pop("image_size")
+    extra = {"size": list(size), "spacing": list(spacing), "conditioning_scale": cfg.conditioning_scale}
+    extra |= {"label_map_source": maps.source, "augment_label_maps": cfg.augment_label_maps}
+    extra |= {"tile_size": cfg.tile_size, "tile_overlap": cfg.tile_overlap, "qc_retries": cfg.qc_retries}
+    if pipe.controlnet is not None:
+        extra["controlnet_sha256"] = pipe.controlnet.sha256
+    return row | extra
+
+
+def _write(cfg: GenerateConfig, seed: int, image: torch.Tensor, cond: Condition, row: dict[str, Any]) -> None:
+    stem = f"syn_{seed:08d}"
+    row = row | {"seed": seed, "file": f"{stem}_image.nii.gz", "label_file": None}
+    row |= {"image_seed": row["attempts"][-1]["seed"], "label_map": cond.provenance}
+    if row["image_seed"] != seed:  # a quality-check retry was drawn alone
+        row["batch_seeds"] = [row["image_seed"]]
+    row["quality"] = row["attempts"][-1]["quality"]
+    save_nifti(image, cond.affine, cfg.out / row["file"], dtype=np.float32)
+    if cond.label_map is not None:
+        row["label_file"] = f"{stem}_label.nii.gz"
+        dtype = np.uint8 if int(cond.label_map.max()) < 256 else np.int16
+        save_nifti(cond.label_map, cond.affine, cfg.out / row["label_file"], dtype=dtype)
+    row["preview"] = f"previews/{stem}.png"
+    save_three_view_preview(image, cond.label_map, cfg.out / row["preview"])
+    row["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    with open(cfg.out / MANIFEST, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
