@@ -11,6 +11,8 @@ which), holdout = the 624 Kermany test images. Records time per phase (extractor
 memory, the headline figures, and in the same run the baseline: MONAI's `FIDMetric` (scipy sqrtm) vs
 synthmed's eigendecomposition FID on the same features.
 
+volume64 (benchmarks/volume64.py): seconds per 64^3 volume with a label map, rflow 30 vs DDPM 1000 steps.
+
 augment64: the augmentation protocol on Kermany 64 px with NORMAL reduced to 5% prevalence. A small64
 generator is trained (as train64) on the reduced training folder only; it generates NORMAL and PNEUMONIA
 images; ``synthmed benchmark-augmentation`` then runs every arm (real+synthetic adds synthetic NORMAL images
@@ -30,6 +32,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks import volume64
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(os.environ.get("SYNTHMED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -385,6 +389,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--work-dir", default="runs/bench-augment64")
     p.add_argument("--reuse-generator", action="store_true", help="keep the trained generator and its images")
+    volume64.add_arguments(
+        sub.add_parser("volume64", help="3D 64^3 with label map: rflow 30 vs DDPM 1000 steps")
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.name}.json"
@@ -392,6 +399,8 @@ def main() -> None:
         result = {"machine": machine(), **eval64(args)}
     elif args.name == "augment64":
         result = {"machine": machine(), **augment64(args)}
+    elif args.name == "volume64":
+        result = {"machine": machine(), **volume64.run(args, DATA)}
     else:
         result = train64(args, out)
         result["generate"] = generate64(args)

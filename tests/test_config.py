@@ -24,7 +24,9 @@ def test_presets_build_monai_networks(preset: str) -> None:
         assert list(cfg.data.volume.size) == PRESETS[preset]["data"]["volume"]["size"]
         assert cfg.autoencoder.arch.latent_channels == 4
     ae = build_autoencoder(cfg.autoencoder.arch, dims)
-    unet = build_unet(cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, num_classes=3, spatial_dims=dims)
+    unet = build_unet(
+        cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, num_classes=3, spatial_dims=dims
+    )
     expected = "DiffusionModelUNet" if dims == 2 else "DiffusionModelUNetMaisi"
     assert type(ae).__name__ == "AutoencoderKL" and type(unet).__name__ == expected
     assert cfg.autoencoder.arch.compression in (4, 8)

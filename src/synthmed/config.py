@@ -246,8 +246,9 @@ class TrainConfig(Strict):
         steps = len(self.controlnet.embedding_channels) - 1
         if 2**steps != self.autoencoder.arch.compression:
             raise ValueError(
-                f"controlnet.embedding_channels has {steps} downsampling steps (2^{steps}) but the autoencoder "
-                f"compresses {self.autoencoder.arch.compression}x; give it log2(compression) + 1 entries"
+                f"controlnet.embedding_channels has {steps} downsampling steps (2^{steps}) but the "
+                f"autoencoder compresses {self.autoencoder.arch.compression}x; give it log2(compression) + 1 "
+                "entries"
             )
         divisor = self.autoencoder.arch.compression * 2 ** (len(self.diffusion.arch.channels) - 1)
         if any(s % divisor for s in self.data.volume.size):
@@ -265,7 +266,11 @@ class GenerateConfig(Strict):
     label: str | None = None
     count: int = Field(16, gt=0)
     steps: int = Field(25, gt=0, le=1000)
-    guidance: float = Field(3.0, ge=0.0)
+    guidance: float | None = Field(
+        None,
+        ge=0.0,
+        description="Classifier-free guidance (default 3; 1 for models trained without label dropout).",
+    )
     seed: int = 0
     sampler: str | None = Field(None, description="Default: ddim for DDPM-trained models, rflow for rflow.")
     batch_size: int = Field(16, gt=0)

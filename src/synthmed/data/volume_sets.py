@@ -89,8 +89,8 @@ def prepare_volumes(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
         changed = [r.source for r in saved.records if now[r.source] != r.sha256]
         if changed:
             raise SynthmedError(
-                f"{len(changed)} volumes changed or went missing since the split was made (e.g. {changed[0]}); "
-                "restore them or use a new run directory",
+                f"{len(changed)} volumes changed or went missing since the split was made "
+                f"(e.g. {changed[0]}); restore them or use a new run directory",
                 path=split_path,
             )
         return Prepared(saved.class_names, saved.records, saved.skipped)

@@ -61,7 +61,7 @@ def build_unet(
 def build_controlnet(
     arch: UNetArch, cfg: ControlNetConfig, latent_channels: int, num_classes: int, cond_channels: int
 ) -> ControlNetMaisi:
-    """MONAI's MAISI ControlNet mirroring the 3D UNet's encoder; takes the encoded full-resolution label map."""
+    """MONAI's MAISI ControlNet mirroring the 3D UNet's encoder, on the encoded full-resolution label map."""
     return ControlNetMaisi(
         num_channels=tuple(arch.channels),
         conditioning_embedding_in_channels=cond_channels,

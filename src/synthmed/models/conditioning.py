@@ -1,4 +1,4 @@
-"""The diffusion UNet with its per-sample conditioning bound, callable as ``net(x, timesteps=, class_labels=)``.
+"""The diffusion UNet with its per-sample conditioning bound: ``net(x, timesteps=, class_labels=)``.
 
 The sampler and the training tasks call every denoiser that way (2D class-conditional UNet, 3D MAISI UNet with
 voxel spacing, UNet + ControlNet), so one sampling loop and one loss serve them all. Classifier-free guidance

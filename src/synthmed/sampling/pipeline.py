@@ -172,7 +172,7 @@ class Pipeline:
         label: str | None,
         *,
         steps: int = 25,
-        guidance: float = 3.0,
+        guidance: float | None = None,
         sampler: str = "ddim",
         callback: StepCallback | None = None,
         volume: VolumeCondition | None = None,
@@ -180,6 +180,7 @@ class Pipeline:
         """Images (len(seeds), 1, H, W) or, for 3D runs, volumes (len(seeds), 1, X, Y, Z) in [0, 1]."""
         if not seeds:
             raise SynthmedError("at least one seed is needed", field="count")
+        guidance = self.guidance(guidance)
         scheduler = build_scheduler(self.cfg.diffusion.noise, sampler, self.cfg.data.spatial_dims)
         labels = torch.full((len(seeds),), self.label_index(label), dtype=torch.long, device=self.device)
         shape = self.latent_shape if volume is None else self.latent_shape_for(volume.size)
@@ -204,6 +205,19 @@ class Pipeline:
                 self.autoencoder, z / self.scale_factor, tile=tile, overlap=self.tile_overlap
             )
         return images.float().clamp(0, 1).cpu()
+
+    def guidance(self, value: float | None) -> float:
+        """``value`` checked, or the default: 3, or 1 for a model without an unconditional branch."""
+        has_unconditional = self.cfg.diffusion.label_dropout > 0
+        if value is None:
+            return 3.0 if has_unconditional else 1.0
+        if value != 1.0 and not has_unconditional:
+            raise SynthmedError(
+                "this model was trained without label dropout, so classifier-free guidance has no "
+                "unconditional prediction to use; use guidance 1",
+                field="guidance",
+            )
+        return value
 
     def denoiser(self, n: int, volume: VolumeCondition | None) -> torch.nn.Module:
         """The UNet with a 3D batch's spacing and (given label maps) its ControlNet condition bound."""
@@ -265,7 +279,7 @@ class Pipeline:
         n: int = 16,
         *,
         steps: int = 25,
-        guidance: float = 3.0,
+        guidance: float | None = None,
         seed: int = 0,
         sampler: str = "ddim",
         batch_size: int = 16,
@@ -274,6 +288,7 @@ class Pipeline:
         """``n`` images of class ``label`` with seeds ``seed .. seed+n-1``."""
         _check_counts(n, steps, batch_size)
         self.label_index(label)
+        guidance = self.guidance(guidance)
         images, rows = [], []
         for batch in self.batches(list(range(seed, seed + n)), batch_size):
             images.append(self.sample_batch(batch, label, steps=steps, guidance=guidance, sampler=sampler))
@@ -377,7 +392,7 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
             f"unknown sampler '{sampler}' for this model; choose one of {list(pipe.samplers)}",
             field="sampler",
         )
-    cfg = cfg.model_copy(update={"sampler": sampler})
+    cfg = cfg.model_copy(update={"sampler": sampler, "guidance": pipe.guidance(cfg.guidance)})
     if pipe.cfg.data.volume is not None:
         from synthmed.sampling.volumes import generate_volumes  # that module builds on this one
 

@@ -258,7 +258,7 @@ class DiffusionTask:
 
 
 class ControlNetTask(DiffusionTask):
-    """A ControlNet on encoded label maps, trained against the frozen diffusion UNet (MAISI's second stage)."""
+    """A ControlNet on encoded label maps, trained against the frozen diffusion UNet (MAISI's 2nd stage)."""
 
     name = "controlnet"
     trainable = "controlnet"
@@ -276,7 +276,7 @@ class ControlNetTask(DiffusionTask):
         num_labels: int,
         quality_bounds: dict[int, tuple[float, float]],
     ) -> None:
-        """``quality_bounds``: per-label intensity bounds of the generation quality check, kept with the model."""
+        """``quality_bounds``: per-label intensity bounds of the generation quality check (saved with it)."""
         super().__init__(diffusion_cfg, autoencoder, train, val, class_names, scale_factor)
         self.cn_cfg, self.num_labels, self.quality_bounds = cfg, num_labels, quality_bounds
         self.unet = unet.eval().requires_grad_(False)

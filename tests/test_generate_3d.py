@@ -1,0 +1,170 @@
+"""3D end to end on real hippocampus MRI: train the VAE, the spacing-conditioned UNet and the label-map
+ControlNet for a few steps (tiny3d), then generate with and without a label map."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from synthmed.cli import app
+from synthmed.config import GenerateConfig, build_train_config
+from synthmed.data.volumes import VolumeConfig, load_label_map
+from synthmed.errors import SynthmedError
+from synthmed.sampling.pipeline import Pipeline, VolumeCondition, generate_to_folder, read_manifest
+from synthmed.training.run import train
+
+KEYS = [f"hippocampus_{n:03d}" for n in (1, 3, 4, 6, 7, 8, 11, 14, 15, 17)]
+
+
+@pytest.fixture(scope="module")
+def volumes(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ten real pairs plus the data set's quirks: an image without a label map and a label map alone."""
+    root = tmp_path_factory.mktemp("hippo")
+    for sub in ("images", "labels"):
+        (root / sub).mkdir()
+        for key in KEYS:
+            shutil.copy(hippocampus / sub / f"{key}.nii.gz", root / sub)
+    shutil.copy(hippocampus / "images" / "hippocampus_118.nii.gz", root / "images")
+    shutil.copy(hippocampus / "labels" / "hippocampus_010.nii.gz", root / "labels")
+    (root / "images" / "hippocampus_999.nii.gz").write_bytes(b"not a nifti file")
+    (root / "labels" / "hippocampus_999.nii.gz").write_bytes(b"not a nifti file")
+    return root
+
+
+@pytest.fixture(scope="module")
+def run3d(volumes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    stage = {"steps": 6, "batch_size": 4, "preview_every": 6}
+    cfg = build_train_config(
+        {
+            "preset": "tiny3d",
+            "run_dir": str(tmp_path_factory.mktemp("run3d")),
+            "data": {
+                "source": str(volumes),
+                "val_fraction": 0.2,
+                "volume": {"train_spacings": [[1.25, 1.25, 1.25]]},
+            },
+            "autoencoder": stage,
+            "diffusion": stage,
+            "controlnet": stage,
+        }
+    )
+    return train(cfg, progress=False)
+
+
+def test_training_writes_every_stage_and_reports_skipped_files(run3d: Path) -> None:
+    for stage in ("autoencoder", "diffusion", "controlnet"):
+        assert (run3d / stage / "model.pt").is_file()
+        assert (run3d / stage / "previews" / "step_0000006.png").is_file()
+        rows = [json.loads(r) for r in (run3d / stage / "log.jsonl").read_text().splitlines()]
+        assert all(np.isfinite(v) for r in rows for k, v in r.items() if k.startswith("loss_"))
+    split = json.loads((run3d / "split.json").read_text())
+    skipped = {s["source"]: s["reason"] for s in split["skipped"]}
+    assert "image without a label map" in skipped["images/hippocampus_118.nii.gz"]
+    assert "label map without an image" in skipped["labels/hippocampus_010.nii.gz"]
+    assert "cannot read this NIfTI file" in skipped["images/hippocampus_999.nii.gz"]
+    assert len(split["items"]) == len(KEYS)
+    candidates = torch.load(run3d / "controlnet" / "candidates.pt", weights_only=True)
+    assert candidates["label_maps"].shape[1:] == (1, 16, 24, 16)
+    assert set(candidates["label_maps"].unique().tolist()) == {0, 1, 2}
+
+
+def test_generate_without_label_map_samples_training_maps(run3d: Path, tmp_path: Path) -> None:
+    out = tmp_path / "gen"
+    cfg = GenerateConfig(run_dir=run3d, out=out, count=2, steps=3, batch_size=2, qc_retries=1)
+    generate_to_folder(cfg, progress=False)
+    rows = read_manifest(out / "manifest.jsonl")
+    assert [r["seed"] for r in rows] == [0, 1] and all(r["sampler"] == "rflow" for r in rows)
+    for row in rows:
+        image, label = nib.load(out / row["file"]), nib.load(out / row["label_file"])
+        assert image.shape == label.shape == (16, 24, 16)
+        assert np.allclose(image.header.get_zooms(), (1.0, 1.0, 1.0))
+        assert np.allclose(image.affine, label.affine)
+        assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, 1, 2}
+        data = image.get_fdata()
+        assert data.min() >= 0.0 and data.max() <= 1.0 and data.std() > 0
+        assert row["label_map"]["candidate"]["key"] in KEYS
+        assert 1 <= len(row["attempts"]) <= 2 and row["quality"] == row["attempts"][-1]["quality"]
+        if not row["quality"]["passed"]:  # a failure is only kept after every retry was spent
+            assert len(row["attempts"]) == 2
+        assert (out / row["preview"]).is_file()
+    # Same command again: nothing regenerated; other settings for the same seeds: refused.
+    generate_to_folder(cfg, progress=False)
+    assert len(read_manifest(out / "manifest.jsonl")) == 2
+    with pytest.raises(SynthmedError, match="other settings"):
+        generate_to_folder(cfg.model_copy(update={"steps": 4}), progress=False)
+
+
+def test_generate_for_a_given_label_map_and_spacing(run3d: Path, hippocampus: Path, tmp_path: Path) -> None:
+    source = hippocampus / "labels" / "hippocampus_023.nii.gz"
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate", "--run", str(run3d), "--out", str(tmp_path / "g"), "--count", "1", "--steps", "3",
+            "--label-map", str(source), "--spacing", "1.25", "1.25", "1.25", "--size", "16", "16", "16",
+            "--no-progress",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (row,) = read_manifest(tmp_path / "g" / "manifest.jsonl")
+    image, label = nib.load(tmp_path / "g" / row["file"]), nib.load(tmp_path / "g" / row["label_file"])
+    assert image.shape == (16, 16, 16) and np.allclose(image.header.get_zooms(), (1.25, 1.25, 1.25))
+    expected, affine = load_label_map(source, VolumeConfig(size=(16, 16, 16), spacing=(1.25, 1.25, 1.25)))
+    assert np.array_equal(np.asarray(label.dataobj), expected[0].numpy())  # the condition is the annotation
+    assert np.allclose(label.affine, affine) and np.allclose(image.affine, affine)
+    assert row["label_map"]["file"] == str(source) and row["spacing"] == [1.25, 1.25, 1.25]
+
+
+def test_spacing_and_label_map_reach_the_network(run3d: Path) -> None:
+    pipe = Pipeline.load(run3d)
+    base = VolumeCondition((1.0, 1.0, 1.0), (16, 24, 16))
+    wide = VolumeCondition((2.0, 2.0, 2.0), (16, 24, 16))
+    a = pipe.sample_batch([0], None, steps=2, sampler="rflow", volume=base)
+    b = pipe.sample_batch([0], None, steps=2, sampler="rflow", volume=wide)
+    assert a.shape == (1, 1, 16, 24, 16) and not torch.equal(a, b)
+    labels = torch.zeros(1, 1, 16, 24, 16, dtype=torch.long)
+    labels[..., 4:12, 6:18, 4:12] = 1
+    c = pipe.sample_batch([0], None, steps=2, sampler="rflow", volume=base)
+    d = pipe.sample_batch(
+        [0], None, steps=2, sampler="rflow", volume=VolumeCondition((1.0, 1.0, 1.0), (16, 24, 16), labels)
+    )
+    assert torch.equal(a, c) and not torch.equal(a, d)
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"size": (16, 20, 16)}, "multiple of 8"),
+        ({"privacy_filter": True}, "2D images only"),
+        ({"sampler": "ddim"}, "unknown sampler 'ddim'"),
+    ],
+)
+def test_bad_3d_requests_are_refused(run3d: Path, tmp_path: Path, update: dict, message: str) -> None:
+    cfg = GenerateConfig(run_dir=run3d, out=tmp_path / "g", count=1, steps=2, **update)
+    with pytest.raises(SynthmedError, match=message):
+        generate_to_folder(cfg, progress=False)
+
+
+def test_label_map_with_unknown_label_is_refused(run3d: Path, hippocampus: Path, tmp_path: Path) -> None:
+    src = nib.load(hippocampus / "labels" / "hippocampus_023.nii.gz")
+    data = np.asarray(src.dataobj).copy()
+    data[data == 2] = 7
+    bad = tmp_path / "bad_label.nii.gz"
+    nib.save(nib.Nifti1Image(data, src.affine), bad)
+    cfg = GenerateConfig(run_dir=run3d, out=tmp_path / "g", count=1, steps=2, label_map=bad)
+    with pytest.raises(SynthmedError, match="label value 7"):
+        generate_to_folder(cfg, progress=False)
+
+
+def test_controlnet_stage_needs_3d_data(tmp_path: Path, kermany_small: Path) -> None:
+    cfg = build_train_config(
+        {"preset": "tiny", "run_dir": str(tmp_path / "r"), "data": {"source": str(kermany_small)}}
+    )
+    with pytest.raises(SynthmedError, match="3D data with label maps"):
+        train(cfg, ["controlnet"], progress=False)
