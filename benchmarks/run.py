@@ -11,6 +11,8 @@ which), holdout = the 624 Kermany test images. Records time per phase (extractor
 memory, the headline figures, and in the same run the baseline: MONAI's `FIDMetric` (scipy sqrtm) vs
 synthmed's eigendecomposition FID on the same features.
 
+decode3d (benchmarks/decode3d.py): peak memory of decoding 128^3-256^3 volumes, tiled vs untiled.
+
 volume64 (benchmarks/volume64.py): seconds per 64^3 volume with a label map, rflow 30 vs DDPM 1000 steps.
 
 augment64: the augmentation protocol on Kermany 64 px with NORMAL reduced to 5% prevalence. A small64
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import volume64
+from benchmarks import decode3d, volume64
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(os.environ.get("SYNTHMED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -389,6 +391,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--work-dir", default="runs/bench-augment64")
     p.add_argument("--reuse-generator", action="store_true", help="keep the trained generator and its images")
+    decode3d.add_arguments(sub.add_parser("decode3d", help="3D VAE decoding peak memory, tiled vs untiled"))
     volume64.add_arguments(
         sub.add_parser("volume64", help="3D 64^3 with label map: rflow 30 vs DDPM 1000 steps")
     )
@@ -399,6 +402,8 @@ def main() -> None:
         result = {"machine": machine(), **eval64(args)}
     elif args.name == "augment64":
         result = {"machine": machine(), **augment64(args)}
+    elif args.name == "decode3d":
+        result = decode3d.run(args)
     elif args.name == "volume64":
         result = {"machine": machine(), **volume64.run(args, DATA)}
     else:

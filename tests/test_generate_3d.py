@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from synthmed.cli import app
 from synthmed.config import GenerateConfig, build_train_config
-from synthmed.data.volumes import VolumeConfig, load_label_map
+from synthmed.data.volumes import VolumeConfig, discover_volumes, load_label_map
 from synthmed.errors import SynthmedError
 from synthmed.sampling.pipeline import Pipeline, VolumeCondition, generate_to_folder, read_manifest
 from synthmed.training.run import train
@@ -94,6 +94,15 @@ def test_generate_without_label_map_samples_training_maps(run3d: Path, tmp_path:
         if not row["quality"]["passed"]:  # a failure is only kept after every retry was spent
             assert len(row["attempts"]) == 2
         assert (out / row["preview"]).is_file()
+    row = rows[1]  # replayed bit for bit from the manifest, through the CLI
+    again = tmp_path / "again.nii.gz"
+    args = ["regenerate", str(out / "manifest.jsonl"), "--file", row["file"], "--out", str(again)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(nib.load(again).get_fdata(), nib.load(out / row["file"]).get_fdata())
+    assert np.allclose(nib.load(again).affine, nib.load(out / row["file"]).affine)
+    found = discover_volumes(out, require_labels=True)  # the output is a 3D data set again
+    assert [p.key for p in found.pairs] == ["syn_00000000", "syn_00000001"] and not found.skipped
     # Same command again: nothing regenerated; other settings for the same seeds: refused.
     generate_to_folder(cfg, progress=False)
     assert len(read_manifest(out / "manifest.jsonl")) == 2
@@ -168,3 +177,17 @@ def test_controlnet_stage_needs_3d_data(tmp_path: Path, kermany_small: Path) -> 
     )
     with pytest.raises(SynthmedError, match="3D data with label maps"):
         train(cfg, ["controlnet"], progress=False)
+
+
+def test_split_command_checks_3d_data(volumes: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("preset: tiny3d\n")
+    out = tmp_path / "split.json"
+    result = CliRunner().invoke(app, ["split", "--data", str(volumes), "--out", str(out), "-c", str(config)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert len(doc["items"]) == len(KEYS) and {s["source"] for s in doc["skipped"]} == {
+        "images/hippocampus_118.nii.gz",
+        "labels/hippocampus_010.nii.gz",
+        "images/hippocampus_999.nii.gz",  # unreadable: its label map goes with it
+    }

@@ -123,6 +123,8 @@ def split(
 ) -> None:
     """Check a data set and write its train/val/holdout split with content hashes, without training.
 
+    3D: give a config that sets data.volume (e.g. one with preset: small3d).
+
     Prints images per class and split and every skipped file with the reason; copy split.json into a run
     directory (or train with the same data settings and seed) to train on exactly this split.
     """
@@ -135,7 +137,12 @@ def split(
     if seed is not None:
         overrides["seed"] = seed
     cfg = load_train_config(config, overrides)
-    prepared = prepare(cfg.data, cfg.seed, out)
+    if cfg.data.volume is not None:  # 3D: every volume is read and checked once
+        from synthmed.data.volume_sets import prepare_volumes
+
+        prepared = prepare_volumes(cfg.data, cfg.seed, out)
+    else:
+        prepared = prepare(cfg.data, cfg.seed, out)
     counts = split_counts(prepared.records, prepared.class_names)
     table = Table("class", *counts, title=f"{data} (seed {cfg.seed})")
     for name in prepared.class_names:
@@ -396,14 +403,16 @@ def benchmark_augmentation(
 def regenerate(
     manifest: Annotated[Path, typer.Argument(help="A manifest.jsonl written by synthmed generate.")],
     file: Annotated[str, typer.Option(help="The row's file name, e.g. PNEUMONIA/syn_00000003.png.")],
-    out: Annotated[Path, typer.Option(help="Where to write the regenerated PNG.")],
+    out: Annotated[Path, typer.Option(help="Where to write the regenerated PNG (3D: a .nii.gz file).")],
     run: Annotated[
         Path | None, typer.Option(help="Run directory (default: the one in the manifest row).")
     ] = None,
 ) -> None:
-    """Re-create one image of a manifest from its recorded seed and settings."""
+    """Re-create one image (PNG) or volume (NIfTI) of a manifest from its recorded seed and settings."""
+    from synthmed.data.volumes import save_nifti
     from synthmed.reporting.images import save_png
     from synthmed.sampling.pipeline import Pipeline, read_manifest
+    from synthmed.sampling.volumes import regenerate_volume
 
     rows = [r for r in read_manifest(manifest) if r.get("file") == file]
     if not rows:
@@ -412,7 +421,11 @@ def regenerate(
     pipe = Pipeline.load(
         run or row["run_dir"], device=row["device"], precision=row["precision"], checkpoint=row["checkpoint"]
     )
-    save_png(pipe.regenerate(row), out, int(row.get("bit_depth", 8)))
+    if pipe.cfg.data.volume is not None:
+        volume, affine = regenerate_volume(pipe, row)
+        save_nifti(volume, affine, out, dtype="float32")
+    else:
+        save_png(pipe.regenerate(row), out, int(row.get("bit_depth", 8)))
     err.print(f"done: {out}")
 
 

@@ -70,6 +70,8 @@ _LAYOUT_HINT = (
     "plain .nii/.nii.gz images, or one folder of DICOM files per series"
 )
 Role = Literal["image", "label"]
+# Skipped silently: archive debris, and the sidecars of `synthmed generate`'s 3D output folders.
+_NOT_DATA = {"__MACOSX", "manifest.jsonl", "previews"}
 
 
 class VolumeConfig(BaseModel):
@@ -207,7 +209,7 @@ def _scan(
     found: dict[Role, dict[str, Path]] = {"image": {}, "label": {}}
     skipped: list[Skipped] = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or entry.name == "__MACOSX":
+        if entry.name.startswith(".") or entry.name in _NOT_DATA:
             continue
         try:
             kind, key = _classify(entry, role)

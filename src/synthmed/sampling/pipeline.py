@@ -299,6 +299,8 @@ class Pipeline:
 
     def regenerate(self, row: dict[str, Any]) -> torch.Tensor:
         """Re-create one manifest row's image, (1, H, W), bit for bit on the same device and precision."""
+        if self.cfg.data.volume is not None:
+            raise SynthmedError("3D rows are replayed by synthmed.sampling.volumes.regenerate_volume")
         for key in ("autoencoder_sha256", "diffusion_sha256"):
             if row.get(key) != self.hashes[key]:
                 raise SynthmedError(f"manifest row was made with other weights ({key} differs)", field=key)

@@ -141,6 +141,43 @@ def generate_volumes(pipe: Pipeline, cfg: GenerateConfig, progress: bool = True)
     return cfg.out
 
 
+def regenerate_volume(pipe: Pipeline, row: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray]:
+    """Re-create one manifest row's volume (1, X, Y, Z) and its affine, bit for bit on the same device and
+    precision: the same label map (file checked by hash, or the same candidate and deformation) and seeds."""
+    for key in ("autoencoder_sha256", "diffusion_sha256", "controlnet_sha256"):
+        have = (
+            pipe.controlnet.sha256 if key == "controlnet_sha256" and pipe.controlnet else pipe.hashes.get(key)
+        )
+        if row.get(key) != have:
+            raise SynthmedError(f"manifest row was made with other weights ({key} differs)", field=key)
+    source = row["label_map"].get("file")
+    cfg = GenerateConfig(
+        run_dir=pipe.run_dir,
+        out=pipe.run_dir,  # unused: nothing is written
+        label=row["label"],
+        steps=row["steps"],
+        guidance=row["guidance"],
+        sampler=row["sampler"],
+        label_map=Path(source) if source else None,
+        augment_label_maps=row["augment_label_maps"],
+        conditioning_scale=row["conditioning_scale"],
+        tile_size=row["tile_size"],
+        tile_overlap=row["tile_overlap"],
+    )
+    size, spacing = tuple(row["size"]), tuple(row["spacing"])
+    pipe.tile_size, pipe.tile_overlap = cfg.tile_size, cfg.tile_overlap
+    maps = LabelMaps(pipe, cfg, size, spacing)
+    if maps.source != row["label_map_source"]:
+        raise SynthmedError(
+            "the label map file changed since the row was written (sha256 differs)", path=source
+        )
+    seed, batch = int(row["seed"]), [int(s) for s in row["batch_seeds"]]
+    retried = int(row["image_seed"]) != seed  # a retry was drawn alone, for its base seed's label map
+    conditions = [maps.for_seed(seed)] if retried else [maps.for_seed(s) for s in batch]
+    images = _sample(pipe, cfg, batch, conditions, size, spacing)
+    return images[batch.index(int(row["image_seed"]))], conditions[0 if retried else batch.index(seed)].affine
+
+
 def _pending(cfg: GenerateConfig, settings: dict[str, Any]) -> list[int]:
     """Seeds still to generate; finished ones of an interrupted run with the same settings are kept."""
     cfg.out.mkdir(parents=True, exist_ok=True)
