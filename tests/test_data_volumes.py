@@ -93,15 +93,17 @@ def test_flat_layout_pairs_by_key_and_reports_strays(hippocampus: Path, tmp_path
         shutil.copy(hippocampus / "labels" / f"{key}.nii.gz", tmp_path / f"{key}_label.nii.gz")
     shutil.copy(hippocampus / "labels" / "hippocampus_010.nii.gz", tmp_path / "hippocampus_010_label.nii.gz")
     (tmp_path / "notes.txt").write_text("not a volume")
-    (tmp_path / "previews").mkdir()
+    (tmp_path / "thumbnails").mkdir()
     (tmp_path / ".DS_Store").write_text("hidden files are ignored")
+    (tmp_path / "previews").mkdir()  # synthmed generate's sidecars: ignored too
+    (tmp_path / "manifest.jsonl").write_text("{}\n")
     found = discover_volumes(tmp_path)
     assert [(p.key, p.image.name, p.label.name if p.label else None) for p in found.pairs] == [
         (k, f"{k}_image.nii.gz", f"{k}_label.nii.gz") for k in KEYS[:2]
     ]
     assert found.skipped == [
         Skipped("notes.txt", "not a NIfTI file (.nii, .nii.gz) or a DICOM series folder"),
-        Skipped("previews", "folder without DICOM files (expected one folder per DICOM series)"),
+        Skipped("thumbnails", "folder without DICOM files (expected one folder per DICOM series)"),
         Skipped(
             "hippocampus_010_label.nii.gz",
             "label map without an image (expected hippocampus_010_image.nii.gz)",
