@@ -81,6 +81,7 @@ def test_generate_without_label_map_samples_training_maps(run3d: Path, tmp_path:
     generate_to_folder(cfg, progress=False)
     rows = read_manifest(out / "manifest.jsonl")
     assert [r["seed"] for r in rows] == [0, 1] and all(r["sampler"] == "rflow" for r in rows)
+    assert all(r["label"] == "mri" and r["guidance"] == 1.0 for r in rows)  # the one class; no CFG
     for row in rows:
         image, label = nib.load(out / row["file"]), nib.load(out / row["label_file"])
         assert image.shape == label.shape == (16, 24, 16)
@@ -191,3 +192,31 @@ def test_split_command_checks_3d_data(volumes: Path, tmp_path: Path) -> None:
         "labels/hippocampus_010.nii.gz",
         "images/hippocampus_999.nii.gz",  # unreadable: its label map goes with it
     }
+
+
+def test_class_folders_condition_the_model_and_the_label_maps(
+    volumes: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Sub-folders of volumes are classes (e.g. sites or diagnoses); a class draws its own label maps."""
+    root = tmp_path_factory.mktemp("sites")
+    sites = {"siteA": KEYS[:4], "siteB": KEYS[4:8]}
+    for site, keys in sites.items():
+        for sub in ("images", "labels"):
+            (root / site / sub).mkdir(parents=True)
+            for key in keys:
+                shutil.copy(volumes / sub / f"{key}.nii.gz", root / site / sub)
+    stage = {"steps": 3, "batch_size": 4, "preview_every": 3}
+    run = tmp_path_factory.mktemp("run_sites")
+    values = {"preset": "tiny3d", "run_dir": str(run), "data": {"source": str(root), "val_fraction": 0.25}}
+    values |= {"autoencoder": stage, "diffusion": stage | {"label_dropout": 0.2}, "controlnet": stage}
+    train(build_train_config(values), progress=False)
+    split = json.loads((run / "split.json").read_text())
+    assert split["class_names"] == ["siteA", "siteB"]
+    assert {i["source"].split("/")[0] for i in split["items"] if i["label"] == "siteB"} == {"siteB"}
+    out = run / "gen"
+    generate_to_folder(GenerateConfig(run_dir=run, out=out, label="siteB", count=3, steps=2), progress=False)
+    rows = read_manifest(out / "manifest.jsonl")
+    assert {r["label"] for r in rows} == {"siteB"} and rows[0]["guidance"] == 3.0
+    assert {r["label_map"]["candidate"]["key"] for r in rows} <= set(sites["siteB"])
+    with pytest.raises(SynthmedError, match="unknown label 'siteC'"):
+        generate_to_folder(GenerateConfig(run_dir=run, out=out, label="siteC", count=1), progress=False)

@@ -91,7 +91,8 @@ class DataConfig(Strict):
     volume: VolumeData | None = Field(
         None,
         description="Set for 3D: source is a folder of volumes (images/ + labels/, <key>_image/_label, or "
-        "DICOM series folders); classes names its one class (default: the modality).",
+        "DICOM series folders), one class named by classes[0] (default: the modality), or a folder of such "
+        "folders, one class each (region, diagnosis).",
     )
 
     @property

@@ -21,7 +21,13 @@ from synthmed.data.loading import Prepared
 from synthmed.data.progress import track
 from synthmed.data.sources import Record, Skipped
 from synthmed.data.splits import assign_splits, read_split_file, write_split
-from synthmed.data.volumes import VolumeConfig, VolumePair, discover_volumes, load_volume_pair
+from synthmed.data.volumes import (
+    VolumeConfig,
+    VolumePair,
+    discover_volumes,
+    is_volume_set,
+    load_volume_pair,
+)
 from synthmed.errors import SynthmedError
 from synthmed.training import checkpoint as ckpt
 
@@ -30,12 +36,14 @@ CACHE_VERSION = 1
 
 @dataclass
 class VolumeSplit:
-    """(N, 1, X, Y, Z) images in [0, 1], int64 label maps, (N, 3) spacings in mm, and the items' keys."""
+    """(N, 1, X, Y, Z) images in [0, 1], int64 label maps, (N, 3) spacings in mm, the items' keys and their
+    (N,) class indices."""
 
     images: torch.Tensor
     label_maps: torch.Tensor
     spacings: torch.Tensor
     keys: list[str]
+    classes: torch.Tensor
 
 
 def volume_config(vol: VolumeData, spacing: tuple[float, float, float] | None = None) -> VolumeConfig:
@@ -49,13 +57,36 @@ def volume_config(vol: VolumeData, spacing: tuple[float, float, float] | None = 
     )
 
 
-def class_name(cfg: DataConfig, vol: VolumeData) -> str:
-    if cfg.classes and len(cfg.classes) > 1:
+def class_roots(cfg: DataConfig) -> dict[str, Path]:
+    """Class name -> folder of volumes. A source holding volumes is one class (``data.classes[0]``, else the
+    modality); a source of sub-folders that each hold volumes has one class per sub-folder (e.g. body region
+    or diagnosis), filtered and ordered by ``data.classes`` when given."""
+    assert cfg.volume is not None
+    if cfg.source is None:
         raise SynthmedError(
-            "3D data sets have one class; give data.classes one name (e.g. the body region)",
-            field="data.classes",
+            "no data source: set data.source (or --data) to a folder of volumes", field="data.source"
         )
-    return cfg.classes[0] if cfg.classes else vol.modality
+    root = Path(cfg.source)
+    if not root.is_dir():
+        raise SynthmedError("not a folder of volumes", path=root)
+    if is_volume_set(root):
+        if cfg.classes and len(cfg.classes) > 1:
+            raise SynthmedError(
+                f"data.classes lists {len(cfg.classes)} classes but the source holds the volumes of one; "
+                "put each class's volumes in its own sub-folder",
+                path=root,
+                field="data.classes",
+            )
+        return {cfg.classes[0] if cfg.classes else cfg.volume.modality: root}
+    found = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and is_volume_set(d)}
+    if not found:
+        return {cfg.volume.modality: root}  # discovery explains what is missing
+    if cfg.classes:
+        unknown = [c for c in cfg.classes if c not in found]
+        if unknown:
+            raise SynthmedError(f"no class folder for {unknown}; found {sorted(found)}", field="data.classes")
+        return {c: found[c] for c in cfg.classes}
+    return found
 
 
 def _content_hash(path: Path) -> str:
@@ -67,26 +98,28 @@ def _content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _pairs(cfg: DataConfig) -> tuple[Path, dict[str, VolumePair], list[Skipped]]:
-    if cfg.source is None:
-        raise SynthmedError(
-            "no data source: set data.source (or --data) to a folder of volumes", field="data.source"
-        )
-    root = Path(cfg.source)
-    found = discover_volumes(root, require_labels=True)
-    return root, {p.image.relative_to(root).as_posix(): p for p in found.pairs}, list(found.skipped)
+def _pairs(cfg: DataConfig) -> tuple[dict[str, tuple[str, VolumePair]], list[Skipped]]:
+    """Every image/label pair by its path relative to the source, with its class; the skipped files."""
+    pairs: dict[str, tuple[str, VolumePair]] = {}
+    skipped: list[Skipped] = []
+    root = Path(str(cfg.source))
+    for name, folder in class_roots(cfg).items():
+        prefix = folder.relative_to(root)
+        found = discover_volumes(folder, require_labels=True)
+        pairs |= {(prefix / p.image.relative_to(folder)).as_posix(): (name, p) for p in found.pairs}
+        skipped += [Skipped((prefix / s.source).as_posix(), s.reason) for s in found.skipped]
+    return pairs, skipped
 
 
 def prepare_volumes(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
-    """Check every image/label pair, split them and write ``split_path``; or verify and re-use that file."""
+    """Check every image/label pair, split them (stratified by class) and write ``split_path``; or verify
+    and re-use that file."""
     assert cfg.volume is not None
-    root, pairs, skipped = _pairs(cfg)
-    name = class_name(cfg, cfg.volume)
-    hashes = {source: _content_hash(pair.image) for source, pair in pairs.items()}
+    pairs, skipped = _pairs(cfg)
+    hashes = {source: _content_hash(pair.image) for source, (_, pair) in pairs.items()}
     if split_path.exists():
         saved = read_split_file(split_path)
-        now = {source: hashes.get(source) for source in (r.source for r in saved.records)}
-        changed = [r.source for r in saved.records if now[r.source] != r.sha256]
+        changed = [r.source for r in saved.records if hashes.get(r.source) != r.sha256]
         if changed:
             raise SynthmedError(
                 f"{len(changed)} volumes changed or went missing since the split was made "
@@ -95,7 +128,7 @@ def prepare_volumes(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
             )
         return Prepared(saved.class_names, saved.records, saved.skipped)
     records = []
-    for source, pair in track(sorted(pairs.items()), "Checking volumes"):
+    for source, (name, pair) in track(sorted(pairs.items()), "Checking volumes"):
         try:
             load_volume_pair(pair, volume_config(cfg.volume))
         except SynthmedError as exc:
@@ -103,13 +136,14 @@ def prepare_volumes(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
             continue
         records.append(Record(source, name, hashes[source]))
     if not records:
-        raise SynthmedError(
-            f"no usable volume among {len(pairs)} pairs, e.g. {skipped[-1].reason}", path=root
-        )
+        reason = skipped[-1].reason if skipped else "no image/label pairs"
+        raise SynthmedError(f"no usable volume among {len(pairs)} pairs, e.g. {reason}", path=cfg.source)
+    class_names = [c for c in class_roots(cfg) if any(r.label == c for r in records)]
     records = assign_splits(records, seed, cfg.val_fraction, cfg.holdout_fraction)
     settings = {"source": str(cfg.source), "seed": seed, "val_fraction": cfg.val_fraction}
-    write_split(split_path, records, [name], skipped, settings | {"holdout_fraction": cfg.holdout_fraction})
-    return Prepared([name], records, skipped)
+    settings["holdout_fraction"] = cfg.holdout_fraction
+    write_split(split_path, records, class_names, skipped, settings)
+    return Prepared(class_names, records, skipped)
 
 
 def load_volume_split(
@@ -122,27 +156,27 @@ def load_volume_split(
     spacings = [cfg.volume.spacing] + (list(cfg.volume.train_spacings or []) if augment else [])
     records = [r for r in prepared.records if r.split == split]
     doc = {"v": CACHE_VERSION, "volume": cfg.volume.model_dump(mode="json"), "spacings": spacings}
-    doc["items"] = [r.sha256 for r in records]
+    doc["items"] = [[r.sha256, r.label] for r in records]
     key = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
     path = Path(cache_dir) / f"volumes-{split}-{key}.pt"
     if path.exists():
         c = ckpt.load(path)
-        return VolumeSplit(c["images"], c["label_maps"], c["spacings"], list(c["keys"]))
-    _, pairs, _ = _pairs(cfg)
+        return VolumeSplit(c["images"], c["label_maps"], c["spacings"], list(c["keys"]), c["classes"])
+    pairs, _ = _pairs(cfg)
     images, maps, mm, keys = [], [], [], []
     for spacing in spacings:
         for r in track(records, f"Loading {split} volumes"):
-            image, label, meta = load_volume_pair(pairs[r.source], volume_config(cfg.volume, spacing))
+            pair = pairs[r.source][1]
+            image, label, meta = load_volume_pair(pair, volume_config(cfg.volume, spacing))
             images.append(image)
             maps.append(label)
             mm.append(meta["spacing"])
-            keys.append(pairs[r.source].key)
+            keys.append(pair.key)
+    classes = torch.tensor([prepared.class_names.index(r.label) for r in records] * len(spacings))
     if not images:
-        return VolumeSplit(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, 3), [])
+        return VolumeSplit(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, 3), [], classes)
     out = VolumeSplit(
-        torch.stack(images), torch.stack(maps), torch.tensor(np.array(mm), dtype=torch.float32), keys
+        torch.stack(images), torch.stack(maps), torch.tensor(np.array(mm), dtype=torch.float32), keys, classes
     )
-    ckpt.atomic_save(
-        {"images": out.images, "label_maps": out.label_maps, "spacings": out.spacings, "keys": out.keys}, path
-    )
+    ckpt.atomic_save(out.__dict__, path)
     return out

@@ -198,6 +198,15 @@ def _nothing_usable(n_images: int, skipped: list[Skipped]) -> str:
     return f"no usable volumes found ({_LAYOUT_HINT})" + (f"; skipped {examples}" if examples else "")
 
 
+def is_volume_set(folder: Path) -> bool:
+    """Whether ``folder`` itself holds volumes in one of the layouts (rather than class folders of them)."""
+    if _first_dir(folder, _IMAGE_DIRS) is not None:
+        return True
+    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    nifti = any(e.is_file() and e.name.lower().endswith(NIFTI_SUFFIXES) for e in entries)
+    return nifti or any(e.is_dir() and _is_dicom_series(e) for e in entries)
+
+
 def _first_dir(root: Path, names: Sequence[str]) -> Path | None:
     return next((root / n for n in names if (root / n).is_dir()), None)
 

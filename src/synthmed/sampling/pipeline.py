@@ -155,8 +155,22 @@ class Pipeline:
     def samplers(self) -> tuple[str, ...]:
         return SAMPLERS_FOR[self.cfg.diffusion.noise.kind]
 
+    def resolve_label(self, label: str | None) -> str | None:
+        """``label``, or for None: unconditional, or the only class of a model never trained without labels
+        (its 'no label' token was never learnt)."""
+        if label is not None or self.cfg.diffusion.label_dropout > 0:
+            return label
+        if len(self.class_names) == 1:
+            return self.class_names[0]
+        raise SynthmedError(
+            f"this model was trained without label dropout, so it cannot sample without a label; choose one "
+            f"of {self.class_names}",
+            field="label",
+        )
+
     def label_index(self, label: str | None) -> int:
         """Index of ``label``; None means unconditional (the classifier-free 'no label' token)."""
+        label = self.resolve_label(label)
         if label is None:
             return len(self.class_names)
         if label not in self.class_names:
@@ -199,11 +213,16 @@ class Pipeline:
             autocast=amp,
             callback=callback,
         )
-        tile = self.tile_size if volume is not None else None
+        z = z / self.scale_factor
         with amp:
-            images = decode_latents(
-                self.autoencoder, z / self.scale_factor, tile=tile, overlap=self.tile_overlap
-            )
+            if self.cfg.data.volume is None:
+                images = decode_latents(self.autoencoder, z)
+            else:  # volume by volume, tiled: memory bounded by one tile whatever the batch and volume size
+                tiled = [
+                    decode_latents(self.autoencoder, v[None], tile=self.tile_size, overlap=self.tile_overlap)
+                    for v in z
+                ]
+                images = torch.cat(tiled)
         return images.float().clamp(0, 1).cpu()
 
     def guidance(self, value: float | None) -> float:
@@ -394,7 +413,12 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
             f"unknown sampler '{sampler}' for this model; choose one of {list(pipe.samplers)}",
             field="sampler",
         )
-    cfg = cfg.model_copy(update={"sampler": sampler, "guidance": pipe.guidance(cfg.guidance)})
+    resolved = {
+        "sampler": sampler,
+        "guidance": pipe.guidance(cfg.guidance),
+        "label": pipe.resolve_label(cfg.label),
+    }
+    cfg = cfg.model_copy(update=resolved)
     if pipe.cfg.data.volume is not None:
         from synthmed.sampling.volumes import generate_volumes  # that module builds on this one
 

@@ -93,7 +93,11 @@ class LabelMaps:
             self.source = info["sha256"]
         elif pipe.controlnet is not None:
             state = ckpt.load(pipe.run_dir / "controlnet" / CANDIDATES)
-            self.candidates = CandidateLabelMaps(state["label_maps"].long(), state["keys"], state["spacing"])
+            keep = torch.ones(len(state["keys"]), dtype=torch.bool)
+            if cfg.label is not None:  # the label maps of the class being generated
+                keep = state["classes"] == pipe.label_index(cfg.label)
+            keys = [k for k, kept in zip(state["keys"], keep.tolist(), strict=True) if kept]
+            self.candidates = CandidateLabelMaps(state["label_maps"][keep].long(), keys, state["spacing"])
             self.source = "candidates"
 
     def for_seed(self, seed: int) -> Condition:

@@ -158,13 +158,12 @@ def _load_volume_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
             f"the label maps hold label {too_high} but data.volume.num_labels is {num_labels}",
             field="data.volume.num_labels",
         )
-    zeros = torch.zeros  # one class: every volume is class 0
     return TrainingData(
         prepared.class_names,
         train.images.to(device),
-        zeros(len(train.keys), dtype=torch.long, device=device),
+        train.classes.to(device),
         val.images.to(device),
-        zeros(len(val.keys), dtype=torch.long, device=device),
+        val.classes.to(device),
         train.spacings.to(device),
         val.spacings.to(device),
         train.label_maps.to(device),
@@ -292,13 +291,15 @@ def load_unet(cfg: TrainConfig, device: torch.device, which: str = "ema") -> tup
 
 
 def _save_candidates(cfg: TrainConfig, data: TrainingData) -> None:
-    """The training label maps at the data's own spacing (spacing-augmented copies come after them)."""
+    """The training label maps at the data's own spacing (spacing-augmented copies come after them), with
+    their classes, so generation draws a label map of the class it generates."""
     assert data.train_maps is not None and data.train_spacings is not None and data.train_keys is not None
     n = len(dict.fromkeys(data.train_keys))
     spacing = data.train_spacings[:n].median(dim=0).values.tolist()
     maps = data.train_maps[:n].cpu()
     maps = maps.to(torch.uint8 if int(maps.max()) < 256 else torch.int16)  # small on disk
-    state = {"label_maps": maps, "keys": data.train_keys[:n], "spacing": spacing}
+    classes = data.train_labels[:n].cpu()
+    state = {"label_maps": maps, "keys": data.train_keys[:n], "spacing": spacing, "classes": classes}
     ckpt.atomic_save(state, cfg.run_dir / "controlnet" / CANDIDATES)
 
 

@@ -28,6 +28,7 @@ from synthmed.sampling.label_maps import encode_labels, encoding_channels
 from synthmed.sampling.sampler import denoise, initial_noise
 
 VAL_ITEMS = 64  # validation batch: enough for a stable curve, cheap on a CPU
+VAL_VOLUMES = 8  # 3D: full-resolution autoencoder activations of 64 volumes would take gigabytes
 
 
 @dataclass
@@ -129,7 +130,7 @@ class AutoencoderTask:
         return model.decode(z_mu).float()
 
     def validate(self, model: nn.Module) -> dict[str, float]:
-        x = self.val[:VAL_ITEMS]
+        x = self.val[: VAL_ITEMS if self.val.ndim == 4 else VAL_VOLUMES]
         return {"l1": F.l1_loss(self._reconstruct(model, x), x).item()}
 
     def preview(self, model: nn.Module, path: Path) -> None:
