@@ -220,3 +220,9 @@ def test_class_folders_condition_the_model_and_the_label_maps(
     assert {r["label_map"]["candidate"]["key"] for r in rows} <= set(sites["siteB"])
     with pytest.raises(SynthmedError, match="unknown label 'siteC'"):
         generate_to_folder(GenerateConfig(run_dir=run, out=out, label="siteC", count=1), progress=False)
+
+
+def test_3d_options_are_refused_for_a_2d_run(tiny_run: Path, tmp_path: Path) -> None:
+    cfg = GenerateConfig(run_dir=tiny_run, out=tmp_path / "g", count=1, steps=2, spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(SynthmedError, match=r"\['spacing'\] apply to 3D runs only"):
+        generate_to_folder(cfg, progress=False)
