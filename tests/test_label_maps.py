@@ -47,7 +47,8 @@ def volumes(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory) -> Load
 
 @pytest.fixture(scope="module")
 def candidates(volumes: LoadedVolumes) -> CandidateLabelMaps:
-    return CandidateLabelMaps.from_volumes(volumes)
+    assert volumes.labels is not None
+    return CandidateLabelMaps(volumes.labels, volumes.keys, (1.0, 1.0, 1.0))
 
 
 def _label_file(hippocampus: Path, key: str = KEYS[0]) -> Path:

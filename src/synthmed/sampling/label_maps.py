@@ -11,14 +11,13 @@ Encodings of a (B, 1, X, Y, Z) map with ``num_labels`` classes (background 0 inc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from monai.transforms import Affine, ResizeWithPadOrCrop
 from monai.utils import convert_to_tensor
 
-from synthmed.data.volumes import LoadedVolumes
 from synthmed.errors import SynthmedError
 
 Encoding = Literal["onehot", "bits"]
@@ -104,19 +103,6 @@ class CandidateLabelMaps:
             raise SynthmedError(f"{len(keys)} keys for {labels.shape[0]} label maps", field="keys")
         self.labels, self.keys = labels.long().cpu(), list(keys)
         self.spacing = tuple(float(s) for s in spacing)
-
-    @classmethod
-    def from_volumes(cls, volumes: LoadedVolumes) -> Self:
-        """The label maps of loaded training volumes; all must share one spacing (VolumeConfig.spacing)."""
-        if volumes.labels is None:
-            raise SynthmedError("the training volumes have no label maps", field="labels")
-        spacings = np.linalg.norm(volumes.affines[:, :3, :3], axis=1)  # column norms: mm per voxel
-        if not np.allclose(spacings, spacings[0], atol=1e-3):
-            raise SynthmedError(
-                "training volumes differ in voxel spacing; set the data spacing so all are resampled alike",
-                field="spacing",
-            )
-        return cls(volumes.labels, volumes.keys, spacings[0].tolist())
 
     def __len__(self) -> int:
         return self.labels.shape[0]
