@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,22 @@ def busi(data_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def hippocampus(data_root: Path) -> Path:
     return _subset(data_root, "hippocampus")
+
+
+@pytest.fixture(scope="session")
+def msd_pairs(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[Sequence[str]], Path]:
+    """Copy real hippocampus image/label pairs (by key or file name) into a fresh {images,labels}/ folder."""
+
+    def build(keys: Sequence[str]) -> Path:
+        root = tmp_path_factory.mktemp("hippo")
+        for sub in ("images", "labels"):
+            (root / sub).mkdir()
+            for key in keys:
+                name = key if key.endswith(".nii.gz") else f"{key}.nii.gz"
+                shutil.copy(hippocampus / sub / name, root / sub / name)
+        return root
+
+    return build
 
 
 @pytest.fixture(scope="session")

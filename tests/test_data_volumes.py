@@ -31,16 +31,11 @@ CFG = VolumeConfig(size=(40, 56, 40))
 
 
 @pytest.fixture
-def msd_copy(hippocampus: Path, tmp_path: Path) -> Callable[..., Path]:
-    """Copy some real pairs into <tmp>/hippo/{images,labels}/ (MSD layout)."""
+def msd_copy(msd_pairs: Callable[[tuple[str, ...]], Path]) -> Callable[..., Path]:
+    """Copy some real pairs into a fresh {images,labels}/ folder (MSD layout)."""
 
     def build(keys: tuple[str, ...] = KEYS) -> Path:
-        root = tmp_path / "hippo"
-        for sub in ("images", "labels"):
-            (root / sub).mkdir(parents=True)
-            for key in keys:
-                shutil.copy(hippocampus / sub / f"{key}.nii.gz", root / sub / f"{key}.nii.gz")
-        return root
+        return msd_pairs(keys)
 
     return build
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -24,13 +25,9 @@ KEYS = [f"hippocampus_{n:03d}" for n in (1, 3, 4, 6, 7, 8, 11, 14, 15, 17)]
 
 
 @pytest.fixture(scope="module")
-def volumes(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def volumes(hippocampus: Path, msd_pairs: Callable[[Sequence[str]], Path]) -> Path:
     """Ten real pairs plus the data set's quirks: an image without a label map and a label map alone."""
-    root = tmp_path_factory.mktemp("hippo")
-    for sub in ("images", "labels"):
-        (root / sub).mkdir()
-        for key in KEYS:
-            shutil.copy(hippocampus / sub / f"{key}.nii.gz", root / sub)
+    root = msd_pairs(KEYS)
     shutil.copy(hippocampus / "images" / "hippocampus_118.nii.gz", root / "images")
     shutil.copy(hippocampus / "labels" / "hippocampus_010.nii.gz", root / "labels")
     (root / "images" / "hippocampus_999.nii.gz").write_bytes(b"not a nifti file")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -36,13 +36,8 @@ CFG = VolumeConfig(size=(32, 48, 32))
 
 
 @pytest.fixture(scope="module")
-def volumes(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedVolumes:
-    root = tmp_path_factory.mktemp("hippo")
-    for sub in ("images", "labels"):
-        (root / sub).mkdir()
-        for key in KEYS:
-            shutil.copy(hippocampus / sub / f"{key}.nii.gz", root / sub / f"{key}.nii.gz")
-    return load_volumes(root, CFG, require_labels=True)
+def volumes(msd_pairs: Callable[[Sequence[str]], Path]) -> LoadedVolumes:
+    return load_volumes(msd_pairs(KEYS), CFG, require_labels=True)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +23,10 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def volumes(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedVolumes:
-    root = tmp_path_factory.mktemp("hippo")
+def volumes(hippocampus: Path, msd_pairs: Callable[[Sequence[str]], Path]) -> LoadedVolumes:
     names = sorted(p.name for p in (hippocampus / "labels").glob("*.nii.gz"))
     names = [n for n in names if (hippocampus / "images" / n).exists()][: N_TRAIN + 1]
-    for sub in ("images", "labels"):
-        (root / sub).mkdir()
-        for name in names:
-            shutil.copy(hippocampus / sub / name, root / sub / name)
-    return load_volumes(root, CFG, require_labels=True)
+    return load_volumes(msd_pairs(names), CFG, require_labels=True)
 
 
 @pytest.fixture(scope="module")

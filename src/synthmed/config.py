@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from synthmed.errors import SynthmedError
 from synthmed.models.presets import PRESETS
@@ -24,37 +33,74 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class VolumeData(Strict):
-    """3D data: how NIfTI volumes / DICOM series become model inputs (see synthmed.data.volumes)."""
+class VolumeConfig(BaseModel):
+    """How a 3D volume becomes a model input: RAS, resampled to ``spacing``, windowed to [0, 1], then
+    centre-cropped or zero-padded to ``size`` voxels (x, y, z)."""
 
-    size: tuple[int, int, int] = Field(
-        (32, 48, 32), description="Voxels (x, y, z) after resampling: centred crop or zero pad."
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    size: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        description="Output voxels (x, y, z) after resampling: centred crop or zero pad."
     )
-    spacing: tuple[float, float, float] | None = Field(
+    spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
         None, description="Target voxel size in mm (x, y, z); None keeps each file's own spacing."
     )
-    train_spacings: list[tuple[float, float, float]] | None = Field(
+    modality: Literal["mri", "ct"] = Field(
+        "mri", description="ct: clip Hounsfield units to ct_window; mri: percentile normalisation."
+    )
+    ct_window: tuple[float, float] = Field((-1000.0, 1000.0), description="HU mapped to [0, 1] for CT.")
+    clip_percentiles: tuple[float, float] = Field(
+        (0.5, 99.5), description="Per-volume intensity percentiles mapped to [0, 1] for MRI."
+    )
+
+    @field_validator("size", "spacing", "ct_window", "clip_percentiles", mode="before")
+    @classmethod
+    def _lists_as_tuples(cls, value: Any) -> Any:
+        # YAML and JSON give lists; strict mode only accepts tuples.
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Self:
+        lo, hi = self.clip_percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(
+                f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}"
+            )
+        if not self.ct_window[0] < self.ct_window[1]:
+            raise ValueError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
+        return self
+
+
+class VolumeData(VolumeConfig):
+    """3D data of a training run: the ingestion settings plus spacing augmentation and the label count."""
+
+    size: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        (32, 48, 32), description="Voxels (x, y, z) after resampling: centred crop or zero pad."
+    )
+    train_spacings: list[tuple[PositiveFloat, PositiveFloat, PositiveFloat]] | None = Field(
         None,
         description="Spacing augmentation: each training volume is also resampled to each of these "
         "spacings, so the spacing-conditioned model learns what spacing means (MAISI trains on many).",
     )
-    modality: Literal["mri", "ct"] = Field("mri", description="ct: clip HU to ct_window; mri: percentiles.")
-    ct_window: tuple[float, float] = (-1000.0, 1000.0)
-    clip_percentiles: tuple[float, float] = (0.5, 99.5)
     num_labels: int | None = Field(
         None, ge=2, description="Label values incl. background (default: highest value in the data + 1)."
     )
 
+    @field_validator("train_spacings", mode="before")
+    @classmethod
+    def _inner_lists_as_tuples(cls, value: Any) -> Any:
+        return [tuple(v) if isinstance(v, list) else v for v in value] if isinstance(value, list) else value
+
     @model_validator(mode="after")
-    def _check(self) -> Self:
+    def _check_size(self) -> Self:
         if any(s < 4 or s > 1024 for s in self.size):
             raise ValueError(f"size must be 4..1024 voxels per axis, got {self.size}")
-        spacings = ([self.spacing] if self.spacing else []) + (self.train_spacings or [])
-        if any(v <= 0 for s in spacings for v in s):
-            raise ValueError("spacings must be positive (mm)")
-        if self.ct_window[0] >= self.ct_window[1]:
-            raise ValueError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
         return self
+
+    def ingestion(self, spacing: tuple[float, float, float] | None = None) -> VolumeConfig:
+        """The plain (hashable) ingestion settings, at ``spacing`` (default: this config's own)."""
+        fields = self.model_dump(include=set(VolumeConfig.model_fields))
+        return VolumeConfig(**fields | {"spacing": spacing if spacing is not None else self.spacing})
 
 
 class DataConfig(Strict):

@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthmed.config import DataConfig, VolumeData
+from synthmed.config import DataConfig
 from synthmed.data.loading import Prepared
 from synthmed.data.progress import track
 from synthmed.data.sources import Record, Skipped
 from synthmed.data.splits import assign_splits, read_split_file, write_split
 from synthmed.data.volumes import (
-    VolumeConfig,
     VolumePair,
     discover_volumes,
     is_volume_set,
@@ -44,17 +43,6 @@ class VolumeSplit:
     spacings: torch.Tensor
     keys: list[str]
     classes: torch.Tensor
-
-
-def volume_config(vol: VolumeData, spacing: tuple[float, float, float] | None = None) -> VolumeConfig:
-    """The ingestion settings for one target spacing (default: the data config's own)."""
-    return VolumeConfig(
-        size=vol.size,
-        spacing=spacing if spacing is not None else vol.spacing,
-        modality=vol.modality,
-        ct_window=vol.ct_window,
-        clip_percentiles=vol.clip_percentiles,
-    )
 
 
 def class_roots(cfg: DataConfig) -> dict[str, Path]:
@@ -130,7 +118,7 @@ def prepare_volumes(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
     records = []
     for source, (name, pair) in track(sorted(pairs.items()), "Checking volumes"):
         try:
-            load_volume_pair(pair, volume_config(cfg.volume))
+            load_volume_pair(pair, cfg.volume.ingestion())
         except SynthmedError as exc:
             skipped.append(Skipped(source, str(exc)))
             continue
@@ -167,7 +155,7 @@ def load_volume_split(
     for spacing in spacings:
         for r in track(records, f"Loading {split} volumes"):
             pair = pairs[r.source][1]
-            image, label, meta = load_volume_pair(pair, volume_config(cfg.volume, spacing))
+            image, label, meta = load_volume_pair(pair, cfg.volume.ingestion(spacing))
             images.append(image)
             maps.append(label)
             mm.append(meta["spacing"])

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Self, TypedDict
+from typing import Literal, TypedDict
 
 import nibabel as nib
 import numpy as np
@@ -42,16 +42,8 @@ from monai.transforms import (
     ScaleIntensityRanged,
     Spacingd,
 )
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveFloat,
-    PositiveInt,
-    field_validator,
-    model_validator,
-)
 
+from synthmed.config import VolumeConfig
 from synthmed.data.preprocess import PercentileScale
 from synthmed.data.progress import track
 from synthmed.data.readers import DICOM_EXTENSIONS, has_dicom_magic
@@ -72,44 +64,6 @@ _LAYOUT_HINT = (
 Role = Literal["image", "label"]
 # Skipped silently: archive debris, and the sidecars of `synthmed generate`'s 3D output folders.
 _NOT_DATA = {"__MACOSX", "manifest.jsonl", "previews"}
-
-
-class VolumeConfig(BaseModel):
-    """How a 3D volume becomes a model input: RAS, resampled to ``spacing``, windowed to [0, 1], then
-    centre-cropped or zero-padded to ``size`` voxels (x, y, z)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    size: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
-        description="Output voxels (x, y, z) after resampling: centred crop or zero pad."
-    )
-    spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
-        None, description="Target voxel size in mm (x, y, z); None keeps each file's own spacing."
-    )
-    modality: Literal["mri", "ct"] = Field(
-        "mri", description="ct: clip Hounsfield units to ct_window; mri: percentile normalisation."
-    )
-    ct_window: tuple[float, float] = Field((-1000.0, 1000.0), description="HU mapped to [0, 1] for CT.")
-    clip_percentiles: tuple[float, float] = Field(
-        (0.5, 99.5), description="Per-volume intensity percentiles mapped to [0, 1] for MRI."
-    )
-
-    @field_validator("size", "spacing", "ct_window", "clip_percentiles", mode="before")
-    @classmethod
-    def _lists_as_tuples(cls, value: Any) -> Any:
-        # YAML and JSON give lists; strict mode only accepts tuples.
-        return tuple(value) if isinstance(value, list) else value
-
-    @model_validator(mode="after")
-    def _check_ranges(self) -> Self:
-        lo, hi = self.clip_percentiles
-        if not 0.0 <= lo < hi <= 100.0:
-            raise ValueError(
-                f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}"
-            )
-        if not self.ct_window[0] < self.ct_window[1]:
-            raise ValueError(f"ct_window must be (low, high) with low < high, got {self.ct_window}")
-        return self
 
 
 @dataclass(frozen=True)
