@@ -294,7 +294,8 @@ def _save_candidates(cfg: TrainConfig, data: TrainingData) -> None:
     """The training label maps at the data's own spacing (spacing-augmented copies come after them), with
     their classes, so generation draws a label map of the class it generates."""
     assert data.train_maps is not None and data.train_spacings is not None and data.train_keys is not None
-    n = len(dict.fromkeys(data.train_keys))
+    assert cfg.data.volume is not None
+    n = len(data.train_keys) // (1 + len(cfg.data.volume.train_spacings or []))  # spacing-major blocks
     spacing = data.train_spacings[:n].median(dim=0).values.tolist()
     maps = data.train_maps[:n].cpu()
     maps = maps.to(torch.uint8 if int(maps.max()) < 256 else torch.int16)  # small on disk
