@@ -15,6 +15,9 @@ decode3d (benchmarks/decode3d.py): peak memory of decoding 128^3-256^3 volumes, 
 
 volume64 (benchmarks/volume64.py): seconds per 64^3 volume with a label map, rflow 30 vs DDPM 1000 steps.
 
+controlnet64 (benchmarks/controlnet64.py): BUSI 64 px mask ControlNet: Dice between the conditioning masks
+and a real-trained segmenter's output on the generated images, against scale 0 and the real ceiling; s/image.
+
 augment64: the augmentation protocol on Kermany 64 px with NORMAL reduced to 5% prevalence. A small64
 generator is trained (as train64) on the reduced training folder only; it generates NORMAL and PNEUMONIA
 images; ``synthmed benchmark-augmentation`` then runs every arm (real+synthetic adds synthetic NORMAL images
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import decode3d, volume64
+from benchmarks import controlnet64, decode3d, volume64
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(os.environ.get("SYNTHMED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -395,6 +398,11 @@ def main() -> None:
     volume64.add_arguments(
         sub.add_parser("volume64", help="3D 64^3 with label map: rflow 30 vs DDPM 1000 steps")
     )
+    controlnet64.add_arguments(
+        sub.add_parser(
+            "controlnet64", help="BUSI 64 px mask ControlNet: segmenter Dice vs the masks, s/image"
+        )
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.name}.json"
@@ -406,6 +414,8 @@ def main() -> None:
         result = decode3d.run(args)
     elif args.name == "volume64":
         result = {"machine": machine(), **volume64.run(args, DATA)}
+    elif args.name == "controlnet64":
+        result = {"machine": machine(), **controlnet64.run(args, DATA)}
     else:
         result = train64(args, out)
         result["generate"] = generate64(args)

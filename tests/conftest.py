@@ -115,3 +115,39 @@ def tiny_run(kermany_small: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         }
     )
     return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def busi_small(busi: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 real BUSI ultrasound images per class with their masks (BUSI layout: <class>/images + <class>/mask;
+    'normal' has no mask files), for the 2D ControlNet and editing tests."""
+    from synthmed.data.masks import find_mask_files
+
+    root = tmp_path_factory.mktemp("busi_small")
+    for cls in ("benign", "malignant", "normal"):
+        (root / cls / "images").mkdir(parents=True)
+        (root / cls / "mask").mkdir()
+        for src in sorted((busi / cls / "images").glob("*.png"))[:10]:
+            shutil.copy(src, root / cls / "images" / src.name)
+            for mask in find_mask_files(src):
+                shutil.copy(mask, root / cls / "mask" / mask.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def busi_run(busi_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny`` (32 px) trained a few dozen steps on ``busi_small``, with mask and edges ControlNets."""
+    from synthmed.config import build_train_config
+    from synthmed.training.run import train
+
+    values = {
+        "preset": "tiny",
+        "run_dir": str(tmp_path_factory.mktemp("busi_run") / "run"),
+        "data": {"source": str(busi_small)},
+        "autoencoder": {"steps": 60},
+        "diffusion": {"steps": 60},
+        "controlnet": {"steps": 20, "empty_mask_classes": ["normal"]},
+    }
+    train(build_train_config(values), ["autoencoder", "diffusion", "controlnet"], progress=False)
+    values["controlnet"] |= {"condition": "edges", "steps": 10}
+    return train(build_train_config(values), ["controlnet"], progress=False)

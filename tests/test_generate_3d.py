@@ -169,14 +169,6 @@ def test_label_map_with_unknown_label_is_refused(run3d: Path, hippocampus: Path,
         generate_to_folder(cfg, progress=False)
 
 
-def test_controlnet_stage_needs_3d_data(tmp_path: Path, kermany_small: Path) -> None:
-    cfg = build_train_config(
-        {"preset": "tiny", "run_dir": str(tmp_path / "r"), "data": {"source": str(kermany_small)}}
-    )
-    with pytest.raises(SynthmedError, match="3D data with label maps"):
-        train(cfg, ["controlnet"], progress=False)
-
-
 def test_split_command_checks_3d_data(volumes: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("preset: tiny3d\n")

@@ -61,6 +61,12 @@ def command_config(model: type[C], path: Path | None, given: dict[str, Any]) -> 
         raise SynthmedError(format_validation_error(exc, str(path or "(arguments)"))) from exc
 
 
+class ConditionName(StrEnum):
+    mask = "mask"
+    edges = "edges"
+    sobel = "sobel"
+
+
 class Stage(StrEnum):
     all = "all"
     autoencoder = "autoencoder"
@@ -85,9 +91,18 @@ def train(
     run: Annotated[Path | None, typer.Option(help="Run directory (overrides run_dir).")] = None,
     preset: Annotated[str | None, typer.Option(help=f"Architecture preset: {', '.join(PRESETS)}.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+    condition: Annotated[
+        ConditionName | None,
+        typer.Option(
+            help="controlnet stage, 2D: what the ControlNet follows: mask (<stem>_mask*.png files), edges "
+            "(Canny) or sobel; each has its own folder in the run (overrides controlnet.condition)."
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train the autoencoder, the class-conditional diffusion model and (3D) the label-map ControlNet.
+
+    2D ControlNets are trained after those with `synthmed train controlnet --condition mask|edges|sobel`.
 
     Checkpoints, logs (log.jsonl) and preview grids go to the run directory; --resume continues exactly where
     a killed run stopped. On resume without --config the run's saved config.yaml is used.
@@ -108,6 +123,8 @@ def train(
     elif preset is not None:
         raise SynthmedError("--preset needs --config or --data", field="preset")
     cfg = resolve_run_config(cfg, run, resume)
+    if condition is not None:
+        cfg.controlnet = cfg.controlnet.model_copy(update={"condition": condition.value})
     stages = None if stage == Stage.all else (stage.value,)
     run_training(cfg, stages, resume=resume, progress=progress)
     err.print(f"done: {cfg.run_dir}")
@@ -212,7 +229,17 @@ def generate(
         ),
     ] = None,
     conditioning_scale: Annotated[
-        float | None, typer.Option(help="3D: ControlNet strength (1; 0 ignores the label map).")
+        float | None, typer.Option(help="ControlNet strength (1; 0 ignores the label map or condition file).")
+    ] = None,
+    condition_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="2D: structure map to follow, any size: a binary mask (written beside each image as "
+            "<stem>_mask.png), or for edges/sobel an image whose edges are computed."
+        ),
+    ] = None,
+    condition: Annotated[
+        ConditionName | None, typer.Option(help="2D: which ControlNet follows --condition-file (mask).")
     ] = None,
     tile_size: Annotated[
         int | None, typer.Option(help="3D: VAE decoding tile in latent voxels (32); bounds memory.")
@@ -231,6 +258,8 @@ def generate(
     3D runs write syn_<seed>_image.nii.gz with its syn_<seed>_label.nii.gz (the label map it was generated
     for), previews/syn_<seed>.png (three views, labels overlaid), and check every volume's per-label
     intensities against the training data (failures are re-tried with new seeds, all in the manifest).
+    2D runs with a ControlNet follow --condition-file: a mask file (BUSI style; any size, resized like the
+    training masks; an empty mask means no lesion) is written beside every image as its annotation.
     Re-running the same command continues an interrupted job: images already written are kept.
     """
     from synthmed.sampling.pipeline import generate_to_folder
@@ -255,6 +284,8 @@ def generate(
         "label_map": label_map,
         "augment_label_maps": augment_label_maps,
         "conditioning_scale": conditioning_scale,
+        "condition_file": condition_file,
+        "condition": condition.value if condition else None,
         "tile_size": tile_size,
         "tile_overlap": tile_overlap,
         "qc_retries": qc_retries,
@@ -262,6 +293,129 @@ def generate(
     cfg = command_config(GenerateConfig, config, given)
     generate_to_folder(cfg, progress=progress)
     err.print(f"done: {cfg.count} images in {cfg.out}")
+
+
+edit_app = typer.Typer(
+    help="Edit real 2D images with a trained run: insert a lesion, remove an artefact, harmonise.",
+    no_args_is_help=True,
+)
+app.add_typer(edit_app, name="edit")
+
+EditRun = Annotated[Path | None, typer.Option("--run", help="Trained run directory.")]
+EditImage = Annotated[Path | None, typer.Option(help="Image to edit (PNG, JPEG, TIFF, DICOM).")]
+EditOut = Annotated[
+    Path | None,
+    typer.Option(
+        help="Output image: .png keeps the input's 8/16-bit values, .tif float32; plus <stem>.json."
+    ),
+]
+EditSeed = Annotated[int | None, typer.Option(help="Seed of the new content.")]
+EditSteps = Annotated[int | None, typer.Option(help="Sampler steps (50).")]
+EditConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML with EditConfig fields.")]
+EditResample = Annotated[int | None, typer.Option(help="RePaint passes per step inside the region (2).")]
+EditScale = Annotated[
+    float | None, typer.Option(help="Mask ControlNet strength if the run has one (1; 0 = not used).")
+]
+EditDevice = Annotated[str | None, typer.Option(help="auto, cpu or cuda.")]
+
+
+def _edit(operation: str, config: Path | None, given: dict[str, Any]) -> None:
+    from synthmed.config import EditConfig
+    from synthmed.sampling.editing import edit_from_config
+
+    cfg = command_config(EditConfig, config, {"operation": operation} | given)
+    for path in edit_from_config(cfg):
+        err.print(f"wrote {path}")
+
+
+@edit_app.command("insert")
+@user_errors
+def edit_insert(
+    run: EditRun = None,
+    image: EditImage = None,
+    region: Annotated[
+        Path | None, typer.Option(help="Binary mask at the image's size: where the lesion goes.")
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="Lesion class, e.g. malignant.")] = None,
+    out: EditOut = None,
+    seed: EditSeed = None,
+    steps: EditSteps = None,
+    resample: EditResample = None,
+    conditioning_scale: EditScale = None,
+    device: EditDevice = None,
+    config: EditConfigFile = None,
+) -> None:
+    """Insert a lesion of class --label into --region; only the region's pixels change.
+
+    Writes the edited image, <stem>_mask.png (the new lesion's mask: the region) and <stem>.json
+    (provenance, incl. the measured largest change outside the region: 0).
+    """
+    given = {"run_dir": run, "image": image, "region": region, "label": label, "out": out, "seed": seed}
+    given |= {
+        "steps": steps,
+        "resample": resample,
+        "conditioning_scale": conditioning_scale,
+        "device": device,
+    }
+    _edit("insert", config, given)
+
+
+@edit_app.command("remove")
+@user_errors
+def edit_remove(
+    run: EditRun = None,
+    image: EditImage = None,
+    mask: Annotated[
+        Path | None, typer.Option(help="Binary mask at the image's size: the artefact or implant.")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="Class the fill comes from, e.g. normal (default: unconditional).")
+    ] = None,
+    out: EditOut = None,
+    seed: EditSeed = None,
+    steps: EditSteps = None,
+    resample: EditResample = None,
+    conditioning_scale: EditScale = None,
+    device: EditDevice = None,
+    config: EditConfigFile = None,
+) -> None:
+    """Fill --mask with plausible anatomy (inpainting); only the masked pixels change."""
+    given = {"run_dir": run, "image": image, "region": mask, "label": label, "out": out, "seed": seed}
+    given |= {
+        "steps": steps,
+        "resample": resample,
+        "conditioning_scale": conditioning_scale,
+        "device": device,
+    }
+    _edit("remove", config, given)
+
+
+@edit_app.command("harmonize")
+@user_errors
+def edit_harmonize(
+    run: EditRun = None,
+    image: EditImage = None,
+    strength: Annotated[
+        float | None,
+        typer.Option(
+            help="0 keeps the image (up to the autoencoder), 1 ignores it; 0.2-0.5 change the look."
+        ),
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="Target class, site or scanner of the run.")] = None,
+    region: Annotated[Path | None, typer.Option(help="Optional binary mask: harmonise only there.")] = None,
+    out: EditOut = None,
+    seed: EditSeed = None,
+    steps: EditSteps = None,
+    device: EditDevice = None,
+    config: EditConfigFile = None,
+) -> None:
+    """Render an image in the look of --label (SDEdit: noise to --strength of the schedule, then denoise).
+
+    The result is made at the model's resolution and enlarged back to the input's size.
+    """
+    given = {"run_dir": run, "image": image, "region": region, "label": label, "out": out, "seed": seed}
+    given |= {"steps": steps, "strength": strength, "device": device}
+    _edit("harmonize", config, given)
 
 
 @app.command()

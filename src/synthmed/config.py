@@ -103,6 +103,25 @@ class VolumeData(VolumeConfig):
         return VolumeConfig(**fields | {"spacing": spacing if spacing is not None else self.spacing})
 
 
+class EnhanceConfig(Strict):
+    """Contrast enhancement applied during ingestion, after resizing, before padding/cropping (scikit-image).
+
+    clahe: contrast-limited adaptive histogram equalisation; sharpen: unsharp mask; double_clahe: CLAHE twice;
+    clahe_sharpen: CLAHE then unsharp mask.
+    """
+
+    method: Literal["clahe", "sharpen", "double_clahe", "clahe_sharpen"] = "clahe"
+    clip_limit: float = Field(
+        0.01, gt=0.0, le=1.0, description="CLAHE clip limit (fraction of a tile's pixels)."
+    )
+    kernel_size: int | None = Field(
+        None, ge=2, description="CLAHE tile side in model pixels (default: 1/8 of the image side)."
+    )
+    nbins: int = Field(256, ge=16, le=65536, description="CLAHE histogram bins.")
+    sharpen_radius: float = Field(1.0, gt=0.0, le=50.0, description="Unsharp mask Gaussian sigma in pixels.")
+    sharpen_amount: float = Field(1.0, gt=0.0, le=10.0, description="Unsharp mask strength.")
+
+
 class DataConfig(Strict):
     """Where the images are and how they become model inputs."""
 
@@ -130,6 +149,9 @@ class DataConfig(Strict):
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     on_error: Literal["skip", "raise"] = Field(
         "skip", description="skip: unreadable files are left out and listed in split.json; raise: stop."
+    )
+    enhance: EnhanceConfig | None = Field(
+        None, description="Optional CLAHE / unsharp-mask enhancement of every 2D image (see EnhanceConfig)."
     )
     allow_single_class: bool = Field(
         False, description="Accept a data set with one class (unconditional use)."
@@ -251,8 +273,25 @@ class DiffusionConfig(StageConfig):
     )
 
 
+Condition = Literal["mask", "edges", "sobel"]
+
+
 class ControlNetConfig(StageConfig):
-    """ControlNet on label maps (3D, MAISI style): a trainable copy of the frozen diffusion UNet's encoder."""
+    """A ControlNet: a trainable copy of the frozen diffusion UNet's encoder that follows a structure map
+    (2D: masks, Canny edges or Sobel gradients; 3D: label maps, MAISI style)."""
+
+    condition: Condition = Field(
+        "mask",
+        description="2D: what the ControlNet follows: mask (the <stem>_mask*.png files, merged), edges "
+        "(Canny edges of the image, computed on the fly) or sobel (gradient magnitude). 3D: the label maps. "
+        "Each condition trains its own ControlNet in the run (controlnet/, controlnet-edges/, ...).",
+    )
+    edge_sigma: float = Field(1.5, gt=0.0, le=10.0, description="Canny Gaussian sigma in model pixels.")
+    empty_mask_classes: list[str] = Field(
+        [],
+        description="2D mask condition: classes whose images have no mask file because they show no lesion "
+        "(BUSI 'normal'); their mask is empty. Images of other classes without a mask file are skipped.",
+    )
 
     encoding: Literal["onehot", "bits"] = Field(
         "onehot",
@@ -287,9 +326,7 @@ class TrainConfig(Strict):
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
-    def _check_3d(self) -> Self:
-        if self.data.volume is None:
-            return self
+    def _check_controlnet(self) -> Self:
         steps = len(self.controlnet.embedding_channels) - 1
         if 2**steps != self.autoencoder.arch.compression:
             raise ValueError(
@@ -297,6 +334,14 @@ class TrainConfig(Strict):
                 f"autoencoder compresses {self.autoencoder.arch.compression}x; give it log2(compression) + 1 "
                 "entries"
             )
+        if self.data.volume is not None and self.controlnet.condition != "mask":
+            raise ValueError("3D ControlNets follow the label maps: controlnet.condition must be 'mask'")
+        return self
+
+    @model_validator(mode="after")
+    def _check_3d(self) -> Self:
+        if self.data.volume is None:
+            return self
         divisor = self.autoencoder.arch.compression * 2 ** (len(self.diffusion.arch.channels) - 1)
         if any(s % divisor for s in self.data.volume.size):
             raise ValueError(f"data.volume.size must be divisible by {divisor} (VAE x UNet downsampling)")
@@ -344,7 +389,17 @@ class GenerateConfig(Strict):
     augment_label_maps: bool = Field(
         True, description="3D: deform label maps sampled from the training set (random affine, nearest)."
     )
-    conditioning_scale: float = Field(1.0, ge=0.0, description="3D: ControlNet strength (0 = none).")
+    conditioning_scale: float = Field(1.0, ge=0.0, description="ControlNet strength (0 = none).")
+    # 2D structure conditioning
+    condition_file: Path | None = Field(
+        None,
+        description="2D: structure map to generate for, any size (resized like training masks): a binary "
+        "mask for the mask ControlNet; for edges/sobel an image whose structure map is computed (a binary "
+        "file is used as the edge map itself). Written beside each image as its annotation.",
+    )
+    condition: Condition | None = Field(
+        None, description="2D: which trained ControlNet follows condition_file (default: mask)."
+    )
     tile_size: int | None = Field(
         32, ge=2, description="3D: VAE decoding tile in latent voxels (None: whole volume at once)."
     )
@@ -352,6 +407,40 @@ class GenerateConfig(Strict):
     qc_retries: int = Field(
         3, ge=0, description="3D: new seeds tried when a volume fails the intensity quality check."
     )
+
+
+class EditConfig(Strict):
+    """Everything `synthmed edit` needs: one real 2D image, what to do to it, where to write the result."""
+
+    operation: Literal["insert", "remove", "harmonize"] = Field(
+        description="insert: a lesion of class label into region; remove: fill region with plausible "
+        "anatomy; harmonize: SDEdit the image towards label (a site, scanner or class)."
+    )
+    run_dir: Path
+    image: Path = Field(description="The image to edit (PNG, JPEG, TIFF, DICOM).")
+    region: Path | None = Field(
+        None,
+        description="Binary mask at the image's size: where to insert (insert) or what to remove (remove); "
+        "optional for harmonize (only that region is harmonised).",
+    )
+    out: Path = Field(description="Output image (.png keeps the input's 8/16-bit values, .tif float32).")
+    label: str | None = Field(None, description="Class to generate (insert: required; others: default none).")
+    strength: float | None = Field(
+        None, ge=0.0, le=1.0, description="Fraction of the noise schedule redone (default 1; harmonize 0.5)."
+    )
+    steps: int = Field(50, gt=0, le=1000)
+    resample: int = Field(2, ge=1, le=20, description="RePaint passes per step inside the region.")
+    guidance: float | None = Field(
+        None, ge=0.0, description="Classifier-free guidance (default as generate)."
+    )
+    conditioning_scale: float = Field(
+        1.0, ge=0.0, description="Mask ControlNet strength, if the run has one (0 = not used)."
+    )
+    seed: int = 0
+    sampler: str | None = None
+    checkpoint: Literal["ema", "raw"] = "ema"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
 
 
 class EvaluateConfig(Strict):

@@ -119,6 +119,8 @@ def cache_key(records: Sequence[Record], cfg: DataConfig, split: str, class_name
         "clip": list(cfg.clip_percentiles),
         "items": [[r.sha256, r.label] for r in records],
     }
+    if cfg.enhance is not None:  # only when set, so caches written before the option existed stay valid
+        doc["enhance"] = cfg.enhance.model_dump()
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.transforms import Compose, Resize
+from monai.transforms import Compose, Resize, Transform
 
 from synthmed.config import DataConfig
+from synthmed.data.enhance import Enhancement
 from synthmed.data.preprocess import FitResize, PercentileScale, build_transform, preprocess
 from synthmed.data.readers import IMAGE_EXTENSIONS, read_image
 from synthmed.data.sources import Skipped, handle_failure
@@ -89,6 +90,12 @@ def _read_one_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
             "(a size mismatch usually means the wrong image/mask pairing)",
             path=path,
         )
+    check_binary_mask(mask, path)
+    return mask > 0
+
+
+def check_binary_mask(mask: np.ndarray, path: Path) -> None:
+    """A mask must hold two values {0, v} (or only one): a guessed threshold could move a lesion border."""
     values = np.unique(mask)
     if values.size > 2 or (values.size == 2 and values[0] != 0):
         raise SynthmedError(
@@ -96,7 +103,6 @@ def _read_one_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
             "save it as 0/255 or 0/1 in a lossless format such as PNG",
             path=path,
         )
-    return mask > 0
 
 
 class NearestFitResize(FitResize):
@@ -115,15 +121,18 @@ class NearestFitResize(FitResize):
 
 @functools.lru_cache(maxsize=16)
 def build_mask_transform(size: int, resize_mode: str) -> Compose:
-    """The image pipeline of ``build_transform`` without intensity scaling, resampling nearest-neighbour."""
-    image_steps = build_transform(size, resize_mode, (0.0, 100.0)).transforms
-    return Compose(
-        [
-            NearestFitResize(step.size, step.fit) if isinstance(step, FitResize) else step
-            for step in image_steps
-            if not isinstance(step, PercentileScale)
-        ]
-    )
+    """The image pipeline of ``build_transform`` without intensity steps, resampling nearest-neighbour."""
+    return Compose(geometry_steps(build_transform(size, resize_mode, (0.0, 100.0))))
+
+
+def geometry_steps(image_transform: Compose) -> list[Transform]:
+    """The steps of an image pipeline that move pixels, for its masks: intensity scaling and enhancement
+    (CLAHE, sharpening) are left out, since they would turn a binary mask into grey levels."""
+    return [
+        NearestFitResize(step.size, step.fit) if isinstance(step, FitResize) else step
+        for step in image_transform.transforms
+        if not isinstance(step, PercentileScale | Enhancement)
+    ]
 
 
 def resize_mask(mask: np.ndarray, cfg: DataConfig) -> np.ndarray:
@@ -140,9 +149,13 @@ def load_pair(image: Path, mask_files: Sequence[Path], cfg: DataConfig) -> tuple
     return preprocess(pixels, cfg), resize_mask(mask, cfg)[None]
 
 
-def load_image_mask_pairs(images: Sequence[Path], cfg: DataConfig) -> MaskPairs:
+def load_image_mask_pairs(
+    images: Sequence[Path], cfg: DataConfig, lesion_free: Collection[Path] = ()
+) -> MaskPairs:
     """Load ``images`` with their masks. Images without a mask file are skipped (a data set may label
-    only some images); unreadable images or masks are skipped or raised per ``cfg.on_error``."""
+    only some images), except those in ``lesion_free``, whose missing mask is empty (BUSI 'normal');
+    unreadable images or masks are skipped or raised per ``cfg.on_error``."""
+    lesion_free = {Path(p) for p in lesion_free}
     size = cfg.image_size
     pixels = np.empty((len(images), 1, size, size), dtype=np.float32)
     masks = np.empty((len(images), 1, size, size), dtype=np.uint8)
@@ -151,11 +164,14 @@ def load_image_mask_pairs(images: Sequence[Path], cfg: DataConfig) -> MaskPairs:
     for path in map(Path, images):
         try:
             files = find_mask_files(path)
-            if not files:
+            if not files and path in lesion_free:
+                pixels[len(sources)], masks[len(sources)] = preprocess(read_image(path), cfg), 0
+            elif not files:
                 reason = f"no mask file {path.stem}_mask{path.suffix} next to it or in a sibling mask/ folder"
                 skipped.append(Skipped(str(path), reason))
                 continue
-            pixels[len(sources)], masks[len(sources)] = load_pair(path, files, cfg)
+            else:
+                pixels[len(sources)], masks[len(sources)] = load_pair(path, files, cfg)
         except SynthmedError as exc:
             handle_failure(exc, str(path), skipped, cfg.on_error)
             continue

@@ -1,4 +1,5 @@
-"""Turn a decoded image into a model input: intensities windowed to [0, 1], then a square S x S (MONAI)."""
+"""Turn a decoded image into a model input: intensities windowed to [0, 1], then a square S x S (MONAI),
+optionally contrast-enhanced (``data.enhance``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from monai.transforms import (
     Transform,
 )
 
-from synthmed.config import DataConfig
+from synthmed.config import DataConfig, EnhanceConfig
+from synthmed.data.enhance import build_enhancement
 from synthmed.data.readers import validate_array
 
 Fit = Literal["longest", "shortest", "stretch"]
@@ -81,14 +83,36 @@ class FitResize(Transform):
         return Resize(target, mode="area" if shrinking else "bilinear")(img)
 
 
+def build_transform(
+    size: int,
+    resize_mode: str,
+    clip_percentiles: tuple[float, float],
+    enhance: EnhanceConfig | None = None,
+) -> Compose:
+    """The preprocessing pipeline for one setting, built once and shared by every image.
+
+    Order: percentile scaling, resize, ``enhance`` (if set), then pad or crop. Enhancing before padding
+    lets CLAHE's tiles and the sharpening see image content only: the padding stays exactly 0.
+    """
+    # EnhanceConfig is a mutable pydantic model (unhashable): the cache is keyed by its field values.
+    settings = None if enhance is None else tuple(enhance.model_dump().items())
+    return _build_transform(size, resize_mode, tuple(clip_percentiles), settings)
+
+
 @functools.lru_cache(maxsize=16)
-def build_transform(size: int, resize_mode: str, clip_percentiles: tuple[float, float]) -> Compose:
-    """The preprocessing pipeline for one setting, built once and shared by every image."""
+def _build_transform(
+    size: int,
+    resize_mode: str,
+    clip_percentiles: tuple[float, float],
+    enhance: tuple[tuple[str, object], ...] | None,
+) -> Compose:
     lo, hi = clip_percentiles
     steps: list[Transform] = [
         PercentileScale(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True),
         FitResize(size, _FIT_FOR_MODE[resize_mode]),
     ]
+    if enhance is not None:
+        steps += build_enhancement(EnhanceConfig.model_validate(dict(enhance))).transforms
     if resize_mode == "pad":
         steps.append(SpatialPad((size, size), mode="constant", value=0.0))  # centred; 0 = background
     elif resize_mode == "crop":
@@ -97,9 +121,10 @@ def build_transform(size: int, resize_mode: str, clip_percentiles: tuple[float, 
 
 
 def preprocess(image: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """One (H, W) image -> float32 (1, S, S) in [0, 1], per ``cfg``'s size, resize mode and percentiles."""
+    """One (H, W) image -> float32 (1, S, S) in [0, 1], per ``cfg``'s size, resize mode, percentiles and
+    enhancement."""
     arr = validate_array(image, "image")
-    transform = build_transform(cfg.image_size, cfg.resize_mode, tuple(cfg.clip_percentiles))
+    transform = build_transform(cfg.image_size, cfg.resize_mode, tuple(cfg.clip_percentiles), cfg.enhance)
     tracking = get_track_meta()
     set_track_meta(False)  # MetaTensor bookkeeping costs more than the resize itself and is unused here
     try:

@@ -28,7 +28,8 @@ SourceKind = Literal["folder", "npz", "csv"]
 #: Split names used everywhere (records, split.json, loading).
 SPLITS = ("train", "val", "holdout")
 # Folders holding segmentations, never training images.
-_MASK_DIRS = frozenset({"mask", "masks", "label", "labels", "segmentation", "segmentations"})
+# 'conditions': the structure maps `synthmed generate` writes beside its images (edge maps are not images).
+_MASK_DIRS = frozenset({"mask", "masks", "label", "labels", "segmentation", "segmentations", "conditions"})
 # BUSI-style masks stored beside their image: 'benign (1)_mask.png', 'benign (1)_mask_1.png'.
 _MASK_STEM = re.compile(r"_mask(_\d+)?$", re.IGNORECASE)
 _NPZ_SPLITS = (("train", "train"), ("val", "val"), ("test", "holdout"))

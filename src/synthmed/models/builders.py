@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from monai.apps.generation.maisi.networks.controlnet_maisi import ControlNetMaisi
 from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
-from monai.networks.nets import AutoencoderKL, DiffusionModelUNet, PatchDiscriminator
+from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet, PatchDiscriminator
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler, RFlowScheduler, Scheduler
+from torch import nn
 
 from synthmed.config import AutoencoderArch, ControlNetConfig, NoiseConfig, UNetArch
 from synthmed.errors import SynthmedError
@@ -59,22 +60,30 @@ def build_unet(
 
 
 def build_controlnet(
-    arch: UNetArch, cfg: ControlNetConfig, latent_channels: int, num_classes: int, cond_channels: int
-) -> ControlNetMaisi:
-    """MONAI's MAISI ControlNet mirroring the 3D UNet's encoder, on the encoded full-resolution label map."""
-    return ControlNetMaisi(
-        num_channels=tuple(arch.channels),
-        conditioning_embedding_in_channels=cond_channels,
-        conditioning_embedding_num_channels=tuple(cfg.embedding_channels),
-        use_checkpointing=False,  # recomputation only pays off for GPU memory on large volumes
-        **_unet_args(arch, latent_channels, num_classes, 3),
-    )
+    arch: UNetArch,
+    cfg: ControlNetConfig,
+    latent_channels: int,
+    num_classes: int,
+    cond_channels: int,
+    spatial_dims: int = 3,
+) -> ControlNet | ControlNetMaisi:
+    """MONAI's ControlNet mirroring the UNet's encoder, on a full-resolution structure map: the MAISI one for
+    the 3D (spacing-conditioned) UNet, the plain one for the 2D class-conditional UNet."""
+    args = _unet_args(arch, latent_channels, num_classes, spatial_dims) | {
+        "conditioning_embedding_in_channels": cond_channels,
+        "conditioning_embedding_num_channels": tuple(cfg.embedding_channels),
+    }
+    if spatial_dims == 2:
+        return ControlNet(channels=tuple(arch.channels), **args)
+    # Recomputation only pays off for GPU memory on large volumes.
+    return ControlNetMaisi(num_channels=tuple(arch.channels), use_checkpointing=False, **args)
 
 
-def init_controlnet_from_unet(controlnet: ControlNetMaisi, unet: DiffusionModelUNetMaisi) -> int:
+def init_controlnet_from_unet(controlnet: nn.Module, unet: nn.Module) -> int:
     """Copy the UNet's weights into the ControlNet's matching layers (the ControlNet recipe); returns how many
-    tensors were copied. The MAISI UNet concatenates a spacing embedding to the time embedding, so its
-    time-projection layers have other shapes than the ControlNet's and keep their fresh initialisation."""
+    tensors were copied (2D: the whole encoder). The MAISI UNet concatenates a spacing embedding to the time
+    embedding, so its time-projection layers have other shapes than the ControlNet's and keep their fresh
+    initialisation."""
     own = controlnet.state_dict()
     same = {k: v for k, v in unet.state_dict().items() if k in own and own[k].shape == v.shape}
     controlnet.load_state_dict(same, strict=False)

@@ -37,6 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "batch_size": 8,
             "lr": 2e-3,
         },
+        "controlnet": {"embedding_channels": [4, 8, 16], "steps": 20, "batch_size": 8, "lr": 2e-3},
     },
     # 64 px images -> 16x16x3 latents (4x); the benchmark and demo preset.
     "small64": {
@@ -66,6 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "batch_size": 64,
             "lr": 5e-4,
         },
+        "controlnet": {"embedding_channels": [16, 32, 64], "steps": 3000, "batch_size": 32, "lr": 5e-4},
     },
     # 128-256 px images -> 8x compression to 4 latent channels, as in the MONAI/MAISI 2D recipes.
     "base256": {
@@ -96,6 +98,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "batch_size": 32,
             "lr": 1e-4,
         },
+        "controlnet": {"embedding_channels": [16, 32, 64, 128], "steps": 20000, "batch_size": 16, "lr": 1e-4},
     },
     # 3D (MAISI style, scaled for a CPU): 4x VAE to 4 latent channels, spacing-conditioned rectified-flow UNet
     # and a label-map ControlNet. tiny3d is for tests; small3d for 64^3 volumes.

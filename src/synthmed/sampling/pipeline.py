@@ -11,18 +11,21 @@ import itertools
 import json
 import os
 import platform
+import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
+import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import synthmed
-from synthmed.config import GenerateConfig, TrainConfig, build_train_config, read_yaml
+from synthmed.config import Condition, GenerateConfig, TrainConfig, build_train_config, read_yaml
+from synthmed.data.structure import read_condition_file
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import SAMPLERS_FOR, build_autoencoder, build_controlnet, build_scheduler
 from synthmed.models.conditioning import ConditionedUNet
@@ -30,14 +33,16 @@ from synthmed.reporting.images import save_png
 from synthmed.runtime import PRECISION_NAMES, autocast, resolve_device, resolve_precision
 from synthmed.sampling.label_maps import encode_labels, encoding_channels
 from synthmed.sampling.privacy_filter import copy_guard_for_run
-from synthmed.sampling.sampler import StepCallback, denoise, initial_noise
+from synthmed.sampling.sampler import Known, StepCallback, denoise, initial_noise
 from synthmed.sampling.tiled import decode_latents
 from synthmed.training import checkpoint as ckpt
 from synthmed.training.run import load_unet
+from synthmed.training.tasks import controlnet_stage_dir
 
 MANIFEST = "manifest.jsonl"
 # Settings that must agree for an existing image in an output folder to count as already generated.
 SETTINGS = ("label", "sampler", "steps", "guidance", "checkpoint", "precision", "diffusion_sha256")
+CONDITION_SETTINGS = ("condition", "condition_sha256", "conditioning_scale", "controlnet_sha256")
 
 
 @dataclass
@@ -52,13 +57,34 @@ class VolumeCondition:
 
 @dataclass
 class ControlNetState:
-    """A trained 3D label-map ControlNet and what generation needs beside it."""
+    """A trained ControlNet and what generation needs beside it (label encoding and quality bounds: 3D)."""
 
     model: torch.nn.Module
-    num_labels: int
-    encoding: str
-    quality_bounds: dict[str, list[float]]
     sha256: str
+    condition: Condition = "mask"
+    edge_sigma: float = 1.5
+    num_labels: int = 2
+    encoding: str = "onehot"
+    quality_bounds: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class ImageCondition:
+    """2D: the structure map a batch follows through the ControlNet trained on ``condition``."""
+
+    maps: torch.Tensor  # (1 or B, 1, S, S) float32, as read by data.structure.read_condition_file
+    condition: Condition = "mask"
+    scale: float = 1.0
+
+
+@dataclass
+class EditTarget:
+    """2D edit of existing images (see sampler.Known): inpaint ``region`` and/or SDEdit at ``strength``."""
+
+    images: torch.Tensor  # (B, 1, S, S) in [0, 1], preprocessed like training images
+    region: torch.Tensor | None = None  # (B, 1, S, S) {0, 1}: 1 = regenerate; None = the whole image
+    strength: float = 1.0
+    resample: int = 1
 
 
 @dataclass
@@ -83,13 +109,14 @@ class Pipeline:
         dtype: torch.dtype,
         checkpoint: str,
         spacing: tuple[float, float, float] | None = None,
-        controlnet: ControlNetState | None = None,
+        controlnets: dict[str, ControlNetState] | None = None,
     ) -> None:
-        """3D runs add ``spacing`` (the default voxel spacing, mm) and their ``controlnet`` if trained."""
+        """3D runs add ``spacing`` (the default voxel spacing, mm); ``controlnets``: the trained ControlNets
+        by condition."""
         self.run_dir, self.cfg, self.autoencoder, self.unet = run_dir, cfg, autoencoder, unet
         self.scale_factor, self.class_names, self.hashes = scale_factor, class_names, hashes
         self.device, self.dtype, self.checkpoint = device, dtype, checkpoint
-        self.spacing, self.controlnet = spacing, controlnet
+        self.spacing, self.controlnets = spacing, controlnets or {}
         self.tile_size: int | None = 32  # 3D decoding tile (latent voxels) and overlap
         self.tile_overlap = 0.25
 
@@ -127,7 +154,7 @@ class Pipeline:
             resolve_precision(precision, dev),
             checkpoint,
             tuple(spacing) if spacing else None,
-            _load_controlnet(cfg, len(class_names), dev, checkpoint),
+            _load_controlnets(cfg, len(class_names), dev, checkpoint),
         )
 
     @property
@@ -190,8 +217,13 @@ class Pipeline:
         sampler: str = "ddim",
         callback: StepCallback | None = None,
         volume: VolumeCondition | None = None,
+        control: ImageCondition | None = None,
+        edit: EditTarget | None = None,
     ) -> torch.Tensor:
-        """Images (len(seeds), 1, H, W) or, for 3D runs, volumes (len(seeds), 1, X, Y, Z) in [0, 1]."""
+        """Images (len(seeds), 1, H, W) or, for 3D runs, volumes (len(seeds), 1, X, Y, Z) in [0, 1].
+
+        2D: ``control`` makes a ControlNet follow a structure map; ``edit`` edits given images instead of
+        generating from noise alone (inpainting, SDEdit)."""
         if not seeds:
             raise SynthmedError("at least one seed is needed", field="count")
         guidance = self.guidance(guidance)
@@ -202,7 +234,7 @@ class Pipeline:
         generator = torch.Generator(self.device).manual_seed(seeds[0])  # stochastic samplers' per-step noise
         amp = autocast(self.device, self.dtype)
         z = denoise(
-            self.denoiser(len(seeds), volume),
+            self.denoiser(len(seeds), volume, control),
             scheduler,
             noise,
             labels,
@@ -212,6 +244,7 @@ class Pipeline:
             generator=generator,
             autocast=amp,
             callback=callback,
+            known=None if edit is None else self._known(edit, len(seeds), amp),
         )
         z = z / self.scale_factor
         with amp:
@@ -238,12 +271,36 @@ class Pipeline:
             )
         return value
 
-    def denoiser(self, n: int, volume: VolumeCondition | None) -> torch.nn.Module:
-        """The UNet with a 3D batch's spacing and (given label maps) its ControlNet condition bound."""
+    def _known(self, edit: EditTarget, n: int, amp: AbstractContextManager) -> Known:
+        """The edited images' clean latents and the latent cells to regenerate (any region pixel in one)."""
+        if edit.images.shape[0] != n or edit.images.shape[-2:] != (self.image_size, self.image_size):
+            raise SynthmedError(
+                f"edit needs {n} images of {self.image_size} x {self.image_size} pixels, got "
+                f"{tuple(edit.images.shape)}",
+                field="image",
+            )
+        with amp:
+            z = self.autoencoder.encode(edit.images.to(self.device))[0].float() * self.scale_factor
+        region = None
+        if edit.region is not None:
+            factor = self.cfg.autoencoder.arch.compression
+            region = F.max_pool2d(edit.region.to(self.device, torch.float32), factor)
+        return Known(z, region, edit.strength, edit.resample)
+
+    def denoiser(
+        self, n: int, volume: VolumeCondition | None, control: ImageCondition | None = None
+    ) -> torch.nn.Module:
+        """The UNet with a 3D batch's spacing and label maps, or a 2D batch's structure map, bound."""
         if self.cfg.data.volume is None:
             if volume is not None:
                 raise SynthmedError("size, spacing and label maps apply to 3D models only", field="size")
-            return self.unet
+            if control is None:
+                return self.unet
+            cn = self.require_controlnet(control.condition)
+            maps = control.maps.to(self.device, torch.float32)
+            return ConditionedUNet(self.unet, controlnet=cn.model, control=maps, scale=control.scale)
+        if control is not None:
+            raise SynthmedError("3D models follow label maps (--label-map), not 2D condition files")
         if volume is None:
             volume = VolumeCondition(self.default_spacing, self.cfg.data.volume.size)
         spacing = torch.tensor([volume.spacing], dtype=torch.float32, device=self.device).expand(n, 3)
@@ -259,13 +316,20 @@ class Pipeline:
         assert vol is not None
         return vol.spacing or self.spacing or (1.0, 1.0, 1.0)
 
-    def require_controlnet(self) -> ControlNetState:
-        if self.controlnet is None:
+    @property
+    def controlnet(self) -> ControlNetState | None:
+        """The mask (3D: label-map) ControlNet, if trained."""
+        return self.controlnets.get("mask")
+
+    def require_controlnet(self, condition: Condition = "mask") -> ControlNetState:
+        if condition not in self.controlnets:
+            what = "label-map" if self.cfg.data.volume is not None else condition
             raise SynthmedError(
-                "this run has no trained label-map ControlNet; train it with synthmed train controlnet",
-                path=self.run_dir / "controlnet" / "model.pt",
+                f"this run has no trained {what} ControlNet; train it with synthmed train controlnet"
+                + ("" if condition == "mask" else f" --condition {condition}"),
+                path=self.run_dir / controlnet_stage_dir(condition) / "model.pt",
             )
-        return self.controlnet
+        return self.controlnets[condition]
 
     def manifest_row(
         self, seed: int, batch: list[int], label: str | None, steps: int, guidance: float, sampler: str
@@ -330,30 +394,57 @@ class Pipeline:
             steps=int(row["steps"]),
             guidance=float(row["guidance"]),
             sampler=row["sampler"],
+            control=self._replayed_condition(row),
         )
         return images[batch.index(int(row["seed"]))]
 
+    def _replayed_condition(self, row: dict[str, Any]) -> ImageCondition | None:
+        """The condition a manifest row was generated for; its file must still hold the same content."""
+        if row.get("condition") is None:
+            return None
+        path = Path(row["condition_file"])
+        if not path.is_file() or ckpt.file_sha256(path) != row.get("condition_sha256"):
+            raise SynthmedError("the row's condition file is missing or has changed since", path=path)
+        condition = row["condition"]
+        cn = self.require_controlnet(condition)
+        if cn.sha256 != row.get("controlnet_sha256"):
+            raise SynthmedError("manifest row was made with another ControlNet", field="controlnet_sha256")
+        maps = read_condition_file(path, condition, self.cfg.data, cn.edge_sigma)
+        return ImageCondition(maps[None], condition, float(row["conditioning_scale"]))
 
-def _load_controlnet(
+
+def _load_controlnets(
     cfg: TrainConfig, num_classes: int, device: torch.device, which: str
-) -> ControlNetState | None:
-    path = cfg.run_dir / "controlnet" / "model.pt"
-    if cfg.data.volume is None or not path.exists():
-        return None
-    state = ckpt.load(path, device)
-    extra = state["extra"]
-    num_labels, encoding = int(extra["num_labels"]), str(extra["encoding"])
-    model = build_controlnet(
-        cfg.diffusion.arch,
-        cfg.controlnet,
-        cfg.autoencoder.arch.latent_channels,
-        num_classes,
-        encoding_channels(num_labels, encoding),  # type: ignore[arg-type]
-    ).to(device)
-    ckpt.load_exported(model, path, which, state)
-    return ControlNetState(
-        model.eval(), num_labels, encoding, dict(extra["quality_bounds"]), ckpt.file_sha256(path)
-    )
+) -> dict[str, ControlNetState]:
+    """Every trained ControlNet of the run, by the condition it follows."""
+    found = {}
+    for condition in get_args(Condition):
+        path = cfg.run_dir / controlnet_stage_dir(condition) / "model.pt"
+        if not path.exists():
+            continue
+        state = ckpt.load(path, device)
+        extra = state["extra"]
+        num_labels, encoding = int(extra.get("num_labels", 2)), str(extra.get("encoding", "onehot"))
+        channels = 1 if cfg.data.volume is None else encoding_channels(num_labels, encoding)  # type: ignore[arg-type]
+        model = build_controlnet(
+            cfg.diffusion.arch,
+            cfg.controlnet,
+            cfg.autoencoder.arch.latent_channels,
+            num_classes,
+            channels,
+            cfg.data.spatial_dims,
+        ).to(device)
+        ckpt.load_exported(model, path, which, state)
+        found[condition] = ControlNetState(
+            model.eval(),
+            ckpt.file_sha256(path),
+            condition,
+            float(extra.get("edge_sigma", 1.5)),
+            num_labels,
+            encoding,
+            dict(extra.get("quality_bounds", {})),
+        )
+    return found
 
 
 def _check_counts(n: int, steps: int, batch_size: int) -> None:
@@ -392,6 +483,50 @@ def drop_cut_last_line(manifest: Path) -> None:
     os.replace(tmp, manifest)
 
 
+@dataclass
+class Annotation:
+    """2D generation from a condition file: the ControlNet input, its manifest fields, and the annotation
+    written beside every image (masks as ``<stem>_mask.png``, which evaluation and segmentation read;
+    edge maps in a ``conditions/`` sub-folder, which data discovery skips)."""
+
+    control: ImageCondition
+    info: dict[str, Any]
+
+    @classmethod
+    def from_config(cls, pipe: Pipeline, cfg: GenerateConfig) -> Annotation | None:
+        if cfg.condition_file is None:
+            if cfg.condition is not None:
+                raise SynthmedError("--condition needs --condition-file", field="condition")
+            return None
+        condition = cfg.condition or "mask"
+        cn = pipe.require_controlnet(condition)
+        maps = read_condition_file(cfg.condition_file, condition, pipe.cfg.data, cn.edge_sigma)
+        if condition == "mask" and not maps.any():
+            warnings.warn(
+                f"{cfg.condition_file}: the mask is empty, so images are generated without a lesion",
+                stacklevel=2,
+            )
+        info = {
+            "condition": condition,
+            "condition_file": str(cfg.condition_file),
+            "condition_sha256": ckpt.file_sha256(cfg.condition_file),
+            "conditioning_scale": cfg.conditioning_scale,
+            "controlnet_sha256": cn.sha256,
+            "condition_area": round(float(maps.gt(0.5).float().mean()), 6),
+        }
+        return cls(ImageCondition(maps[None], condition, cfg.conditioning_scale), info)
+
+    def save(self, out: Path, image_file: str) -> str:
+        """Write the structure map for the image at ``out / image_file``; returns its relative path."""
+        image = Path(image_file)
+        if self.control.condition == "mask":
+            path = image.with_name(f"{image.stem}_mask.png")
+        else:
+            path = image.parent / "conditions" / f"{image.stem}_{self.control.condition}.png"
+        save_png(self.control.maps[0], out / path)
+        return str(path)
+
+
 def file_name(label: str | None, seed: int) -> str:
     return f"{label or 'unconditional'}/syn_{seed:08d}.png"
 
@@ -426,6 +561,7 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
     given_3d = [f for f in ("size", "spacing", "label_map") if getattr(cfg, f) is not None]
     if given_3d:
         raise SynthmedError(f"{given_3d} apply to 3D runs only; this run is 2D", field=given_3d[0])
+    ann = Annotation.from_config(pipe, cfg)
     guard = copy_guard_for_run(pipe.run_dir, pipe.cfg, cfg.copy_percentile) if cfg.privacy_filter else None
     cfg.out.mkdir(parents=True, exist_ok=True)
     manifest = cfg.out / MANIFEST
@@ -433,7 +569,7 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
     existing = {(r.get("label"), r.get("seed")): r for r in read_manifest(manifest)}
     # Without the filter nothing is dropped, so exactly seeds seed .. seed+count-1 are used.
     candidates = range(cfg.seed, cfg.seed + (2 * cfg.count if guard else cfg.count))
-    status = {s: _already_done(existing, pipe, cfg, s) for s in candidates}
+    status = {s: _already_done(existing, pipe, cfg, s, ann) for s in candidates}
     kept = sum(v == "kept" for v in status.values())
     pending = iter([s for s in candidates if status[s] is None])
     with progress_bar(progress, cfg.count, kept) as advance:
@@ -442,10 +578,15 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
             if not batch:
                 raise _too_many_dropped(cfg)
             images = pipe.sample_batch(
-                batch, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=sampler
+                batch,
+                cfg.label,
+                steps=cfg.steps,
+                guidance=cfg.guidance,
+                sampler=sampler,
+                control=ann.control if ann else None,
             )
             verdicts = guard.check(images) if guard else [None] * len(batch)
-            newly = _write_batch(cfg, pipe, manifest, batch, images, verdicts)
+            newly = _write_batch(cfg, pipe, manifest, batch, images, verdicts, ann)
             kept += newly
             advance(newly)
     return cfg.out
@@ -474,9 +615,10 @@ def _too_many_dropped(cfg: GenerateConfig) -> SynthmedError:
     )
 
 
-def _wanted(pipe: Pipeline, cfg: GenerateConfig, seed: int) -> dict[str, Any]:
+def _wanted(pipe: Pipeline, cfg: GenerateConfig, seed: int, ann: Annotation | None) -> dict[str, Any]:
     row = pipe.manifest_row(seed, [], cfg.label, cfg.steps, cfg.guidance, cfg.sampler)
-    return row | {"bit_depth": cfg.bit_depth, "privacy_filter": _filter_setting(cfg)}
+    row |= {"bit_depth": cfg.bit_depth, "privacy_filter": _filter_setting(cfg)}
+    return row | (ann.info if ann else {})
 
 
 def _filter_setting(cfg: GenerateConfig) -> float | None:
@@ -484,7 +626,11 @@ def _filter_setting(cfg: GenerateConfig) -> float | None:
 
 
 def _already_done(
-    existing: dict[tuple[Any, Any], dict[str, Any]], pipe: Pipeline, cfg: GenerateConfig, seed: int
+    existing: dict[tuple[Any, Any], dict[str, Any]],
+    pipe: Pipeline,
+    cfg: GenerateConfig,
+    seed: int,
+    ann: Annotation | None,
 ) -> str | None:
     """ "kept" or "dropped" when the manifest already has this seed with the same settings, else None."""
     row = existing.get((cfg.label, seed))
@@ -492,8 +638,9 @@ def _already_done(
         return None
     if row.get("dropped") is None and not (cfg.out / row["file"]).exists():
         return None
-    wanted = _wanted(pipe, cfg, seed)
-    differing = [k for k in (*SETTINGS, "bit_depth", "privacy_filter") if row.get(k) != wanted[k]]
+    wanted = _wanted(pipe, cfg, seed, ann)
+    keys = (*SETTINGS, "bit_depth", "privacy_filter", *CONDITION_SETTINGS)
+    differing = [k for k in keys if row.get(k) != wanted.get(k)]
     if differing:
         raise SynthmedError(
             f"seed {seed} of label {cfg.label!r} was already generated there with other settings "
@@ -510,13 +657,14 @@ def _write_batch(
     batch: list[int],
     images: torch.Tensor,
     verdicts: list[dict[str, Any] | None],
+    ann: Annotation | None,
 ) -> int:
     """Save the batch's images that passed and append every row; returns how many were kept."""
     created = datetime.now(UTC).isoformat(timespec="seconds")
     kept = 0
     with open(manifest, "a") as fh:
         for seed, image, verdict in zip(batch, images, verdicts, strict=True):
-            row: dict[str, Any] = {"file": None} | _wanted(pipe, cfg, seed) | {"batch_seeds": batch}
+            row: dict[str, Any] = {"file": None} | _wanted(pipe, cfg, seed, ann) | {"batch_seeds": batch}
             if verdict is not None:
                 row["privacy"] = verdict
             if verdict is not None and verdict["flagged"]:
@@ -524,6 +672,8 @@ def _write_batch(
             else:
                 row["file"] = file_name(cfg.label, seed)
                 save_png(image, cfg.out / row["file"], cfg.bit_depth)
+                if ann is not None:
+                    row["annotation"] = ann.save(cfg.out, row["file"])
                 kept += 1
             fh.write(json.dumps(row | {"created": created}) + "\n")
     return kept

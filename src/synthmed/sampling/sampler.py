@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
@@ -47,6 +48,24 @@ def _predict(
     return uncond + guidance * (cond - uncond)
 
 
+@dataclass
+class Known:
+    """What an edit keeps of its input: the clean (scaled) latent, where to regenerate, and how much.
+
+    ``strength`` < 1 is SDEdit: the input is noised to that fraction of the schedule and only the remaining
+    steps run (0 returns the input's latent, 1 starts from pure noise and ignores it). A ``region`` makes it
+    inpainting by latent blending: after every step the kept part is replaced by the input noised to the
+    next timestep (Blended Latent Diffusion; RePaint's known-region update). ``resample`` > 1 adds RePaint's
+    resampling: the blended clean estimate is noised back to the current timestep and the step repeated, so
+    the generated region adapts to what surrounds it.
+    """
+
+    latent: torch.Tensor  # (B, C, *latent_spatial)
+    region: torch.Tensor | None = None  # (B, 1, *latent_spatial): 1 = regenerate, 0 = keep
+    strength: float = 1.0
+    resample: int = 1
+
+
 def denoise(
     unet: DiffusionModelUNet,
     scheduler: Scheduler,
@@ -59,27 +78,75 @@ def denoise(
     generator: torch.Generator | None = None,
     autocast: AbstractContextManager | None = None,
     callback: StepCallback | None = None,
+    known: Known | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process from ``noise`` to a clean latent with classifier-free guidance."""
+    """Run the reverse process from ``noise`` to a clean latent with classifier-free guidance; with ``known``
+    an edit of its latent (SDEdit and/or inpainting)."""
     if isinstance(scheduler, RFlowScheduler):
         scheduler.set_timesteps(steps, input_img_size_numel=int(noise[0, 0].numel()))
     else:
         scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps
-    next_timesteps = torch.cat([timesteps[1:], torch.zeros(1, dtype=timesteps.dtype)])
     x = noise
+    if known is not None:
+        timesteps = timesteps[steps - round(steps * known.strength) :]
+        if len(timesteps) == 0:
+            return known.latent
+        if known.strength < 1:
+            x = scheduler.add_noise(known.latent, noise, timesteps[:1].expand(len(noise)))
+    next_timesteps = torch.cat([timesteps[1:], torch.zeros(1, dtype=timesteps.dtype)])
     for i, (t, t_next) in enumerate(zip(timesteps, next_timesteps, strict=True)):
-        with autocast or nullcontext():
-            out = _predict(unet, x, t.reshape(1), labels, null_label, guidance)
-        out = out.float()
-        if isinstance(scheduler, RFlowScheduler):
-            x, x0 = scheduler.step(out, t, x, t_next)
-        elif isinstance(scheduler, DDPMScheduler):
-            x, x0 = scheduler.step(out, t, x, generator=generator)
-        elif isinstance(scheduler, DDIMScheduler):
-            x, x0 = scheduler.step(out, t, x, eta=0.0, generator=generator)
-        else:
-            x, x0 = scheduler.step(out, t, x)
+        passes = known.resample if known is not None and known.region is not None else 1
+        for n in range(passes):
+            with autocast or nullcontext():
+                out = _predict(unet, x, t.reshape(1), labels, null_label, guidance).float()
+            x_next, x0 = _step(scheduler, out, t, t_next, x, generator)
+            if known is not None and known.region is not None:
+                last = i == len(timesteps) - 1
+                x_next = _blend(scheduler, known, x_next, None if last else t_next, generator)
+                if n < passes - 1:  # RePaint: back to t from the blended clean estimate, then again
+                    x = _blend(scheduler, known, x0, t, generator, region_noised=True)
+        x = x_next
         if callback is not None:
             callback(i, len(timesteps), x0)
     return x
+
+
+def _step(
+    scheduler: Scheduler,
+    out: torch.Tensor,
+    t: torch.Tensor,
+    t_next: torch.Tensor,
+    x: torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One reverse step: (x at t_next, predicted clean latent)."""
+    if isinstance(scheduler, RFlowScheduler):
+        return scheduler.step(out, t, x, t_next)
+    if isinstance(scheduler, DDPMScheduler):
+        return scheduler.step(out, t, x, generator=generator)
+    if isinstance(scheduler, DDIMScheduler):
+        return scheduler.step(out, t, x, eta=0.0, generator=generator)
+    return scheduler.step(out, t, x)
+
+
+def _blend(
+    scheduler: Scheduler,
+    known: Known,
+    x: torch.Tensor,
+    t: torch.Tensor | None,
+    generator: torch.Generator | None,
+    region_noised: bool = False,
+) -> torch.Tensor:
+    """``x`` inside the region, the known latent outside, both noised to ``t`` (None: clean).
+
+    ``region_noised``: ``x`` is a clean estimate, so the region is noised to ``t`` too (RePaint's jump)."""
+    assert known.region is not None
+    keep = known.latent
+    if t is not None:
+        fresh = torch.randn(x.shape, generator=generator, device=x.device)
+        timesteps = t.reshape(1).expand(len(x))
+        keep = scheduler.add_noise(keep, fresh, timesteps)
+        if region_noised:
+            x = scheduler.add_noise(x, fresh, timesteps)
+    return known.region * x + (1 - known.region) * keep

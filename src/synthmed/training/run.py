@@ -21,7 +21,10 @@ import torch
 from rich.console import Console
 
 from synthmed import data as data_stage
-from synthmed.config import TrainConfig, build_train_config, read_yaml, save_yaml
+from synthmed.config import ControlNetConfig, TrainConfig, build_train_config, read_yaml, save_yaml
+from synthmed.data.masks import load_image_mask_pairs
+from synthmed.data.sources import Record, require_source, source_kind, source_root
+from synthmed.data.structure import structure_maps
 from synthmed.data.volume_sets import load_volume_split, prepare_volumes
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import build_autoencoder, build_unet
@@ -33,6 +36,7 @@ from synthmed.training.tasks import (
     ControlNetTask,
     DiffusionTask,
     LatentSet,
+    controlnet_stage_dir,
     encode_dataset,
     latent_scale_factor,
 )
@@ -42,6 +46,9 @@ STAGES = ("autoencoder", "diffusion", "controlnet")
 CANDIDATES = "candidates.pt"  # controlnet/: the training label maps 3D generation draws from
 # Fields that may change in a resumed run (and runtime.*); any other change would train a different model.
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "preview_every", "log_every"}
+# A run may hold several ControlNets (one per condition), each trained later with its own settings: these are
+# checked against the stage folder's own copy (STAGE_CONFIG), not the run's config.yaml.
+STAGE_CONFIG = "controlnet.yaml"
 
 console = Console(stderr=True)
 
@@ -61,6 +68,7 @@ class TrainingData:
     val_maps: torch.Tensor | None = None
     num_labels: int | None = None
     train_keys: list[str] | None = None
+    records: list[Record] | None = None  # 2D: every record with its split (mask ControlNet pairs)
 
 
 def default_stages(cfg: TrainConfig) -> tuple[str, ...]:
@@ -73,7 +81,7 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
     for key in sorted(old.keys() | new.keys()):
         a, b = old.get(key), new.get(key)
-        if key in RESUMABLE_CHANGES or f"{prefix}{key}" == "runtime":
+        if key in RESUMABLE_CHANGES or f"{prefix}{key}" in ("runtime", "controlnet"):
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff(a, b, f"{prefix}{key}.")
@@ -137,7 +145,12 @@ def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
     if len(val_x) == 0:  # tiny data sets: validate on a few training images rather than not at all
         val_x, val_y = train_x[:8], train_y[:8]
     return TrainingData(
-        prepared.class_names, train_x.to(device), train_y.to(device), val_x.to(device), val_y.to(device)
+        prepared.class_names,
+        train_x.to(device),
+        train_y.to(device),
+        val_x.to(device),
+        val_y.to(device),
+        records=prepared.records,
     )
 
 
@@ -173,8 +186,13 @@ def _load_volume_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
     )
 
 
-def _stage_done(stage_dir: Path, steps: int) -> bool:
-    model = stage_dir / "model.pt"
+def stage_dir(cfg: TrainConfig, stage: str) -> Path:
+    """A stage's folder in the run; each ControlNet condition has its own."""
+    return cfg.run_dir / (controlnet_stage_dir(cfg.controlnet.condition) if stage == "controlnet" else stage)
+
+
+def _stage_done(folder: Path, steps: int) -> bool:
+    model = folder / "model.pt"
     return model.exists() and int(ckpt.load(model)["step"]) >= steps
 
 
@@ -226,10 +244,6 @@ def train(
     for stage in stages:
         if stage not in STAGES:
             raise SynthmedError(f"unknown stage '{stage}'; choose from {list(STAGES)}", field="stage")
-        if stage == "controlnet" and cfg.data.volume is None:
-            raise SynthmedError(
-                "the controlnet stage needs 3D data with label maps (data.volume)", field="stage"
-            )
     set_threads(cfg.runtime.num_threads)
     device = resolve_device(cfg.runtime.device)
     check_against_saved(cfg, resume)
@@ -243,7 +257,7 @@ def train(
     )
     for stage in stages:
         stage_cfg = getattr(cfg, stage)
-        if _stage_done(cfg.run_dir / stage, stage_cfg.steps):
+        if _stage_done(stage_dir(cfg, stage), stage_cfg.steps):
             console.print(f"{stage}: already trained to {stage_cfg.steps} steps, skipped")
             continue
         torch.manual_seed(cfg.seed)  # identical initial weights for identical configs
@@ -253,9 +267,23 @@ def train(
         elif stage == "diffusion":
             task = _diffusion_task(cfg, data, device)
         else:
+            _check_controlnet_config(cfg, resume)
             task = _controlnet_task(cfg, data, device)
+            stage_dir(cfg, stage).mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg.controlnet, stage_dir(cfg, stage) / STAGE_CONFIG)
         _trainer(task, stage_cfg, cfg, device, progress).run(resume=resume)
     return cfg.run_dir
+
+
+def _check_controlnet_config(cfg: TrainConfig, resume: bool) -> None:
+    """Refuse to continue a ControlNet with other settings than it was started with."""
+    path = stage_dir(cfg, "controlnet") / STAGE_CONFIG
+    if path.exists() and (path.parent / "last.pt").exists():
+        saved = ControlNetConfig.model_validate(read_yaml(path))
+        changed = _diff(saved.model_dump(mode="json"), cfg.controlnet.model_dump(mode="json"), "controlnet.")
+        if changed:
+            fix = "resume with the saved settings" if resume else "choose a new run_dir"
+            raise SynthmedError(f"the ControlNet was started with other {sorted(changed)}; {fix}", path=path)
 
 
 def _latent_sets(
@@ -305,12 +333,21 @@ def _save_candidates(cfg: TrainConfig, data: TrainingData) -> None:
 
 
 def _controlnet_task(cfg: TrainConfig, data: TrainingData, device: torch.device) -> ControlNetTask:
-    assert data.train_maps is not None and data.num_labels is not None
     autoencoder, train, val, _ = _latent_sets(cfg, data, device)
     unet, state = load_unet(cfg, device)
-    _save_candidates(cfg, data)
-    # The generation quality check's bounds (MAISI): per-label median intensities of the training volumes.
-    bounds = intensity_bounds(data.train_images.cpu(), data.train_maps.cpu(), data.num_labels)
+    if cfg.data.volume is None:
+        train, val = _structure_sets(cfg, data, autoencoder, device)
+        extra: dict = {"edge_sigma": cfg.controlnet.edge_sigma}
+    else:
+        assert data.train_maps is not None and data.num_labels is not None
+        _save_candidates(cfg, data)
+        # The generation quality check's bounds (MAISI): per-label median intensities of the training volumes.
+        bounds = intensity_bounds(data.train_images.cpu(), data.train_maps.cpu(), data.num_labels)
+        extra = {
+            "num_labels": data.num_labels,
+            "encoding": cfg.controlnet.encoding,
+            "quality_bounds": {str(k): [float(lo), float(hi)] for k, (lo, hi) in bounds.items()},
+        }
     torch.manual_seed(cfg.seed)
     return ControlNetTask(
         cfg.controlnet,
@@ -321,6 +358,61 @@ def _controlnet_task(cfg: TrainConfig, data: TrainingData, device: torch.device)
         val,
         data.class_names,
         float(state["extra"]["scale_factor"]),
-        data.num_labels,
-        bounds,
+        extra,
     )
+
+
+def _structure_sets(
+    cfg: TrainConfig, data: TrainingData, autoencoder: torch.nn.Module, device: torch.device
+) -> tuple[LatentSet, LatentSet]:
+    """2D ControlNet data: each split's latents with the structure maps to follow. Edges are computed from
+    the training images; masks come from the mask files (images without one are left out and listed)."""
+    condition, sigma = cfg.controlnet.condition, cfg.controlnet.edge_sigma
+    if condition != "mask":
+        train_lat, val_lat = _latents(cfg, autoencoder, data)
+        train_maps = structure_maps(data.train_images, condition, sigma).to(device)
+        val_maps = structure_maps(data.val_images, condition, sigma).to(device)
+        return (
+            LatentSet(train_lat, data.train_labels, controls=train_maps),
+            LatentSet(val_lat, data.val_labels, controls=val_maps),
+        )
+    train = _mask_set(cfg, data, "train", autoencoder, device)
+    val = _mask_set(cfg, data, "val", autoencoder, device)
+    if len(val.latents) == 0:  # tiny data sets: validate on a few training pairs rather than not at all
+        val = LatentSet(train.latents[:8], train.labels[:8], controls=train.controls[:8])  # type: ignore[index]
+    return train, val
+
+
+def _mask_set(
+    cfg: TrainConfig, data: TrainingData, split: str, autoencoder: torch.nn.Module, device: torch.device
+) -> LatentSet:
+    """One split's images that have masks (or belong to ``controlnet.empty_mask_classes``), encoded."""
+    assert data.records is not None
+    if source_kind(require_source(cfg.data)) == "npz":
+        raise SynthmedError(
+            "the mask ControlNet needs image files with <stem>_mask.png masks; a .npz holds none",
+            field="data.source",
+        )
+    unknown = sorted(set(cfg.controlnet.empty_mask_classes) - set(data.class_names))
+    if unknown:
+        raise SynthmedError(
+            f"controlnet.empty_mask_classes names {unknown}, not classes of this data set {data.class_names}",
+            field="controlnet.empty_mask_classes",
+        )
+    root = source_root(require_source(cfg.data))
+    records = [r for r in data.records if r.split == split]
+    paths = [root / r.source for r in records]
+    empty = [p for p, r in zip(paths, records, strict=True) if r.label in cfg.controlnet.empty_mask_classes]
+    pairs = load_image_mask_pairs(paths, cfg.data, lesion_free=empty)
+    for skipped in pairs.skipped:
+        console.print(f"controlnet {split}: skipped {skipped.source}: {skipped.reason}", highlight=False)
+    if split == "train" and not pairs.sources:
+        raise SynthmedError(
+            "no training image has a mask file (<stem>_mask.png beside it or in a sibling mask/ folder); "
+            "set controlnet.empty_mask_classes for lesion-free classes",
+            path=cfg.data.source,
+        )
+    label_of = {str(p): data.class_names.index(r.label) for p, r in zip(paths, records, strict=True)}
+    labels = torch.tensor([label_of[s] for s in pairs.sources], dtype=torch.int64)
+    latents = encode_dataset(autoencoder, pairs.images.to(device))
+    return LatentSet(latents, labels.to(device), controls=pairs.masks.float().to(device))

@@ -33,13 +33,15 @@ VAL_VOLUMES = 8  # 3D: full-resolution autoencoder activations of 64 volumes wou
 
 @dataclass
 class LatentSet:
-    """Encoded items of one split: (N, 2, C, *spatial) latent mean and sigma, (N,) class indices, and for 3D
-    the (N, 3) voxel spacings in mm and (N, 1, X, Y, Z) int64 label maps."""
+    """Encoded items of one split: (N, 2, C, *spatial) latent mean and sigma, (N,) class indices; for 3D the
+    (N, 3) voxel spacings in mm and (N, 1, X, Y, Z) int64 label maps; for a 2D ControlNet the (N, 1, H, W)
+    float32 structure maps it follows."""
 
     latents: torch.Tensor
     labels: torch.Tensor
     spacings: torch.Tensor | None = None
     label_maps: torch.Tensor | None = None
+    controls: torch.Tensor | None = None
 
 
 def as_images(x: torch.Tensor) -> torch.Tensor:
@@ -259,9 +261,9 @@ class DiffusionTask:
 
 
 class ControlNetTask(DiffusionTask):
-    """A ControlNet on encoded label maps, trained against the frozen diffusion UNet (MAISI's 2nd stage)."""
+    """A ControlNet trained against the frozen diffusion UNet: on encoded 3D label maps (MAISI's second stage)
+    or on 2D structure maps (masks, edges)."""
 
-    name = "controlnet"
     trainable = "controlnet"
 
     def __init__(
@@ -274,37 +276,53 @@ class ControlNetTask(DiffusionTask):
         val: LatentSet,
         class_names: list[str],
         scale_factor: float,
-        num_labels: int,
-        quality_bounds: dict[int, tuple[float, float]],
+        extra: dict[str, Any],
     ) -> None:
-        """``quality_bounds``: per-label intensity bounds of the generation quality check (saved with it)."""
+        """``extra`` is saved in model.pt for generation: the condition, and for 3D ``num_labels`` and the
+        per-label intensity bounds of the quality check (``quality_bounds``)."""
         super().__init__(diffusion_cfg, autoencoder, train, val, class_names, scale_factor)
-        self.cn_cfg, self.num_labels, self.quality_bounds = cfg, num_labels, quality_bounds
+        self.name = controlnet_stage_dir(cfg.condition)
+        self.cn_cfg, self.extra = cfg, extra
+        self.num_labels: int = extra.get("num_labels", 2)
         self.unet = unet.eval().requires_grad_(False)
-        channels = encoding_channels(num_labels, cfg.encoding)
+        if train.controls is not None:  # 2D: precomputed structure maps
+            channels = train.controls.shape[1]
+        else:
+            channels = encoding_channels(self.num_labels, cfg.encoding)
         latent_channels = train.latents.shape[2]
-        controlnet = build_controlnet(diffusion_cfg.arch, cfg, latent_channels, len(class_names), channels)
+        controlnet = build_controlnet(
+            diffusion_cfg.arch, cfg, latent_channels, len(class_names), channels, self.spatial_dims
+        )
         init_controlnet_from_unet(controlnet, unet)
         self.model = controlnet.to(train.latents.device)
 
+    def control(self, items: LatentSet, index: torch.Tensor) -> torch.Tensor:
+        if items.controls is not None:
+            return items.controls[index]
+        assert items.label_maps is not None
+        return encode_labels(items.label_maps[index], self.num_labels, self.cn_cfg.encoding)
+
     def denoiser(self, model: nn.Module, items: LatentSet, index: torch.Tensor) -> nn.Module:
-        assert items.label_maps is not None and items.spacings is not None
-        control = encode_labels(items.label_maps[index], self.num_labels, self.cn_cfg.encoding)
-        return ConditionedUNet(self.unet, spacing=items.spacings[index], controlnet=model, control=control)
+        spacing = items.spacings[index] if items.spacings is not None else None
+        return ConditionedUNet(self.unet, spacing, controlnet=model, control=self.control(items, index))
 
     @torch.inference_mode()
     def preview(self, model: nn.Module, path: Path, count: int = 6, steps: int = 25) -> None:
-        """Samples for the first validation label maps (top row) with those maps below them."""
+        """Samples for the first validation maps (top row) with those maps below them."""
         index = torch.arange(min(count, len(self.val.latents)))
-        images = self._sample(self.denoiser(model, self.val, index), self.val.labels[index], steps, 1.0)
-        assert self.val.label_maps is not None
-        maps = self.val.label_maps[index].float() / (self.num_labels - 1)
+        guidance = 3.0 if self.cfg.label_dropout > 0 else 1.0
+        images = self._sample(self.denoiser(model, self.val, index), self.val.labels[index], steps, guidance)
+        if self.val.controls is not None:
+            maps = self.val.controls[index, :1]
+        else:
+            assert self.val.label_maps is not None
+            maps = self.val.label_maps[index].float() / (self.num_labels - 1)
         save_grid(torch.cat([as_images(images), as_images(maps)]), path, ncols=len(index))
 
     def extra_state(self) -> dict[str, Any]:
-        bounds = {str(k): [float(lo), float(hi)] for k, (lo, hi) in self.quality_bounds.items()}
-        return super().extra_state() | {
-            "num_labels": self.num_labels,
-            "encoding": self.cn_cfg.encoding,
-            "quality_bounds": bounds,
-        }
+        return super().extra_state() | self.extra | {"condition": self.cn_cfg.condition}
+
+
+def controlnet_stage_dir(condition: str) -> str:
+    """The run sub-folder of the ControlNet following ``condition`` (mask: the historical 'controlnet')."""
+    return "controlnet" if condition == "mask" else f"controlnet-{condition}"
