@@ -194,3 +194,15 @@ def test_condition_options_are_checked(pipe, tiny_run: Path, mask_file: Path, tm
         generate_to_folder(plain, progress=False)
     with pytest.raises(SynthmedError, match="3D ControlNets follow the label maps"):
         build_train_config({"preset": "tiny3d", "controlnet": {"condition": "edges"}})
+
+
+def test_python_api(pipe, mask_file: Path, busi_small: Path) -> None:
+    control = pipe.condition(mask_file)
+    out = pipe.generate(label="benign", n=2, steps=2, control=control)
+    assert out.images.shape == (2, 1, 32, 32)
+    assert torch.equal(out.images, pipe.sample_batch([0, 1], "benign", steps=2, control=control))
+    image = sorted((busi_small / "normal" / "images").glob("*.png"))[0]
+    region = np.zeros(read_image(image).shape, np.uint8)
+    region[40:80, 60:120] = 1
+    edit = pipe.edit("insert", str(image), region, label="malignant", steps=2)
+    assert edit.row["operation"] == "insert" and edit.image.shape == region.shape

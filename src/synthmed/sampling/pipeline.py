@@ -367,18 +367,36 @@ class Pipeline:
         sampler: str = "ddim",
         batch_size: int = 16,
         on_batch: Callable[[int], None] | None = None,
+        control: ImageCondition | None = None,
     ) -> Generated:
-        """``n`` images of class ``label`` with seeds ``seed .. seed+n-1``."""
+        """``n`` images of class ``label`` with seeds ``seed .. seed+n-1``; 2D runs with a ControlNet follow
+        ``control`` (e.g. ``pipe.condition("mask.png")``)."""
         _check_counts(n, steps, batch_size)
         self.label_index(label)
         guidance = self.guidance(guidance)
         images, rows = [], []
         for batch in self.batches(list(range(seed, seed + n)), batch_size):
-            images.append(self.sample_batch(batch, label, steps=steps, guidance=guidance, sampler=sampler))
+            images.append(
+                self.sample_batch(
+                    batch, label, steps=steps, guidance=guidance, sampler=sampler, control=control
+                )
+            )
             rows += [self.manifest_row(s, batch, label, steps, guidance, sampler) for s in batch]
             if on_batch is not None:
                 on_batch(len(batch))
         return Generated(torch.cat(images), rows)
+
+    def condition(self, path: Path, condition: Condition = "mask", scale: float = 1.0) -> ImageCondition:
+        """A condition file (see data.structure.read_condition_file) for the ``condition`` ControlNet."""
+        cn = self.require_controlnet(condition)
+        maps = read_condition_file(Path(path), condition, self.cfg.data, cn.edge_sigma)
+        return ImageCondition(maps[None], condition, scale)
+
+    def edit(self, operation: str, image: Any, region: Any = None, **options: Any) -> Any:
+        """`synthmed edit` in Python: insert / remove / harmonize, see sampling.editing.edit_image."""
+        from synthmed.sampling.editing import edit_image  # that module builds on this one
+
+        return edit_image(self, operation, image, region, **options)
 
     def regenerate(self, row: dict[str, Any]) -> torch.Tensor:
         """Re-create one manifest row's image, (1, H, W), bit for bit on the same device and precision."""
@@ -405,12 +423,9 @@ class Pipeline:
         path = Path(row["condition_file"])
         if not path.is_file() or ckpt.file_sha256(path) != row.get("condition_sha256"):
             raise SynthmedError("the row's condition file is missing or has changed since", path=path)
-        condition = row["condition"]
-        cn = self.require_controlnet(condition)
-        if cn.sha256 != row.get("controlnet_sha256"):
+        if self.require_controlnet(row["condition"]).sha256 != row.get("controlnet_sha256"):
             raise SynthmedError("manifest row was made with another ControlNet", field="controlnet_sha256")
-        maps = read_condition_file(path, condition, self.cfg.data, cn.edge_sigma)
-        return ImageCondition(maps[None], condition, float(row["conditioning_scale"]))
+        return self.condition(path, row["condition"], float(row["conditioning_scale"]))
 
 
 def _load_controlnets(
@@ -498,9 +513,8 @@ class Annotation:
             if cfg.condition is not None:
                 raise SynthmedError("--condition needs --condition-file", field="condition")
             return None
-        condition = cfg.condition or "mask"
-        cn = pipe.require_controlnet(condition)
-        maps = read_condition_file(cfg.condition_file, condition, pipe.cfg.data, cn.edge_sigma)
+        control = pipe.condition(cfg.condition_file, cfg.condition or "mask", cfg.conditioning_scale)
+        maps, condition = control.maps[0], control.condition
         if condition == "mask" and not maps.any():
             warnings.warn(
                 f"{cfg.condition_file}: the mask is empty, so images are generated without a lesion",
@@ -511,10 +525,10 @@ class Annotation:
             "condition_file": str(cfg.condition_file),
             "condition_sha256": ckpt.file_sha256(cfg.condition_file),
             "conditioning_scale": cfg.conditioning_scale,
-            "controlnet_sha256": cn.sha256,
+            "controlnet_sha256": pipe.require_controlnet(condition).sha256,
             "condition_area": round(float(maps.gt(0.5).float().mean()), 6),
         }
-        return cls(ImageCondition(maps[None], condition, cfg.conditioning_scale), info)
+        return cls(control, info)
 
     def save(self, out: Path, image_file: str) -> str:
         """Write the structure map for the image at ``out / image_file``; returns its relative path."""
