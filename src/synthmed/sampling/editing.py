@@ -29,7 +29,7 @@ from monai.transforms import Resize
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
-from synthmed.config import EditConfig
+from synthmed.config import DataConfig, EditConfig
 from synthmed.data.masks import check_binary_mask, resize_mask
 from synthmed.data.preprocess import FitResize, preprocess
 from synthmed.data.readers import read_image
@@ -76,7 +76,9 @@ def placement(shape: tuple[int, int], size: int, resize_mode: str) -> Placement:
     return Placement(full, grid)
 
 
-def to_input_grid(model_image: torch.Tensor, pixels: np.ndarray, region: np.ndarray, cfg: Any) -> np.ndarray:
+def to_input_grid(
+    model_image: torch.Tensor, pixels: np.ndarray, region: np.ndarray, cfg: DataConfig
+) -> np.ndarray:
     """``pixels`` with the ``region`` pixels taken from ``model_image`` (1, S, S) in [0, 1], resampled onto
     the input grid and mapped back to the input's intensities (inverse of the percentile scaling)."""
     place = placement(pixels.shape, cfg.image_size, cfg.resize_mode)
@@ -117,7 +119,7 @@ def _read_region(
     return (region > 0).astype(np.uint8), sha
 
 
-def _model_region(region: np.ndarray, cfg: Any, shape: tuple[int, int], what: str) -> torch.Tensor:
+def _model_region(region: np.ndarray, cfg: DataConfig, shape: tuple[int, int], what: str) -> torch.Tensor:
     """The region on the model grid, grown by one pixel so it covers every input pixel it replaces."""
     place = placement(shape, cfg.image_size, cfg.resize_mode)
     outside = region.copy()

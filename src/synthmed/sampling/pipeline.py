@@ -571,6 +571,9 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
     if pipe.cfg.data.volume is not None:
         from synthmed.sampling.volumes import generate_volumes  # that module builds on this one
 
+        if cfg.condition_file is not None or cfg.condition is not None:
+            raise SynthmedError("3D runs follow label maps: use --label-map", field="condition_file")
+
         return generate_volumes(pipe, cfg, progress)
     given_3d = [f for f in ("size", "spacing", "label_map") if getattr(cfg, f) is not None]
     if given_3d:
