@@ -415,7 +415,8 @@ def main() -> None:
     elif args.name == "volume64":
         result = {"machine": machine(), **volume64.run(args, DATA)}
     elif args.name == "controlnet64":
-        result = {"machine": machine(), **controlnet64.run(args, DATA)}
+        result = controlnet64.run(args, DATA)  # sets the thread count, which machine() records
+        result = {"machine": machine(), **result}
     else:
         result = train64(args, out)
         result["generate"] = generate64(args)
