@@ -1,6 +1,6 @@
 """``python -m benchmarks.run controlnet64``: does a 2D mask ControlNet put lesions where the masks say?
 
-A ``small64`` run is trained on BUSI (benign, malignant, normal; 64 px; normal images have empty masks) for a
+A ``small64`` run is trained on BUSI (benign, malignant, normal; 64 px; BUSI's normal masks are empty) for a
 fixed number of steps per stage, then its mask ControlNet. For every holdout image with a lesion mask, one
 image of that image's class is generated for its mask, with seed i:
 
@@ -46,7 +46,6 @@ def _train(args: argparse.Namespace, data: Path) -> tuple[dict, object]:
         "preset": "small64",
         "run_dir": args.run_dir,
         "data": {"source": str(data), "classes": CLASSES},
-        "controlnet": {"empty_mask_classes": ["normal"]},
         "runtime": {"precision": args.precision, "num_threads": args.threads},
     }
     for stage, n in steps.items():

@@ -120,7 +120,7 @@ def tiny_run(kermany_small: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="session")
 def busi_small(busi: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """10 real BUSI ultrasound images per class with their masks (BUSI layout: <class>/images + <class>/mask;
-    'normal' has no mask files), for the 2D ControlNet and editing tests."""
+    'normal' masks are empty), for the 2D ControlNet and editing tests."""
     from synthmed.data.masks import find_mask_files
 
     root = tmp_path_factory.mktemp("busi_small")
@@ -146,7 +146,7 @@ def busi_run(busi_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         "data": {"source": str(busi_small)},
         "autoencoder": {"steps": 60},
         "diffusion": {"steps": 60},
-        "controlnet": {"steps": 20, "empty_mask_classes": ["normal"]},
+        "controlnet": {"steps": 20},
     }
     train(build_train_config(values), ["autoencoder", "diffusion", "controlnet"], progress=False)
     values["controlnet"] |= {"condition": "edges", "steps": 10}

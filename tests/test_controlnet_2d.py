@@ -206,3 +206,19 @@ def test_python_api(pipe, mask_file: Path, busi_small: Path) -> None:
     region[40:80, 60:120] = 1
     edit = pipe.edit("insert", str(image), region, label="malignant", steps=2)
     assert edit.row["operation"] == "insert" and edit.image.shape == region.shape
+
+
+def test_lesion_free_images_pair_with_an_empty_mask(busi_small: Path, tmp_path: Path) -> None:
+    from synthmed.data.masks import load_image_mask_pairs
+
+    normal = []  # BUSI ships empty masks for 'normal'; a data set without them relies on lesion_free
+    for src in sorted((busi_small / "normal" / "images").glob("*.png"))[:2]:
+        normal.append(tmp_path / src.name)
+        shutil.copy(src, normal[-1])
+    malignant = sorted((busi_small / "malignant" / "images").glob("*.png"))[:2]
+    cfg = DataConfig(image_size=32)
+    plain = load_image_mask_pairs([*normal, *malignant], cfg)
+    assert plain.sources == [str(p) for p in malignant] and len(plain.skipped) == 2
+    pairs = load_image_mask_pairs([*normal, *malignant], cfg, lesion_free=normal)
+    assert pairs.sources == [str(p) for p in (*normal, *malignant)] and not pairs.skipped
+    assert not pairs.masks[:2].any() and pairs.masks[2:].flatten(1).any(1).all()
