@@ -148,6 +148,8 @@ def test_bad_regions_are_refused_naming_the_problem(pipe, normal_image: Path, tm
         edit_image(pipe, "remove", normal_image, dot)
     with pytest.raises(SynthmedError, match="needs the lesion's --label"):
         edit_image(pipe, "insert", normal_image, _region(shape))
+    with pytest.raises(SynthmedError, match="one-step sampler"):
+        edit_image(pipe, "remove", normal_image, _region(shape), sampler="pndm", resample=2)
     with pytest.raises(SynthmedError, match="needs a region"):
         edit_image(pipe, "remove", normal_image)
     with pytest.raises(SynthmedError, match="unknown label 'cyst'"):

@@ -180,6 +180,8 @@ def edit_image(
         full, region_sha = _read_region(region, pixels.shape, "region")
         model_region = _model_region(full, cfg, pixels.shape, "region")
     sampler = sampler or pipe.samplers[0]
+    if sampler == "pndm" and resample > 1:  # PNDM keeps a multistep history that a repeated step corrupts
+        raise SynthmedError("resample > 1 needs a one-step sampler: ddim, ddpm or rflow", field="resample")
     control = _control(pipe, operation, full, conditioning_scale)
     edited = pipe.sample_batch(
         [seed],
