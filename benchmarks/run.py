@@ -15,6 +15,9 @@ decode3d (benchmarks/decode3d.py): peak memory of decoding 128^3-256^3 volumes, 
 
 volume64 (benchmarks/volume64.py): seconds per 64^3 volume with a label map, rflow 30 vs DDPM 1000 steps.
 
+sampling (benchmarks/sampling.py): FID against network evaluations for DDPM 1000, DDIM, DPM-Solver++ and
+UniPC on the train64 model; the default sampler; images/s and FLOP/s against MONAI's DDPM 1000 recipe.
+
 controlnet64 (benchmarks/controlnet64.py): BUSI 64 px mask ControlNet: Dice between the conditioning masks
 and a real-trained segmenter's output on the generated images, against scale 0 and the real ceiling; s/image.
 
@@ -38,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import controlnet64, decode3d, volume64
+from benchmarks import controlnet64, decode3d, sampling, volume64
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(os.environ.get("SYNTHMED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -398,6 +401,7 @@ def main() -> None:
     volume64.add_arguments(
         sub.add_parser("volume64", help="3D 64^3 with label map: rflow 30 vs DDPM 1000 steps")
     )
+    sampling.add_arguments(sub.add_parser("sampling", help="FID vs network evaluations per sampler; speed"))
     controlnet64.add_arguments(
         sub.add_parser(
             "controlnet64", help="BUSI 64 px mask ControlNet: segmenter Dice vs the masks, s/image"
@@ -414,6 +418,8 @@ def main() -> None:
         result = decode3d.run(args)
     elif args.name == "volume64":
         result = {"machine": machine(), **volume64.run(args, DATA)}
+    elif args.name == "sampling":
+        result = {"machine": machine(), **sampling.run(args, DATA)}
     elif args.name == "controlnet64":
         result = controlnet64.run(args, DATA)  # sets the thread count, which machine() records
         result = {"machine": machine(), **result}

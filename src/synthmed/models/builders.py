@@ -10,8 +10,9 @@ from torch import nn
 
 from synthmed.config import AutoencoderArch, ControlNetConfig, NoiseConfig, UNetArch
 from synthmed.errors import SynthmedError
+from synthmed.models.solvers import DiffusersSolver
 
-SAMPLERS_FOR = {"ddpm": ("ddim", "ddpm", "pndm"), "rflow": ("rflow",)}
+SAMPLERS_FOR = {"ddpm": ("ddim", "dpmsolver", "unipc", "ddpm", "pndm"), "rflow": ("rflow",)}
 
 
 def build_autoencoder(arch: AutoencoderArch, spatial_dims: int = 2) -> AutoencoderKL:
@@ -107,7 +108,9 @@ def _schedule_args(noise: NoiseConfig) -> dict:
     return args
 
 
-def build_scheduler(noise: NoiseConfig, sampler: str | None = None, spatial_dims: int = 2) -> Scheduler:
+def build_scheduler(
+    noise: NoiseConfig, sampler: str | None = None, spatial_dims: int = 2
+) -> Scheduler | DiffusersSolver:
     """The training scheduler (``sampler=None``) or a sampler compatible with how the model was trained."""
     name = (sampler or noise.kind).lower()
     allowed = SAMPLERS_FOR[noise.kind]
@@ -125,6 +128,8 @@ def build_scheduler(noise: NoiseConfig, sampler: str | None = None, spatial_dims
             spatial_dim=spatial_dims,
         )
     args = _schedule_args(noise)
+    if name in ("dpmsolver", "unipc"):  # on the exact betas MONAI trained with
+        return DiffusersSolver(name, DDPMScheduler(**args).betas, noise.prediction_type)
     if name == "ddpm":
         return DDPMScheduler(clip_sample=False, **args)
     if name == "ddim":

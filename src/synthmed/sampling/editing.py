@@ -34,6 +34,7 @@ from synthmed.data.masks import check_binary_mask, resize_mask
 from synthmed.data.preprocess import FitResize, preprocess
 from synthmed.data.readers import read_image
 from synthmed.errors import SynthmedError
+from synthmed.models.solvers import MULTISTEP
 from synthmed.sampling.pipeline import EditTarget, ImageCondition, Pipeline
 from synthmed.training import checkpoint as ckpt
 
@@ -180,7 +181,7 @@ def edit_image(
         full, region_sha = _read_region(region, pixels.shape, "region")
         model_region = _model_region(full, cfg, pixels.shape, "region")
     sampler = sampler or pipe.samplers[0]
-    if sampler == "pndm" and resample > 1:  # PNDM keeps a multistep history that a repeated step corrupts
+    if sampler in MULTISTEP and resample > 1:  # their history of model outputs forbids repeating a step
         raise SynthmedError("resample > 1 needs a one-step sampler: ddim, ddpm or rflow", field="resample")
     control = _control(pipe, operation, full, conditioning_scale)
     edited = pipe.sample_batch(
