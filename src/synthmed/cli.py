@@ -184,7 +184,7 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="First seed; image i gets seed+i.")] = None,
     sampler: Annotated[
         str | None,
-        typer.Option(help="ddim (default), ddpm or pndm; rflow (default) for rectified-flow models."),
+        typer.Option(help="ddim (default), dpmsolver, unipc, ddpm or pndm; rflow for rectified-flow models."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
     bit_depth: Annotated[int | None, typer.Option(help="PNG bit depth: 8 or 16.")] = None,
