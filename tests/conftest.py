@@ -151,3 +151,15 @@ def busi_run(busi_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     train(build_train_config(values), ["autoencoder", "diffusion", "controlnet"], progress=False)
     values["controlnet"] |= {"condition": "edges", "steps": 10}
     return train(build_train_config(values), ["controlnet"], progress=False)
+
+
+@pytest.fixture(scope="session")
+def wide_busi(busi: Path):
+    """A real ultrasound image clearly wider than tall, so pad mode adds padding rows."""
+    from synthmed.data import read_image
+
+    for path in sorted((busi / "benign" / "images").glob("*.png")):
+        img = read_image(path)
+        if img.shape[1] > img.shape[0] * 1.2:
+            return img
+    pytest.skip("no clearly non-square BUSI image found")

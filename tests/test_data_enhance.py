@@ -29,16 +29,6 @@ def xray(kermany: Path) -> np.ndarray:
     return preprocess(read_image(path), DataConfig(image_size=128, resize_mode="stretch"))
 
 
-@pytest.fixture(scope="module")
-def wide_busi(busi: Path) -> np.ndarray:
-    """A real ultrasound image clearly wider than tall, so pad mode adds padding rows."""
-    for path in sorted((busi / "benign" / "images").glob("*.png")):
-        img = read_image(path)
-        if img.shape[1] > img.shape[0] * 1.2:
-            return img
-    pytest.skip("no clearly non-square BUSI image found")
-
-
 def _local_std(img: np.ndarray, patch: int = 8) -> float:
     """Mean standard deviation over non-overlapping patch x patch tiles: local contrast."""
     h, w = (s - s % patch for s in img.shape[-2:])

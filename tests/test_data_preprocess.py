@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from synthmed.config import DataConfig
-from synthmed.data import build_transform, preprocess, read_image
+from synthmed.data import build_transform, preprocess
 from synthmed.errors import SynthmedError
-
-
-@pytest.fixture(scope="module")
-def wide_busi(busi: Path) -> np.ndarray:
-    """A real non-square ultrasound image (wider than tall)."""
-    for path in sorted((busi / "benign" / "images").glob("*.png")):
-        img = read_image(path)
-        if img.shape[1] > img.shape[0] * 1.2:
-            return img
-    pytest.skip("no clearly non-square BUSI image found")
 
 
 @pytest.mark.parametrize("mode", ["pad", "crop", "stretch"])
