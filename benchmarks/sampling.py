@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -85,6 +87,10 @@ def _monai_baseline(pipe, n: int) -> float:
     return n / seconds
 
 
+def _weights_key(run_dir: Path) -> str:
+    return hashlib.sha256((run_dir / "diffusion" / "model.pt").read_bytes()).hexdigest()[:16]
+
+
 def run(args: argparse.Namespace, data: Path) -> dict:
     run_dir = Path(args.run_dir)
     if not (run_dir / "diffusion" / "model.pt").is_file():
@@ -100,19 +106,24 @@ def run(args: argparse.Namespace, data: Path) -> dict:
     real_feats = extractor.features(real.images[first])
     floor = fid(real_feats, extractor.features(real.images[second]))
     pipe = load(run_dir, precision="bf16")
+    # Rows already measured on these weights and sizes are kept in the cache, so a stopped run resumes.
+    done_file = Path(args.cache_dir) / f"rows-{_weights_key(run_dir)}-{n}.json"
+    done = json.loads(done_file.read_text()) if done_file.is_file() else {}
     rows = []
     for sampler, steps in [REFERENCE, *ROWS]:
-        images, seconds = _generate(pipe, sampler, steps, n, args.batch)
-        score = fid(real_feats, extractor.features(images))
-        rows.append(
-            {
+        key = f"{sampler}-{steps}"
+        if key not in done:
+            images, seconds = _generate(pipe, sampler, steps, n, args.batch)
+            score = fid(real_feats, extractor.features(images))
+            done[key] = {
                 "sampler": sampler,
                 "steps": steps,
                 "nfe": 2 * steps,
                 "fid": round(score, 3),
                 "seconds": round(seconds, 1),
             }
-        )
+            done_file.write_text(json.dumps(done, indent=2))
+        rows.append(done[key])
         print(rows[-1], flush=True)
     reference = rows[0]["fid"]
     within = [r for r in rows[1:] if r["fid"] <= 1.1 * reference]
