@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -61,6 +62,13 @@ def command_config(model: type[C], path: Path | None, given: dict[str, Any]) -> 
         raise SynthmedError(format_validation_error(exc, str(path or "(arguments)"))) from exc
 
 
+def _leave_process_group() -> None:
+    """End of a command run under torchrun: leave the process group (a no-op otherwise)."""
+    from synthmed.runtime import leave_process_group
+
+    leave_process_group()
+
+
 class ConditionName(StrEnum):
     mask = "mask"
     edges = "edges"
@@ -106,6 +114,9 @@ def train(
 
     Checkpoints, logs (log.jsonl) and preview grids go to the run directory; --resume continues exactly where
     a killed run stopped. On resume without --config the run's saved config.yaml is used.
+
+    Several GPUs (or CPU processes): torchrun --nproc_per_node N --no-python synthmed train ... splits each
+    batch_size batch across the N processes (DistributedDataParallel); rank 0 writes the files.
     """
     from synthmed.training.run import resolve_run_config
     from synthmed.training.run import train as run_training
@@ -126,8 +137,12 @@ def train(
     if condition is not None:
         cfg.controlnet = cfg.controlnet.model_copy(update={"condition": condition.value})
     stages = None if stage == Stage.all else (stage.value,)
-    run_training(cfg, stages, resume=resume, progress=progress)
-    err.print(f"done: {cfg.run_dir}")
+    try:
+        run_training(cfg, stages, resume=resume, progress=progress)
+    finally:
+        _leave_process_group()
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0
+        err.print(f"done: {cfg.run_dir}")
 
 
 @app.command()
@@ -291,8 +306,12 @@ def generate(
         "qc_retries": qc_retries,
     }
     cfg = command_config(GenerateConfig, config, given)
-    generate_to_folder(cfg, progress=progress)
-    err.print(f"done: {cfg.count} images in {cfg.out}")
+    try:
+        generate_to_folder(cfg, progress=progress)
+    finally:
+        _leave_process_group()
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0
+        err.print(f"done: {cfg.count} images in {cfg.out}")
 
 
 edit_app = typer.Typer(

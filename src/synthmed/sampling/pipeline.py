@@ -30,7 +30,18 @@ from synthmed.errors import SynthmedError
 from synthmed.models.builders import SAMPLERS_FOR, build_autoencoder, build_controlnet, build_scheduler
 from synthmed.models.conditioning import ConditionedUNet
 from synthmed.reporting.images import save_png
-from synthmed.runtime import PRECISION_NAMES, autocast, resolve_device, resolve_precision
+from synthmed.runtime import (
+    PRECISION_NAMES,
+    all_gather_objects,
+    autocast,
+    is_main,
+    join_process_group,
+    main_first,
+    rank,
+    resolve_device,
+    resolve_precision,
+    world_size,
+)
 from synthmed.sampling.label_maps import encode_labels, encoding_channels
 from synthmed.sampling.privacy_filter import copy_guard_for_run
 from synthmed.sampling.sampler import Known, StepCallback, denoise, initial_noise
@@ -552,8 +563,14 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
     image than real holdout images are is dropped (a manifest row records it, without a file) and the
     next seed takes its place. An interrupted run is continued: seeds already in the manifest with the
     same settings are not drawn again.
+
+    Under torchrun (several processes) the batches a single process would draw are dealt out in turn: rank r
+    generates batches r, r + N, r + 2N, ... (the seeds at positions p with (p // batch_size) % N == r), so
+    every image is made in the same batch as in a single process, and the folder is the same image for image.
+    Each rank writes its own images; rank 0 alone writes the manifest.
     """
     _check_counts(cfg.count, cfg.steps, cfg.batch_size)
+    join_process_group(resolve_device(cfg.device))
     pipe = Pipeline.load(cfg.run_dir, device=cfg.device, precision=cfg.precision, checkpoint=cfg.checkpoint)
     pipe.label_index(cfg.label)
     sampler = cfg.sampler or pipe.samplers[0]
@@ -573,21 +590,40 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
 
         if cfg.condition_file is not None or cfg.condition is not None:
             raise SynthmedError("3D runs follow label maps: use --label-map", field="condition_file")
-
+        if world_size() > 1:
+            raise SynthmedError(
+                "3D generation is not split across torchrun processes; run synthmed generate without torchrun"
+            )
         return generate_volumes(pipe, cfg, progress)
     given_3d = [f for f in ("size", "spacing", "label_map") if getattr(cfg, f) is not None]
     if given_3d:
         raise SynthmedError(f"{given_3d} apply to 3D runs only; this run is 2D", field=given_3d[0])
+    if cfg.privacy_filter and world_size() > 1:
+        raise SynthmedError(
+            "the privacy filter replaces dropped images with the next seeds, one batch after another, so "
+            "it does not split across torchrun processes; run generate --privacy-filter without torchrun",
+            field="privacy_filter",
+        )
     ann = Annotation.from_config(pipe, cfg)
     guard = copy_guard_for_run(pipe.run_dir, pipe.cfg, cfg.copy_percentile) if cfg.privacy_filter else None
-    cfg.out.mkdir(parents=True, exist_ok=True)
     manifest = cfg.out / MANIFEST
-    drop_cut_last_line(manifest)
-    existing = {(r.get("label"), r.get("seed")): r for r in read_manifest(manifest)}
+
+    def open_folder() -> list[dict[str, Any]]:
+        if is_main():
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            drop_cut_last_line(manifest)
+        return read_manifest(manifest)
+
+    existing = {(r.get("label"), r.get("seed")): r for r in main_first(open_folder)}
     # Without the filter nothing is dropped, so exactly seeds seed .. seed+count-1 are used.
     candidates = range(cfg.seed, cfg.seed + (2 * cfg.count if guard else cfg.count))
     status = {s: _already_done(existing, pipe, cfg, s, ann) for s in candidates}
     kept = sum(v == "kept" for v in status.values())
+    if guard is None:
+        todo = [s for s in candidates if status[s] is None]
+        with progress_bar(progress and is_main(), cfg.count, kept) as advance:
+            _generate_dealt(cfg, pipe, manifest, todo, ann, advance)
+        return cfg.out
     pending = iter([s for s in candidates if status[s] is None])
     with progress_bar(progress, cfg.count, kept) as advance:
         while kept < cfg.count:
@@ -602,11 +638,39 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
                 sampler=sampler,
                 control=ann.control if ann else None,
             )
-            verdicts = guard.check(images) if guard else [None] * len(batch)
-            newly = _write_batch(cfg, pipe, manifest, batch, images, verdicts, ann)
+            rows = _save_batch(cfg, pipe, batch, images, guard.check(images), ann)
+            _append_rows(manifest, rows)
+            newly = sum(row["file"] is not None for row in rows)
             kept += newly
             advance(newly)
     return cfg.out
+
+
+def _generate_dealt(
+    cfg: GenerateConfig,
+    pipe: Pipeline,
+    manifest: Path,
+    seeds: list[int],
+    ann: Annotation | None,
+    advance: Callable[[int], None],
+) -> None:
+    """Generate ``seeds`` in the batches of ``cfg.batch_size`` a single process draws; with N processes rank
+    r takes batches r, r + N, ... . After each round of N batches rank 0 appends their rows in batch order."""
+    batches = [seeds[i : i + cfg.batch_size] for i in range(0, len(seeds), cfg.batch_size)]
+    world = world_size()
+    for first in range(0, len(batches), world):
+        rows: list[dict[str, Any]] = []
+        if first + rank() < len(batches):
+            batch = batches[first + rank()]
+            control = ann.control if ann else None
+            images = pipe.sample_batch(
+                batch, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler, control=control
+            )
+            rows = _save_batch(cfg, pipe, batch, images, [None] * len(batch), ann)
+        round_rows = [row for part in all_gather_objects(rows) for row in part]
+        if is_main():
+            _append_rows(manifest, round_rows)
+        advance(len(round_rows))
 
 
 @contextmanager
@@ -667,30 +731,33 @@ def _already_done(
     return "dropped" if row.get("dropped") else "kept"
 
 
-def _write_batch(
+def _save_batch(
     cfg: GenerateConfig,
     pipe: Pipeline,
-    manifest: Path,
     batch: list[int],
     images: torch.Tensor,
     verdicts: list[dict[str, Any] | None],
     ann: Annotation | None,
-) -> int:
-    """Save the batch's images that passed and append every row; returns how many were kept."""
+) -> list[dict[str, Any]]:
+    """Save the batch's images that passed; returns every seed's manifest row (file None if dropped)."""
     created = datetime.now(UTC).isoformat(timespec="seconds")
-    kept = 0
+    rows = []
+    for seed, image, verdict in zip(batch, images, verdicts, strict=True):
+        row: dict[str, Any] = {"file": None} | _wanted(pipe, cfg, seed, ann) | {"batch_seeds": batch}
+        if verdict is not None:
+            row["privacy"] = verdict
+        if verdict is not None and verdict["flagged"]:
+            row["dropped"] = "privacy: closer to a training image than the holdout threshold"
+        else:
+            row["file"] = file_name(cfg.label, seed)
+            save_png(image, cfg.out / row["file"], cfg.bit_depth)
+            if ann is not None:
+                row["annotation"] = ann.save(cfg.out, row["file"])
+        rows.append(row | {"created": created})
+    return rows
+
+
+def _append_rows(manifest: Path, rows: list[dict[str, Any]]) -> None:
     with open(manifest, "a") as fh:
-        for seed, image, verdict in zip(batch, images, verdicts, strict=True):
-            row: dict[str, Any] = {"file": None} | _wanted(pipe, cfg, seed, ann) | {"batch_seeds": batch}
-            if verdict is not None:
-                row["privacy"] = verdict
-            if verdict is not None and verdict["flagged"]:
-                row["dropped"] = "privacy: closer to a training image than the holdout threshold"
-            else:
-                row["file"] = file_name(cfg.label, seed)
-                save_png(image, cfg.out / row["file"], cfg.bit_depth)
-                if ann is not None:
-                    row["annotation"] = ann.save(cfg.out, row["file"])
-                kept += 1
-            fh.write(json.dumps(row | {"created": created}) + "\n")
-    return kept
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")

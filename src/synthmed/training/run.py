@@ -9,11 +9,15 @@ Run directory layout (self-describing, nnU-Net style)::
     diffusion/             the same, plus latents.pt; model.pt holds the latent scale factor and class names
     controlnet/            3D: the label-map ControlNet (model.pt also holds the label encoding and the
                            intensity bounds of the generation quality check)
+
+Under torchrun (several processes, see runtime.join_process_group) rank 0 prepares the data and caches first
+and the other ranks then read them; rank 0 alone writes config.yaml and every file of the stages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +32,14 @@ from synthmed.data.structure import structure_maps
 from synthmed.data.volume_sets import load_volume_split, prepare_volumes
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import build_autoencoder, build_unet
-from synthmed.runtime import resolve_device, resolve_precision, set_threads
+from synthmed.runtime import (
+    is_main,
+    join_process_group,
+    main_first,
+    resolve_device,
+    resolve_precision,
+    set_threads,
+)
 from synthmed.sampling.quality import intensity_bounds
 from synthmed.training import checkpoint as ckpt
 from synthmed.training.tasks import (
@@ -228,7 +239,8 @@ def _latents(
     batch = 64 if cfg.data.volume is None else 2  # 3D activations are large
     train = encode_dataset(autoencoder, data.train_images, batch)
     val = encode_dataset(autoencoder, data.val_images, batch)
-    ckpt.atomic_save({"train": train.cpu(), "val": val.cpu()}, path)
+    if is_main():
+        ckpt.atomic_save({"train": train.cpu(), "val": val.cpu()}, path)
     return train, val
 
 
@@ -246,10 +258,36 @@ def train(
             raise SynthmedError(f"unknown stage '{stage}'; choose from {list(STAGES)}", field="stage")
     set_threads(cfg.runtime.num_threads)
     device = resolve_device(cfg.runtime.device)
-    check_against_saved(cfg, resume)
+    join_process_group(device)
+    with _quiet_unless_main():
+        _train_stages(cfg, stages, device, resume, progress)
+    return cfg.run_dir
+
+
+@contextmanager
+def _quiet_unless_main() -> Iterator[None]:
+    """Under torchrun only rank 0 prints."""
+    quiet = console.quiet
+    console.quiet = quiet or not is_main()
+    try:
+        yield
+    finally:
+        console.quiet = quiet
+
+
+def _prepare_run(cfg: TrainConfig, device: torch.device) -> TrainingData:
+    """Write config.yaml (rank 0) and load the data (rank 0 first: it writes split.json and caches)."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, cfg.run_dir / "config.yaml")
-    data = load_training_data(cfg, device)
+    if is_main():
+        save_yaml(cfg, cfg.run_dir / "config.yaml")
+    return load_training_data(cfg, device)
+
+
+def _train_stages(
+    cfg: TrainConfig, stages: Sequence[str], device: torch.device, resume: bool, progress: bool
+) -> None:
+    check_against_saved(cfg, resume)
+    data = main_first(lambda: _prepare_run(cfg, device))
     items = "images" if cfg.data.volume is None else "volumes (spacing copies included)"
     console.print(
         f"[bold]{cfg.run_dir}[/]: {len(data.train_images)} training and {len(data.val_images)} "
@@ -260,19 +298,27 @@ def train(
         if _stage_done(stage_dir(cfg, stage), stage_cfg.steps):
             console.print(f"{stage}: already trained to {stage_cfg.steps} steps, skipped")
             continue
-        torch.manual_seed(cfg.seed)  # identical initial weights for identical configs
-        if stage == "autoencoder":
-            model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(device)
-            task = AutoencoderTask(model, cfg.autoencoder, data.train_images, data.val_images)
-        elif stage == "diffusion":
-            task = _diffusion_task(cfg, data, device)
-        else:
+        if stage == "controlnet":
             _check_controlnet_config(cfg, resume)
-            task = _controlnet_task(cfg, data, device)
-            stage_dir(cfg, stage).mkdir(parents=True, exist_ok=True)
-            save_yaml(cfg.controlnet, stage_dir(cfg, stage) / STAGE_CONFIG)
+        # Rank 0 first: it writes the latent cache (and 3D label-map candidates) the others then read.
+        task = main_first(lambda stage=stage: _stage_task(cfg, stage, data, device))
         _trainer(task, stage_cfg, cfg, device, progress).run(resume=resume)
-    return cfg.run_dir
+
+
+def _stage_task(
+    cfg: TrainConfig, stage: str, data: TrainingData, device: torch.device
+) -> AutoencoderTask | DiffusionTask:
+    torch.manual_seed(cfg.seed)  # identical initial weights for identical configs (and on every rank)
+    if stage == "autoencoder":
+        model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(device)
+        return AutoencoderTask(model, cfg.autoencoder, data.train_images, data.val_images)
+    if stage == "diffusion":
+        return _diffusion_task(cfg, data, device)
+    task = _controlnet_task(cfg, data, device)
+    stage_dir(cfg, stage).mkdir(parents=True, exist_ok=True)
+    if is_main():
+        save_yaml(cfg.controlnet, stage_dir(cfg, stage) / STAGE_CONFIG)
+    return task
 
 
 def _check_controlnet_config(cfg: TrainConfig, resume: bool) -> None:
@@ -329,7 +375,8 @@ def _save_candidates(cfg: TrainConfig, data: TrainingData) -> None:
     maps = maps.to(torch.uint8 if int(maps.max()) < 256 else torch.int16)  # small on disk
     classes = data.train_labels[:n].cpu()
     state = {"label_maps": maps, "keys": data.train_keys[:n], "spacing": spacing, "classes": classes}
-    ckpt.atomic_save(state, cfg.run_dir / "controlnet" / CANDIDATES)
+    if is_main():
+        ckpt.atomic_save(state, cfg.run_dir / "controlnet" / CANDIDATES)
 
 
 def _controlnet_task(cfg: TrainConfig, data: TrainingData, device: torch.device) -> ControlNetTask:

@@ -51,6 +51,16 @@ def as_images(x: torch.Tensor) -> torch.Tensor:
     return view_slices(x.float(), "axial", size=max(x.shape[2:4]), slices=1)
 
 
+def global_randn(n: int, part: slice, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, which holds rows ``part`` of a global batch of ``n`` items.
+
+    Under torchrun every process draws the noise of the whole global batch (same seed on every rank) and keeps
+    its own rows, so N processes use exactly the numbers one process would; with one process this is
+    ``torch.randn_like(like)``.
+    """
+    return torch.randn((n, *like.shape[1:]), dtype=like.dtype, device=like.device)[part]
+
+
 def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     """KL divergence to N(0, I), summed over latent elements, averaged over the batch (MONAI LDM recipe)."""
     dims = list(range(1, z_mu.ndim))
@@ -81,6 +91,26 @@ class LocalPerceptualLoss(nn.Module):
         return torch.stack(dist).mean()
 
 
+class SampledAutoencoder(nn.Module):
+    """The autoencoder's training forward, as MONAI's ``AutoencoderKL.forward`` (encode, sample, decode) but
+    with the sampling noise drawn for the global batch (:func:`global_randn`).
+
+    Under torchrun the trainer wraps this module in DistributedDataParallel, which averages the gradients of
+    what runs inside its wrapper's forward: the task must call the autoencoder through one forward.
+    """
+
+    def __init__(self, model: AutoencoderKL) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, x: torch.Tensor, n: int, part: slice
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z_mu, z_sigma = self.model.encode(x)
+        z = z_mu + global_randn(n, part, z_sigma) * z_sigma
+        return self.model.decode(z), z_mu, z_sigma
+
+
 class AutoencoderTask:
     name = "autoencoder"
 
@@ -88,6 +118,7 @@ class AutoencoderTask:
         self, model: AutoencoderKL, cfg: AutoencoderConfig, train: torch.Tensor, val: torch.Tensor
     ) -> None:
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
+        self.net: nn.Module = SampledAutoencoder(model)
         self.num_items = len(train)
         device = train.device
         dims = train.ndim - 2
@@ -104,9 +135,11 @@ class AutoencoderTask:
     def trainables(self) -> dict[str, nn.Module]:
         return {"autoencoder": self.model} | ({"discriminator": self.disc} if self.disc is not None else {})
 
-    def losses(self, index: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        x = self.train[index]
-        recon, z_mu, z_sigma = self.model(x)
+    def losses(
+        self, index: torch.Tensor, step: int, part: slice = slice(None)
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        x = self.train[index[part]]
+        recon, z_mu, z_sigma = self.net(x, len(index), part)
         recon = recon.float()
         l1 = F.l1_loss(recon, x)
         kl = kl_loss(z_mu.float(), z_sigma.float())
@@ -185,6 +218,7 @@ class DiffusionTask:
         self.spatial_dims = train.latents.ndim - 3
         self.unet = build_unet(cfg.arch, train.latents.shape[2], len(class_names), self.spatial_dims)
         self.model: nn.Module = self.unet.to(train.latents.device)
+        self.net: nn.Module = self.model
         self.scheduler = build_scheduler(cfg.noise, spatial_dims=self.spatial_dims)
 
     def denoiser(self, model: nn.Module, items: LatentSet, index: torch.Tensor) -> nn.Module:
@@ -208,20 +242,26 @@ class DiffusionTask:
             target = self.scheduler.get_velocity(z, noise, t)
         return x_t, target
 
-    def _timesteps(self, z: torch.Tensor) -> torch.Tensor:
+    def _timesteps(self, z: torch.Tensor, n: int) -> torch.Tensor:
+        """Training timesteps of a global batch of ``n`` latents shaped like ``z``."""
         if self.cfg.noise.kind == "rflow":
-            return self.scheduler.sample_timesteps(z)
-        return torch.randint(0, self.cfg.noise.num_train_timesteps, (len(z),), device=z.device)
+            return self.scheduler.sample_timesteps(z[:1].expand(n, *z.shape[1:]))
+        return torch.randint(0, self.cfg.noise.num_train_timesteps, (n,), device=z.device)
 
-    def losses(self, index: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        stats = self.train.latents[index]
-        z = (stats[:, 0] + stats[:, 1] * torch.randn_like(stats[:, 0])) * self.scale_factor
-        noise = torch.randn_like(z)
-        t = self._timesteps(z)
-        labels = self.train.labels[index].clone()
-        labels[torch.rand(len(labels), device=labels.device) < self.cfg.label_dropout] = self.null_label
+    def losses(
+        self, index: torch.Tensor, step: int, part: slice = slice(None)
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Loss on items ``index[part]`` of the global batch ``index``; the step's random numbers are drawn
+        for the whole global batch and sliced (see :func:`global_randn`)."""
+        n, mine = len(index), index[part]
+        stats = self.train.latents[mine]
+        z = (stats[:, 0] + stats[:, 1] * global_randn(n, part, stats[:, 0])) * self.scale_factor
+        noise = global_randn(n, part, z)
+        t = self._timesteps(z, n)[part]
+        labels = self.train.labels[mine].clone()
+        labels[torch.rand(n, device=labels.device)[part] < self.cfg.label_dropout] = self.null_label
         x_t, target = self._noisy(z, noise, t)
-        pred = self.denoiser(self.model, self.train, index)(x_t, timesteps=t, class_labels=labels).float()
+        pred = self.denoiser(self.net, self.train, mine)(x_t, timesteps=t, class_labels=labels).float()
         return {self.trainable: F.mse_loss(pred, target)}, {}
 
     @torch.inference_mode()
@@ -294,7 +334,7 @@ class ControlNetTask(DiffusionTask):
             diffusion_cfg.arch, cfg, latent_channels, len(class_names), channels, self.spatial_dims
         )
         init_controlnet_from_unet(controlnet, unet)
-        self.model = controlnet.to(train.latents.device)
+        self.model = self.net = controlnet.to(train.latents.device)
 
     def control(self, items: LatentSet, index: torch.Tensor) -> torch.Tensor:
         if items.controls is not None:

@@ -4,17 +4,24 @@ A stage is a :class:`Task` (autoencoder, diffusion, later ControlNet and 3D); th
 All randomness of step ``k`` is drawn from generators seeded with ``(seed, k)`` and the data order of an
 epoch from ``(seed, epoch)``, so a run resumed from a checkpoint replays exactly the steps it would have
 taken uninterrupted.
+
+Under torchrun (several processes) every rank computes the same global batch of step ``k`` and the same
+random numbers for it, and trains on its own contiguous part of it; the stage's network is wrapped in
+DistributedDataParallel, which averages the gradients, so one step equals a single-process step on the
+global batch (up to floating-point summation order). Rank 0 alone writes checkpoints, logs and previews.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,8 +31,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
+from synthmed import runtime
 from synthmed.config import StageConfig
 from synthmed.errors import SynthmedError
 from synthmed.runtime import autocast
@@ -37,13 +46,21 @@ class Task(Protocol):
 
     name: str
     model: nn.Module  # the network whose EMA is kept and exported
+    # What losses() calls for the network's forward pass: ``model`` or a module holding it. Under torchrun
+    # the trainer replaces it by its DistributedDataParallel wrapper.
+    net: nn.Module
     num_items: int  # training items; the trainer draws index batches from range(num_items)
 
     def trainables(self) -> dict[str, nn.Module]:
         """Modules with one optimiser each; losses() returns a loss per key (backward in this order)."""
 
-    def losses(self, index: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """Losses to optimise and scalars to log for the batch of training items ``index``."""
+    def losses(
+        self, index: torch.Tensor, step: int, part: slice
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Losses to optimise and scalars to log for training items ``index[part]``: ``index`` is the global
+        batch of the step and ``part`` this process's share of it (all of it without torchrun). Random
+        numbers are drawn for the whole global batch and sliced, so the processes together see the numbers
+        of a single-process step."""
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Deterministic validation metrics for ``model`` (the EMA copy)."""
@@ -102,7 +119,13 @@ class Trainer:
         tensorboard: bool = False,
     ) -> None:
         self.task, self.cfg, self.dir, self.seed = task, cfg, Path(stage_dir), seed
-        self.device, self.dtype, self.show_progress = device, dtype, progress
+        self.device, self.dtype = device, dtype
+        self.world, self.main = runtime.world_size(), runtime.is_main()
+        self.show_progress = progress and self.main
+        self.part = self._shard()
+        if self.world > 1 and device.type == "cuda":  # discriminator BatchNorm statistics of the global batch
+            for module in task.trainables().values():
+                nn.SyncBatchNorm.convert_sync_batchnorm(module)
         self.optimizers = {
             name: torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             for name, module in task.trainables().items()
@@ -117,7 +140,60 @@ class Trainer:
         )
         self.ema = AveragedModel(task.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
         self.step = 0
-        self.tb = _tensorboard(self.dir) if tensorboard else None
+        self.tb = _tensorboard(self.dir) if tensorboard and self.main else None
+        self.average_by_hand: list[str] = []
+        if self.world > 1:
+            self._distribute()
+
+    # --- several processes -------------------------------------------------------------------------------
+    def _shard(self) -> slice:
+        """This rank's part of every global batch (the config's batch_size, or all items if fewer)."""
+        global_batch = min(self.cfg.batch_size, self.task.num_items)
+        field = f"{self.task.name.split('-')[0]}.batch_size"
+        if global_batch % self.world:
+            fewer = f" (all {global_batch} training items)" if global_batch < self.cfg.batch_size else ""
+            raise SynthmedError(
+                f"the global batch of {global_batch}{fewer} does not divide among the {self.world} torchrun "
+                "processes, which each take an equal part of it; choose a multiple of the process count",
+                field=field,
+            )
+        per = global_batch // self.world
+        return slice(runtime.rank() * per, (runtime.rank() + 1) * per)
+
+    def _distribute(self) -> None:
+        """Wrap the task's network in DistributedDataParallel (gradients averaged during backward).
+
+        A trainable outside that forward, the autoencoder's PatchGAN discriminator, has its gradients averaged
+        by hand after its backward instead: it runs three times per step, once inside the autoencoder's loss
+        graph, which DDP's one-forward-one-backward bookkeeping cannot follow.
+        """
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.task.net = DistributedDataParallel(self.task.net, device_ids=ids)
+        wrapped = {id(p) for p in self.task.net.parameters()}
+        self.average_by_hand = [
+            name
+            for name, module in self.task.trainables().items()
+            if any(p.requires_grad and id(p) not in wrapped for p in module.parameters())
+        ]
+
+    def _average_gradients(self, module: nn.Module) -> None:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        for g, new in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            g.copy_(new.view_as(g))
+
+    def _reported(self, losses: dict[str, torch.Tensor], logs: dict[str, float]) -> dict[str, float]:
+        """The step's losses and logged scalars, averaged over the ranks: those of the global batch."""
+        row = {f"loss_{k}": v.detach().float() for k, v in losses.items()}
+        if self.world == 1:
+            return {k: v.item() for k, v in row.items()} | logs
+        keys = [*row, *logs]
+        values = torch.stack([*row.values(), *(torch.tensor(float(v)) for v in logs.values())])
+        values = values.to(self.device, torch.float64)
+        dist.all_reduce(values)
+        return dict(zip(keys, (values / self.world).tolist(), strict=True))
 
     # --- checkpoints -------------------------------------------------------------------------------------
     @property
@@ -141,6 +217,8 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> None:
+        if not self.main:
+            return
         state = self._state()
         ckpt.atomic_save(state, self.last_path)
         ckpt.atomic_save(state, self.dir / f"step_{self.step:07d}.pt")
@@ -170,7 +248,9 @@ class Trainer:
         return state
 
     def export(self) -> Path:
-        """Weights for generation: EMA and raw copies of the main model, written atomically."""
+        """Weights for generation: EMA and raw copies of the main model, written atomically (by rank 0)."""
+        if not self.main:
+            return self.model_path
         ema_weights = self.ema.module.state_dict()
         ckpt.atomic_save(
             {
@@ -185,6 +265,8 @@ class Trainer:
 
     # --- logging -----------------------------------------------------------------------------------------
     def _log(self, row: dict[str, Any]) -> None:
+        if not self.main:
+            return
         with open(self.dir / "log.jsonl", "a") as fh:
             fh.write(json.dumps(row) + "\n")
         if self.tb is not None:
@@ -202,6 +284,8 @@ class Trainer:
             log.write_text("".join(r + "\n" for r in kept))
 
     def _evaluate(self) -> None:
+        if not self.main:  # the others go on: the next step's gradient all-reduce waits for rank 0
+            return
         self.ema.module.eval()
         metrics = self.task.validate(self.ema.module)
         self.task.preview(self.ema.module, self.dir / "previews" / f"step_{self.step:07d}.png")
@@ -214,17 +298,20 @@ class Trainer:
             module.train()
         index = batch_indices(self.task.num_items, self.cfg.batch_size, self.seed, self.step)
         with autocast(self.device, self.dtype):
-            losses, logs = self.task.losses(index, self.step)
+            losses, logs = self.task.losses(index, self.step, self.part)
+        reported = self._reported(losses, logs)
         for name, loss in losses.items():
-            if not torch.isfinite(loss):
+            if not math.isfinite(reported[f"loss_{name}"]):  # the same verdict on every rank
                 raise SynthmedError(
-                    f"{name} loss became {loss.item()} at step {self.step}; lower lr or check the "
-                    "data (last good checkpoint kept)",
+                    f"{name} loss became {reported[f'loss_{name}']} at step {self.step}; lower lr or check "
+                    "the data (last good checkpoint kept)",
                     field=f"{self.task.name}.lr",
                 )
             opt = self.optimizers[name]
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if name in self.average_by_hand:
+                self._average_gradients(self.task.trainables()[name])
             if self.cfg.grad_clip:
                 self.scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(self.task.trainables()[name].parameters(), self.cfg.grad_clip)
@@ -233,7 +320,7 @@ class Trainer:
         self.scaler.update()
         self.ema.update_parameters(self.task.model)
         self.step += 1
-        return {**{f"loss_{k}": v.item() for k, v in losses.items()}, **logs}
+        return reported
 
     def run(self, resume: bool = False) -> Path:
         """Train to ``cfg.steps``, checkpointing on the way; returns the exported weights' path."""
@@ -244,8 +331,9 @@ class Trainer:
                     "this stage already has a checkpoint; pass --resume to continue it, or use a new run_dir",
                     path=self.last_path,
                 )
-            self.load_checkpoint(self.last_path)
-            self._clean_after_kill()
+            self.load_checkpoint(self.last_path)  # every rank
+            if self.main:
+                self._clean_after_kill()
         total = self.cfg.steps
         with _progress(self.show_progress) as bar:
             task_id = bar.add_task(self.task.name, total=total, completed=self.step, loss="")
@@ -264,7 +352,9 @@ class Trainer:
                 if self.step % self.cfg.preview_every == 0 or self.step == total:
                     self._evaluate()
         self.save_checkpoint()
-        return self.export()
+        path = self.export()
+        runtime.barrier()  # the next stage reads model.pt on every rank
+        return path
 
 
 def _row_step(line: str) -> float:
