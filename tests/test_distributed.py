@@ -23,6 +23,7 @@ from PIL import Image
 
 from synthmed.config import GenerateConfig, TrainConfig, build_train_config
 from synthmed.errors import SynthmedError
+from synthmed.runtime import torchrun_command
 from synthmed.sampling import pipeline
 from synthmed.sampling.pipeline import generate_to_folder, read_manifest
 from synthmed.training import trainer as trainer_module
@@ -84,10 +85,11 @@ def _worker(data: Path, root: Path) -> None:
     written: list[str] = []
     on = {"recording": True}
     sys.addaudithook(_write_recorder(root, written, on))
-    train(_cfg(data, root / "ddp"), progress=False)
-    train(_cfg(data, root / "resumed", diffusion_steps=HALF), progress=False)
-    train(_cfg(data, root / "resumed"), progress=False, resume=True)
-    generate_to_folder(_generate_cfg(root / "ddp", root / "generated-ddp"), progress=False)
+    with torchrun_command():
+        train(_cfg(data, root / "ddp"), progress=False)
+        train(_cfg(data, root / "resumed", diffusion_steps=HALF), progress=False)
+        train(_cfg(data, root / "resumed"), progress=False, resume=True)
+        generate_to_folder(_generate_cfg(root / "ddp", root / "generated-ddp"), progress=False)
     on["recording"] = False
     (root / f"writes-rank{os.environ['RANK']}.json").write_text(json.dumps(written))
 

@@ -62,13 +62,6 @@ def command_config(model: type[C], path: Path | None, given: dict[str, Any]) -> 
         raise SynthmedError(format_validation_error(exc, str(path or "(arguments)"))) from exc
 
 
-def _leave_process_group() -> None:
-    """End of a command run under torchrun: leave the process group (a no-op otherwise)."""
-    from synthmed.runtime import leave_process_group
-
-    leave_process_group()
-
-
 class ConditionName(StrEnum):
     mask = "mask"
     edges = "edges"
@@ -118,6 +111,7 @@ def train(
     Several GPUs (or CPU processes): torchrun --nproc_per_node N --no-python synthmed train ... splits each
     batch_size batch across the N processes (DistributedDataParallel); rank 0 writes the files.
     """
+    from synthmed.runtime import torchrun_command
     from synthmed.training.run import resolve_run_config
     from synthmed.training.run import train as run_training
 
@@ -137,10 +131,8 @@ def train(
     if condition is not None:
         cfg.controlnet = cfg.controlnet.model_copy(update={"condition": condition.value})
     stages = None if stage == Stage.all else (stage.value,)
-    try:
+    with torchrun_command():
         run_training(cfg, stages, resume=resume, progress=progress)
-    finally:
-        _leave_process_group()
     if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0
         err.print(f"done: {cfg.run_dir}")
 
@@ -277,6 +269,7 @@ def generate(
     training masks; an empty mask means no lesion) is written beside every image as its annotation.
     Re-running the same command continues an interrupted job: images already written are kept.
     """
+    from synthmed.runtime import torchrun_command
     from synthmed.sampling.pipeline import generate_to_folder
 
     given = {
@@ -306,10 +299,8 @@ def generate(
         "qc_retries": qc_retries,
     }
     cfg = command_config(GenerateConfig, config, given)
-    try:
+    with torchrun_command():
         generate_to_folder(cfg, progress=progress)
-    finally:
-        _leave_process_group()
     if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0
         err.print(f"done: {cfg.count} images in {cfg.out}")
 

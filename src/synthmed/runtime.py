@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import torch
@@ -110,13 +110,31 @@ def join_process_group(device: torch.device) -> None:
     _joined = True
 
 
-def leave_process_group() -> None:
-    """Destroy the process group :func:`join_process_group` set up, if any."""
+def leave_process_group(sync: bool = False) -> None:
+    """Destroy the process group :func:`join_process_group` set up, if any.
+
+    ``sync`` waits first until every rank gets here: a rank that tears down its gloo connections while
+    another still uses them makes that one abort ("terminate called without an active exception"). Only on
+    success: after an error the other ranks may never arrive.
+    """
     global _joined
     if _joined and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
     if _joined:
         _joined = False
+
+
+@contextmanager
+def torchrun_command() -> Iterator[None]:
+    """Around a whole command: under torchrun, leave the process group at its end (in step on success)."""
+    try:
+        yield
+    except BaseException:
+        leave_process_group()
+        raise
+    leave_process_group(sync=True)
 
 
 def barrier() -> None:
