@@ -18,6 +18,9 @@ volume64 (benchmarks/volume64.py): seconds per 64^3 volume with a label map, rfl
 sampling (benchmarks/sampling.py): FID against network evaluations for DDPM 1000, DDIM, DPM-Solver++ and
 UniPC on the train64 model; the default sampler; images/s and FLOP/s against MONAI's DDPM 1000 recipe.
 
+training (benchmarks/training.py): steps/s, peak memory and FLOP/s of synthmed's trainer (autoencoder and
+diffusion stages, bf16) against MONAI's tutorial training loops (fp32, latents encoded every step) on train64.
+
 controlnet64 (benchmarks/controlnet64.py): BUSI 64 px mask ControlNet: Dice between the conditioning masks
 and a real-trained segmenter's output on the generated images, against scale 0 and the real ceiling; s/image.
 
@@ -41,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import controlnet64, decode3d, sampling, volume64
+from benchmarks import controlnet64, decode3d, sampling, training, volume64
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(os.environ.get("SYNTHMED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -402,6 +405,7 @@ def main() -> None:
         sub.add_parser("volume64", help="3D 64^3 with label map: rflow 30 vs DDPM 1000 steps")
     )
     sampling.add_arguments(sub.add_parser("sampling", help="FID vs network evaluations per sampler; speed"))
+    training.add_arguments(sub.add_parser("training", help="trainer throughput vs MONAI's tutorial loops"))
     controlnet64.add_arguments(
         sub.add_parser(
             "controlnet64", help="BUSI 64 px mask ControlNet: segmenter Dice vs the masks, s/image"
@@ -418,6 +422,8 @@ def main() -> None:
         result = decode3d.run(args)
     elif args.name == "volume64":
         result = {"machine": machine(), **volume64.run(args, DATA)}
+    elif args.name == "training":
+        result = {"machine": machine(), **training.run(args)}
     elif args.name == "sampling":
         result = {"machine": machine(), **sampling.run(args, DATA)}
     elif args.name == "controlnet64":

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.measure import PeakMemory, matmul_peak, timed
 from synthmed import load
 from synthmed.evaluation.features import ExtractorSettings, trained_extractor
 from synthmed.evaluation.fidelity import fid
@@ -51,20 +52,6 @@ def _generate(pipe, sampler: str, steps: int, n: int, batch: int) -> tuple[torch
     return torch.cat(images), time.perf_counter() - t0
 
 
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of a square matmul on this machine (best of ``repeats``)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b  # warm-up
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * size**3 / best
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def flops_per_image(pipe, sampler: str, steps: int) -> float:
     """FLOPs of generating one image (guided forward passes and decoding), counted on a batch of 2."""
     with FlopCounterMode(display=False) as counter:
@@ -72,8 +59,9 @@ def flops_per_image(pipe, sampler: str, steps: int) -> float:
     return counter.get_total_flops() / 2
 
 
-def _monai_baseline(pipe, n: int) -> float:
-    """Images/s of MONAI's tutorial sampler: DDPM 1000 steps, fp32, no guidance, decoding included."""
+def _monai_baseline(pipe, n: int) -> tuple[float, float]:
+    """Images/s and peak MiB of MONAI's tutorial sampler: DDPM 1000 steps, fp32, no guidance, decoding
+    included."""
     from monai.inferers import LatentDiffusionInferer
 
     scheduler = build_scheduler(pipe.cfg.diffusion.noise, "ddpm")
@@ -82,9 +70,9 @@ def _monai_baseline(pipe, n: int) -> float:
     noise = torch.randn((n, *pipe.latent_shape), generator=torch.Generator().manual_seed(0))
     # MONAI's inferer passes conditioning only as cross-attention context: bind the class label here.
     unet = functools.partial(pipe.unet, class_labels=torch.full((n,), pipe.label_index("PNEUMONIA")))
-    with torch.inference_mode():
-        seconds = _timed(lambda: inferer.sample(noise, pipe.autoencoder, unet, scheduler, verbose=False))
-    return n / seconds
+    with torch.inference_mode(), PeakMemory(pipe.device) as memory:
+        seconds = timed(lambda: inferer.sample(noise, pipe.autoencoder, unet, scheduler, verbose=False))
+    return n / seconds, memory.mib
 
 
 def _weights_key(run_dir: Path) -> str:
@@ -151,19 +139,23 @@ def run(args: argparse.Namespace, data: Path) -> dict:
 
 def _speed(args: argparse.Namespace, run_dir: Path, best: dict) -> dict:
     pipe = load(run_dir, precision="bf16")
-    n = args.batch
-    pipe.sample_batch(list(range(n)), "NORMAL", steps=2, sampler=best["sampler"])  # warm-up
-    seconds = _timed(
-        lambda: pipe.sample_batch(list(range(n)), "NORMAL", steps=best["steps"], sampler=best["sampler"])
-    )
+    n, seeds = args.batch, list(range(args.batch))
+    pipe.sample_batch(seeds, "NORMAL", steps=2, sampler=best["sampler"])  # warm-up
+    with PeakMemory(pipe.device) as memory:
+        seconds = timed(
+            lambda: pipe.sample_batch(seeds, "NORMAL", steps=best["steps"], sampler=best["sampler"]),
+            pipe.device,
+        )
     rate = n / seconds
-    baseline = _monai_baseline(load(run_dir, precision="fp32"), args.baseline_images)
+    baseline, baseline_mib = _monai_baseline(load(run_dir, precision="fp32"), args.baseline_images)
     flops = flops_per_image(pipe, best["sampler"], best["steps"])
-    peak = matmul_peak(torch.bfloat16)
+    peak = matmul_peak(torch.bfloat16, pipe.device)
     return {
         "synthmed_images_per_s": round(rate, 2),
         "batch": n,
+        "synthmed_peak_mib": memory.mib,
         "monai_ddpm1000_fp32_images_per_s": round(baseline, 4),
+        "monai_peak_mib": baseline_mib,
         "speedup": round(rate / baseline, 1),
         "gflop_per_image": round(flops / 1e9, 2),
         "achieved_tflop_s": round(flops * rate / 1e12, 3),

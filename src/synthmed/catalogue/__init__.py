@@ -1,1 +1,1 @@
-"""Catalogue: database of data sets, models, generation runs, samples, studies and review decisions; export."""
+"""Catalogue: database of data sets, models, generation runs, samples, studies, decisions; export."""

@@ -1,0 +1,72 @@
+"""Measurements shared by the benchmarks: wall time with device synchronisation, peak memory of a phase, and
+the matrix-multiply peak of this machine (the hardware limit FLOP/s are compared with)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device = torch.device("cpu")) -> float:
+    """Seconds ``fn()`` takes, with queued device work finished before and after."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device = torch.device("cpu"), size: int = 2048) -> float:
+    """FLOP/s of a square matmul on this machine (best of 10)."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    a @ b  # warm-up
+    best = min(timed(lambda: a @ b, device) for _ in range(10))
+    return 2 * size**3 / best
+
+
+def _rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE
+
+
+class PeakMemory:
+    """Peak memory a ``with`` block adds: CUDA's allocator peak on a GPU; on the CPU the process RSS, sampled
+    every 2 ms by a thread (getrusage's peak never goes down, so it cannot tell one phase from another)."""
+
+    def __init__(self, device: torch.device = torch.device("cpu")) -> None:
+        self.device, self.mib = device, 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        self._start = self._peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, _rss_bytes())
+        self.mib = round((peak - self._start) / 2**20, 1)
