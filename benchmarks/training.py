@@ -10,8 +10,9 @@ whose data cache and trained autoencoder it reuses; run train64 first).
   term) under bf16 autocast with EMA. Baseline: the tutorial loop with the same losses in fp32.
 
 Per stage and path: steps/s and images/s over ``--steps`` timed steps after ``--warmup`` steps, peak memory
-added by the steps (warm-up included: that is when buffers are allocated), FLOPs of one training step (forward and backward, ``torch.utils.flop_counter``)
-and the achieved FLOP/s as a fraction of the bf16 matmul peak measured in the same run.
+added by the steps (warm-up included: that is when buffers are allocated), FLOPs of one training step
+(forward and backward, ``torch.utils.flop_counter``) and the achieved FLOP/s as a fraction of the bf16
+matmul peak measured in the same run.
 """
 
 from __future__ import annotations
