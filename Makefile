@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup demo test lint clean
+.PHONY: setup system-deps demo test lint clean
 
 $(BIN)/synthmed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,18 @@ setup: $(BIN)/synthmed
 demo: setup
 	$(BIN)/synthmed demo --out demo_run
 
-test: setup
+# The review tests start a throwaway PostgreSQL server and drive a headless Chromium: Debian packages,
+# installed here when missing (needs root or sudo).
+SYSTEM_PACKAGES := $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql) $(if $(wildcard /usr/bin/chromium),,chromium)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+system-deps:
+ifneq ($(strip $(SYSTEM_PACKAGES)),)
+	$(SUDO) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(SYSTEM_PACKAGES)
+endif
+
+test: setup system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: setup

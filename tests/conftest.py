@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,83 @@ def wide_busi(busi: Path):
         if img.shape[1] > img.shape[0] * 1.2:
             return img
     pytest.skip("no clearly non-square BUSI image found")
+
+
+# --- catalogue databases: SQLite files and a throwaway PostgreSQL server -------------------------
+
+POSTGRES_ENV = "SYNTHMED_TEST_POSTGRES_URL"
+
+
+def _postgres_bin() -> Path | None:
+    """The newest Debian PostgreSQL server binaries (/usr/lib/postgresql/<version>/bin)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """SQLAlchemy URL of a PostgreSQL server whose user may create databases: $SYNTHMED_TEST_POSTGRES_URL,
+    else a throwaway cluster (trust auth, 127.0.0.1, a free port) started for this test session."""
+    import subprocess
+    import tempfile
+
+    from sqlalchemy.engine import make_url
+
+    if os.environ.get(POSTGRES_ENV):
+        yield make_url(os.environ[POSTGRES_ENV]).set(drivername="postgresql+psycopg").render_as_string(False)
+        return
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.fail(
+            f"PostgreSQL server not found (no /usr/lib/postgresql/*/bin/initdb): install it with "
+            f"`apt-get install postgresql`, or set {POSTGRES_ENV} to a server URL whose user may create "
+            "databases"
+        )
+    # PostgreSQL refuses to run as root: run it as the postgres user on a folder that user owns.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    base = Path(tempfile.mkdtemp(prefix="synthmed-pg-"))
+    if as_user:
+        shutil.chown(base, "postgres")
+    data = base / "data"
+    port = _free_port()
+    run = functools.partial(subprocess.run, check=True, capture_output=True, text=True)
+    run([*as_user, bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"])
+    options = f"-h 127.0.0.1 -p {port} -k {base} -F"  # -F: no fsync, a test cluster needs no durability
+    run([*as_user, bin_dir / "pg_ctl", "-D", data, "-o", options, "-l", base / "log", "-w", "start"])
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run([*as_user, bin_dir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalogue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of a fresh, empty database (no tables) on SQLite or PostgreSQL; tests call migrate.upgrade."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalogue.db'}"
+        return
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    server = make_url(request.getfixturevalue("postgres_server"))
+    name = f"test_{uuid.uuid4().hex}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:  # FORCE: a test that failed may have left connections open
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

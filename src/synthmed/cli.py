@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
+from synthmed.catalogue.commands import catalogue_app, catalogue_session, db_app, generate_from_requests
+from synthmed.cli_support import command_config, err, user_errors
 from synthmed.config import (
     AugmentationConfig,
     EvaluateConfig,
+    ExportConfig,
     GenerateConfig,
-    format_validation_error,
     load_train_config,
-    read_yaml,
 )
 from synthmed.errors import SynthmedError
 from synthmed.models.presets import PRESETS
+from synthmed.web.commands import serve, users_app
 
 app = typer.Typer(
     help="synthmed: train latent diffusion models on your own medical images and generate labelled "
@@ -31,35 +30,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-err = Console(stderr=True)
-C = TypeVar("C", bound=BaseModel)
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a SynthmedError as one line and exit with code 2 instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SynthmedError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; the last checkpoint is kept: continue with --resume")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-def command_config(model: type[C], path: Path | None, given: dict[str, Any]) -> C:
-    """The YAML file's fields, overridden by the options given on the command line, validated."""
-    values = read_yaml(path) if path else {}
-    values |= {k: v for k, v in given.items() if v is not None}
-    try:
-        return model.model_validate(values)
-    except ValidationError as exc:
-        raise SynthmedError(format_validation_error(exc, str(path or "(arguments)"))) from exc
 
 
 class ConditionName(StrEnum):
@@ -255,6 +225,18 @@ def generate(
     qc_retries: Annotated[
         int | None, typer.Option(help="3D: new seeds tried when a volume fails the intensity check (3).")
     ] = None,
+    from_requests: Annotated[
+        bool,
+        typer.Option(
+            "--from-requests",
+            help="Fulfil the catalogue's open regeneration requests (rejected samples): each is generated "
+            "again with its recorded settings and a new seed into its own folder, and imported. Takes only "
+            "--database, --device and --config (FromRequestsConfig).",
+        ),
+    ] = False,
+    database: Annotated[
+        str | None, typer.Option(help="--from-requests: catalogue URL (default: $SYNTHMED_DATABASE_URL).")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML with GenerateConfig fields.")
     ] = None,
@@ -298,6 +280,9 @@ def generate(
         "tile_overlap": tile_overlap,
         "qc_retries": qc_retries,
     }
+    if from_requests or database is not None:
+        generate_from_requests(from_requests, database, config, given, progress)
+        return
     cfg = command_config(GenerateConfig, config, given)
     with torchrun_command():
         generate_to_folder(cfg, progress=progress)
@@ -310,6 +295,10 @@ edit_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(edit_app, name="edit")
+app.add_typer(db_app, name="db")
+app.add_typer(catalogue_app, name="catalogue")
+app.add_typer(users_app, name="users")
+app.command()(serve)
 
 EditRun = Annotated[Path | None, typer.Option("--run", help="Trained run directory.")]
 EditImage = Annotated[Path | None, typer.Option(help="Image to edit (PNG, JPEG, TIFF, DICOM).")]
@@ -607,6 +596,51 @@ def demo(
 
     report = run_demo(out, quick=quick, progress=progress)
     err.print(f"done: open {report}")
+
+
+class ExportFormat(StrEnum):
+    png = "png"
+    nifti = "nifti"
+    dicom = "dicom"
+
+
+@app.command()
+@user_errors
+def export(
+    fmt: Annotated[
+        ExportFormat | None,
+        typer.Option("--format", help="png (2D), nifti (.nii.gz) or dicom (marked synthetic, masks as SEG)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder: imagesTr/, labelsTr/, dataset.json, manifest.csv.")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Only this synthetic data set (default: all).")] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(help="Catalogue URL (default: $SYNTHMED_DATABASE_URL, else sqlite:///synthmed.db)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a previous export in --out (other files there stay).")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML with ExportConfig fields.")
+    ] = None,
+) -> None:
+    """Export the approved synthetic samples as a training corpus (nnU-Net / Decathlon layout).
+
+    Writes imagesTr/<case>_0000 files, labelsTr/ for masks and label maps, dataset.json and manifest.csv
+    (provenance and checksums of every case). DICOM objects get new UIDs, placeholder patient attributes
+    (nothing is copied from source files), Synthetic Data = YES and a series description naming the model.
+    """
+    from synthmed.catalogue.export import export_approved
+
+    given = {"format": fmt.value if fmt else None, "out": out, "dataset": dataset, "database": database}
+    given["overwrite"] = overwrite or None  # unset: the config file's value, else False
+    cfg = command_config(ExportConfig, config, given)
+    with catalogue_session(cfg.database) as session:
+        summary = export_approved(session, cfg.out, cfg.format, dataset=cfg.dataset, overwrite=cfg.overwrite)
+    classes = ", ".join(f"{label} {n}" for label, n in sorted(summary["classes"].items()))
+    err.print(f"done: {summary['cases']} cases ({classes}; {summary['labelled']} with labels) in {cfg.out}")
 
 
 @app.command()

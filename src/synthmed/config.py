@@ -615,3 +615,123 @@ def save_yaml(model: BaseModel, path: Path) -> None:
     tmp = Path(f"{path}.tmp{os.getpid()}")
     tmp.write_text(yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False))
     os.replace(tmp, path)
+
+
+# --- review web app ------------------------------------------------------------------------------
+
+USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class UserConfig(Strict):
+    """`synthmed users add`: a login of the review web app (the password never goes through a config)."""
+
+    username: str = Field(pattern=USERNAME_PATTERN, description="Letters, digits and _ . @ - (1-64).")
+    role: Literal["admin", "reader"] = Field("reader", description="admin: studies, review; reader: studies.")
+    database: str | None = Field(None, description="Catalogue URL (default: $SYNTHMED_DATABASE_URL).")
+
+
+class ServeConfig(Strict):
+    """`synthmed serve`: the review web app."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    database: str | None = Field(None, description="Catalogue URL (default: $SYNTHMED_DATABASE_URL).")
+    secure_cookies: bool = Field(
+        True, description="Session cookie only over HTTPS; off only for plain http on a loopback host."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Blinded study images (default: beside a SQLite file, else ./synthmed-review-cache)"
+    )
+    max_failed_logins: int = Field(5, ge=1, description="Failed logins before a user name is locked.")
+    max_failed_per_address: int = Field(
+        20, ge=1, description="Failed logins before a client address is locked."
+    )
+    lockout_minutes: float = Field(15.0, gt=0, description="How long a lock lasts.")
+    session_hours: float = Field(8.0, gt=0, description="A login expires after this many hours.")
+
+    @model_validator(mode="after")
+    def _cookies_need_tls(self) -> Self:
+        if not self.secure_cookies and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"insecure cookies are only allowed on a loopback host ({', '.join(LOOPBACK_HOSTS)}), not "
+                f"{self.host!r}: serve behind HTTPS instead"
+            )
+        return self
+
+
+class StudyConfig(Strict):
+    """A reader study: a seeded mix of real and synthetic samples shown to readers (admin form or YAML)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    real_dataset: str = Field(min_length=1, description="Name of a catalogue data set of origin real.")
+    synthetic_dataset: str = Field(min_length=1, description="Name of a data set of origin synthetic.")
+    n_real: int = Field(gt=0, le=100_000, description="Real samples drawn with the seed.")
+    n_synthetic: int = Field(gt=0, le=100_000, description="Synthetic samples drawn with the seed.")
+    readers: list[str] = Field(min_length=1, description="User names of the readers (role reader).")
+    kind: Literal["turing", "rating"] = Field(
+        "turing", description="turing: forced choice real/synthetic + confidence; rating: Likert scales only."
+    )
+    likert: bool = Field(True, description="Ask realism, anatomy (and 3D slice consistency) with each item.")
+    repeat_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="Fraction of items shown a second time (intra-reader consistency)."
+    )
+    image_size: int = Field(512, ge=64, le=2048, description="Every served image: this square, in pixels.")
+    seed: int = Field(0, ge=0, description="Seed of the sample draw and of every reader's order.")
+
+    @model_validator(mode="after")
+    def _rating_needs_likert(self) -> Self:
+        if self.kind == "rating" and not self.likert:
+            raise ValueError("a rating study asks the Likert scales: set likert to true or kind to turing")
+        if len(set(self.readers)) != len(self.readers):
+            raise ValueError("readers: a user name is listed twice")
+        return self
+
+
+# --- catalogue -----------------------------------------------------------------------------------
+
+
+class DatabaseConfig(Strict):
+    """`synthmed db upgrade|current`, `synthmed catalogue list`: which catalogue database."""
+
+    database: str | None = Field(None, description="Catalogue URL (default: $SYNTHMED_DATABASE_URL).")
+
+
+class CatalogueImportConfig(DatabaseConfig):
+    """`synthmed catalogue import`: a `synthmed generate` output folder as a synthetic data set."""
+
+    out_dir: Path = Field(description="The output folder (with manifest.jsonl).")
+    name: str | None = Field(
+        None, min_length=1, max_length=200, description="Data set name (default: the folder's name)."
+    )
+
+
+class CatalogueImportRealConfig(DatabaseConfig):
+    """`synthmed catalogue import-real`: a folder of real images as a real data set."""
+
+    folder: Path = Field(description="Class folders of 2D images, or NIfTI volumes (3D).")
+    name: str = Field(min_length=1, max_length=200, description="Data set name.")
+    spatial_dims: Literal[2, 3] | None = Field(None, description="Default: 3 when the folder holds NIfTI.")
+
+
+class FromRequestsConfig(DatabaseConfig):
+    """`synthmed generate --from-requests`: fulfil the catalogue's open regeneration requests."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+class ExportConfig(DatabaseConfig):
+    """`synthmed export`: the approved synthetic samples as an nnU-Net / Decathlon style training corpus."""
+
+    format: Literal["png", "nifti", "dicom"] = Field(
+        description="png (2D, source bit depth), nifti (.nii.gz) or dicom (Secondary Capture + SEG, "
+        "marked synthetic)."
+    )
+    out: Path = Field(description="Output folder: imagesTr/, labelsTr/, dataset.json, manifest.csv.")
+    dataset: str | None = Field(
+        None, min_length=1, description="Export only this synthetic data set (default: all approved samples)."
+    )
+    overwrite: bool = Field(False, description="Replace a previous export in out; other files there stay.")

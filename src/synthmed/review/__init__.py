@@ -1,0 +1,1 @@
+"""Review: reader studies (visual Turing test, Likert ratings), approve/reject decisions, statistics."""

@@ -1,0 +1,179 @@
+"""Blinded re-encoding of study images: every served image, real or synthetic, 2D or a 3D slice, is decoded,
+windowed, resized and written the same way, so nothing but its pixels can tell where it came from.
+
+- windowing: the 0.5th-99.5th intensity percentiles of the whole image (3D: the whole volume) -> [0, 255];
+- geometry: the study's square ``size``, aspect ratio kept (3D: from the voxel spacing), zero padding;
+  3D volumes are reoriented to RAS and resampled to the study's common number of axial slices;
+- encoding: 8-bit greyscale PNG, no ancillary chunks (no text, time, gamma, resolution), zlib level 0
+  (stored blocks), so every image of a study has exactly the same byte length.
+
+Images are rendered once, when the study is created, into a cache folder keyed by study and item; the web
+app serves those bytes, so serving time depends neither on the origin nor on the source file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import get_track_meta, set_track_meta
+from monai.transforms import Resize, SpatialPad
+from PIL import Image
+
+from synthmed.catalogue.db import database_url
+from synthmed.data.preprocess import FitResize, PercentileScale
+from synthmed.data.readers import read_image
+from synthmed.errors import SynthmedError
+
+WINDOW = (0.5, 99.5)
+#: Largest volume rendered (voxels): far above any CT or MRI series, far below what exhausts memory.
+MAX_VOXELS = 1 << 28
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+
+
+def default_cache_dir(url: str | None = None) -> Path:
+    """Beside a SQLite file (``synthmed.db`` -> ``synthmed.db-review``), else in the working folder."""
+    url = database_url(url)
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url[len(prefix) :] not in ("", ":memory:"):
+        db_file = Path(url[len(prefix) :])
+        return db_file.with_name(db_file.name + "-review")
+    return Path("synthmed-review-cache")
+
+
+def study_dir(cache: Path, study_id: int) -> Path:
+    return Path(cache) / f"study_{study_id}"
+
+
+def slice_path(cache: Path, study_id: int, item_id: int, index: int) -> Path:
+    return study_dir(cache, study_id) / str(item_id) / f"{index}.png"
+
+
+def encode_png(plane: np.ndarray) -> bytes:
+    """8-bit greyscale PNG with only IHDR, IDAT and IEND; stored (uncompressed) blocks: its length depends
+    on the image size alone."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(plane, dtype=np.uint8), mode="L").save(
+        buf, format="PNG", compress_level=0
+    )
+    return buf.getvalue()
+
+
+def _window(arr: np.ndarray) -> torch.Tensor:
+    lo, hi = WINDOW
+    return torch.as_tensor(PercentileScale(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)(arr))
+
+
+def _to_uint8(arr: torch.Tensor) -> np.ndarray:
+    return np.round(np.clip(np.asarray(arr, dtype=np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def render_image(path: Path, size: int) -> np.ndarray:
+    """A 2D image file (PNG, JPEG, DICOM...) as one (size, size) uint8 plane."""
+    windowed = _window(read_image(path))[None]  # (1, H, W)
+    tracking = get_track_meta()
+    set_track_meta(False)  # MetaTensor bookkeeping is unused here
+    try:
+        fitted = SpatialPad((size, size), mode="constant", value=0.0)(FitResize(size, "longest")(windowed))
+    finally:
+        set_track_meta(tracking)
+    return _to_uint8(torch.as_tensor(fitted))[0]
+
+
+def _open_volume(path: Path):  # -> nibabel image, RAS
+    import nibabel as nib
+
+    if not str(path).lower().endswith(VOLUME_SUFFIXES):
+        raise SynthmedError("a 3D study sample must be a NIfTI file (.nii or .nii.gz)", path=path)
+    try:
+        img = nib.as_closest_canonical(nib.load(path))
+    except Exception as exc:  # nibabel, gzip and OS errors on damaged or missing files
+        raise SynthmedError(f"cannot read this NIfTI file ({type(exc).__name__}: {exc})", path=path) from exc
+    shape = img.shape
+    if len(shape) != 3 or min(shape) < 1:
+        raise SynthmedError(f"expected one 3D volume, got shape {shape}", path=path)
+    if int(np.prod(shape)) > MAX_VOXELS:
+        raise SynthmedError(f"volume of {shape} voxels is above the {MAX_VOXELS:,}-voxel limit", path=path)
+    return img
+
+
+def axial_slices(path: Path) -> int:
+    """Axial slices of a NIfTI volume in RAS orientation (header only)."""
+    return int(_open_volume(path).shape[2])
+
+
+def render_volume(path: Path, size: int, slices: int) -> np.ndarray:
+    """A NIfTI volume as (slices, size, size) uint8 axial planes, radiological display (patient's right on
+    the viewer's left, anterior up), in-plane aspect ratio from the voxel spacing."""
+    img = _open_volume(path)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:
+        raise SynthmedError(f"cannot read the voxels ({type(exc).__name__}: {exc})", path=path) from exc
+    if not np.isfinite(data).all():
+        raise SynthmedError("volume holds NaN or infinite values", path=path)
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    # RAS (x, y, z) -> (z, rows = y flipped, columns = x flipped): axial planes for display.
+    planes = np.ascontiguousarray(np.transpose(data, (2, 1, 0))[:, ::-1, ::-1])
+    height, width = planes.shape[1] * zooms[1], planes.shape[2] * zooms[0]
+    scale = size / max(height, width)
+    target = (slices, max(1, round(height * scale)), max(1, round(width * scale)))
+    tracking = get_track_meta()
+    set_track_meta(False)
+    try:
+        resized = Resize(target, mode="trilinear", anti_aliasing=True)(_window(planes)[None])
+        padded = SpatialPad((slices, size, size), mode="constant", value=0.0)(resized)
+    finally:
+        set_track_meta(tracking)
+    return _to_uint8(torch.as_tensor(padded))[0]
+
+
+def render_study(
+    cache: Path, study_id: int, items: Iterable[tuple[int, Path]], spatial_dims: int, size: int
+) -> int:
+    """Render every (item id, file) of a study into the cache; returns the slices per item (1 for 2D).
+
+    Written to a temporary folder first and moved into place at the end, so a failure (a damaged file,
+    named in the error) leaves no half-rendered study behind.
+    """
+    items = list(items)
+    slices = 1
+    if spatial_dims == 3:
+        slices = min(max(axial_slices(path) for _, path in items), size)  # one count for every item
+    final = study_dir(cache, study_id)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for item_id, path in items:
+            planes = (
+                render_volume(path, size, slices) if spatial_dims == 3 else render_image(path, size)[None]
+            )
+            folder = tmp / str(item_id)
+            folder.mkdir(parents=True)
+            for index, plane in enumerate(planes):
+                (folder / f"{index}.png").write_bytes(encode_png(plane))
+        shutil.rmtree(final, ignore_errors=True)  # a stale folder of a rolled-back study with this id
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return slices
+
+
+def slice_count(cache: Path, study_id: int, item_id: int) -> int:
+    """Slices rendered for an item (the same for every item of a study)."""
+    folder = study_dir(cache, study_id) / str(item_id)
+    return sum(1 for p in folder.glob("*.png")) if folder.is_dir() else 0
+
+
+def preview_png(path: Path, spatial_dims: int, size: int = 256) -> bytes:
+    """An admin's gallery thumbnail: the image, or a volume's middle axial slice (not blinded)."""
+    if spatial_dims == 3:
+        planes = render_volume(path, size, axial_slices(path))
+        return encode_png(planes[len(planes) // 2])
+    return encode_png(render_image(path, size))

@@ -1,0 +1,226 @@
+"""Admin pages: overview, create a study, follow its readers, its statistics (page and CSV), and the review
+of synthetic samples (approve, or reject with a reason: a regeneration request)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from synthmed.catalogue.db import transaction
+from synthmed.catalogue.models import REVIEW_STATES, Dataset, Sample, Study, StudyItem, User
+from synthmed.config import StudyConfig, format_validation_error
+from synthmed.errors import SynthmedError
+from synthmed.review.decisions import decide
+from synthmed.review.render import preview_png
+from synthmed.review.stats import AnswerRow, statistics_csv, study_statistics
+from synthmed.review.studies import answers_for_stats, create_study, progress
+from synthmed.web.auth import CSRF, Admin
+from synthmed.web.deps import DB
+from synthmed.web.pages import render
+
+router = APIRouter(prefix="/admin")
+PAGE_SIZE = 24
+Text = Annotated[str, Form(max_length=200)]
+
+
+@router.get("")
+def overview(request: Request, session: DB, user: Admin) -> HTMLResponse:
+    counts = session.execute(
+        select(Dataset, Sample.review_state, func.count(Sample.id))
+        .outerjoin(Sample, Sample.dataset_id == Dataset.id)
+        .group_by(Dataset.id, Sample.review_state)
+        .order_by(Dataset.name)
+    ).all()
+    datasets: dict[int, tuple[Dataset, dict[str, int]]] = {}
+    for dataset, state, n in counts:
+        datasets.setdefault(dataset.id, (dataset, {}))[1][state or "pending"] = n
+    studies = session.scalars(select(Study).order_by(Study.id.desc())).all()
+    return render(request, "admin.html", user=user, datasets=list(datasets.values()), studies=studies)
+
+
+def _study_form(
+    request: Request, session: DB, user: User, status: int = 200, **values: object
+) -> HTMLResponse:
+    datasets = session.scalars(select(Dataset).order_by(Dataset.name)).all()
+    readers = session.scalars(
+        select(User).where(User.role == "reader", User.active.is_(True)).order_by(User.username)
+    ).all()
+    return render(request, "study_new.html", status, user=user, datasets=datasets, readers=readers, **values)
+
+
+@router.get("/studies/new")
+def new_study(request: Request, session: DB, user: Admin) -> HTMLResponse:
+    return _study_form(request, session, user, form={})
+
+
+@router.post("/studies/new", dependencies=[CSRF], response_model=None)
+def create(
+    request: Request,
+    session: DB,
+    user: Admin,
+    name: Text,
+    real_dataset: Text,
+    synthetic_dataset: Text,
+    n_real: Text,
+    n_synthetic: Text,
+    readers: Annotated[list[str] | None, Form()] = None,
+    kind: Text = "turing",
+    likert: Text = "",
+    repeat_fraction: Text = "0",
+    image_size: Text = "512",
+    seed: Text = "0",
+) -> HTMLResponse | RedirectResponse:
+    form = {
+        "name": name,
+        "real_dataset": real_dataset,
+        "synthetic_dataset": synthetic_dataset,
+        "n_real": n_real,
+        "n_synthetic": n_synthetic,
+        "readers": readers or [],
+        "kind": kind,
+        "likert": likert == "on",
+        "repeat_fraction": repeat_fraction,
+        "image_size": image_size,
+        "seed": seed,
+    }
+    try:
+        cfg = StudyConfig.model_validate(form)
+        # Its own transaction: a failure (e.g. a damaged image) leaves no half-made study behind.
+        with transaction(request.app.state.sessions) as writer:
+            study_id = create_study(writer, cfg, user.id, request.app.state.cache).id
+    except ValidationError as exc:
+        return _study_form(request, session, user, 400, form=form, error=format_validation_error(exc, "form"))
+    except SynthmedError as exc:
+        return _study_form(request, session, user, 400, form=form, error=str(exc))
+    return RedirectResponse(f"/admin/studies/{study_id}", status_code=303)
+
+
+def _study(session: DB, study_id: int) -> Study:
+    study = session.get(Study, study_id)
+    if study is None:
+        raise HTTPException(404, "Not found.")
+    return study
+
+
+@router.get("/studies/{study_id}")
+def study_page(request: Request, session: DB, user: Admin, study_id: int) -> HTMLResponse:
+    study = _study(session, study_id)
+    origins = dict(
+        session.execute(
+            select(Dataset.origin, func.count(StudyItem.id))
+            .join(Sample, Sample.id == StudyItem.sample_id)
+            .join(Dataset, Dataset.id == Sample.dataset_id)
+            .where(StudyItem.study_id == study.id)
+            .group_by(Dataset.origin)
+        ).all()
+    )
+    readers = [(r.user, progress(session, study.id, r.user_id)) for r in study.readers]
+    return render(request, "study.html", user=user, study=study, origins=origins, readers=readers)
+
+
+@router.get("/studies/{study_id}/statistics")
+def statistics_page(request: Request, session: DB, user: Admin, study_id: int) -> HTMLResponse:
+    study = _study(session, study_id)
+    result = study_statistics(answers_for_stats(session, study.id))
+    return render(request, "statistics.html", user=user, study=study, result=result)
+
+
+def _csv(text: str, filename: str) -> Response:
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.get("/studies/{study_id}/statistics.csv")
+def statistics_download(session: DB, user: Admin, study_id: int) -> Response:
+    study = _study(session, study_id)
+    return _csv(
+        statistics_csv(study_statistics(answers_for_stats(session, study.id))), f"study_{study.id}.csv"
+    )
+
+
+@router.get("/studies/{study_id}/answers.csv")
+def answers_download(session: DB, user: Admin, study_id: int) -> Response:
+    """Every answer with its answer key, for analyses of one's own."""
+    study = _study(session, study_id)
+    fields = [f.name for f in dataclasses.fields(AnswerRow)]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(dataclasses.asdict(row) for row in answers_for_stats(session, study.id))
+    return _csv(out.getvalue(), f"study_{study.id}_answers.csv")
+
+
+@router.get("/review")
+def review(
+    request: Request,
+    session: DB,
+    user: Admin,
+    dataset_id: Annotated[str, Query(max_length=20)] = "",
+    state: Annotated[str, Query(max_length=16)] = "pending",
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> HTMLResponse:
+    if state not in REVIEW_STATES:
+        raise HTTPException(400, f"state must be one of {', '.join(REVIEW_STATES)}")
+    datasets = session.scalars(
+        select(Dataset).where(Dataset.origin == "synthetic").order_by(Dataset.name)
+    ).all()
+    query = (
+        select(Sample)
+        .join(Dataset)
+        .where(Dataset.origin == "synthetic", Sample.review_state == state)
+        .order_by(Sample.id)
+    )
+    selected = int(dataset_id) if dataset_id.isdigit() else None  # "" from the form's "all"
+    if selected is not None:
+        query = query.where(Sample.dataset_id == selected)
+    samples = session.scalars(query.offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE + 1)).all()
+    return render(
+        request,
+        "review.html",
+        user=user,
+        datasets=datasets,
+        samples=samples[:PAGE_SIZE],
+        more=len(samples) > PAGE_SIZE,
+        dataset_id=selected,
+        state=state,
+        page=page,
+        states=REVIEW_STATES,
+    )
+
+
+@router.post("/review/{sample_id}", dependencies=[CSRF])
+def review_decision(
+    session: DB,
+    user: Admin,
+    sample_id: int,
+    decision: Annotated[str, Form(max_length=16)],
+    reason: Annotated[str, Form(max_length=2000)] = "",
+    dataset_id: Annotated[str, Form(max_length=20)] = "",
+    state: Annotated[str, Form(max_length=16)] = "pending",
+    page: Annotated[int, Form(ge=1, le=100_000)] = 1,
+) -> RedirectResponse:
+    decide(session, sample_id, user.id, decision, reason)
+    back = f"/admin/review?state={state if state in REVIEW_STATES else 'pending'}&page={page}"
+    if dataset_id.isdigit():
+        back += f"&dataset_id={dataset_id}"
+    return RedirectResponse(back, status_code=303)
+
+
+@router.get("/samples/{sample_id}/preview.png")
+def sample_preview(session: DB, user: Admin, sample_id: int) -> Response:
+    sample = session.get(Sample, sample_id)
+    if sample is None:
+        raise HTTPException(404, "Not found.")
+    path = Path(sample.dataset.root) / sample.path
+    return Response(preview_png(path, sample.dataset.spatial_dims), media_type="image/png")
