@@ -272,3 +272,36 @@ class RegenerationRequest(Base):
     fulfilled: Mapped[datetime | None] = mapped_column(default=None)
 
     sample: Mapped[Sample] = relationship(foreign_keys=[sample_id])
+
+
+JOB_KINDS = ("generate", "evaluate", "train")
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+
+
+class Job(Base):
+    """A generation, evaluation or training run that a worker process executes (``synthmed worker``).
+
+    ``config`` is the command's config object as JSON (GenerateConfig, EvaluateConfig, TrainConfig), so a job
+    runs exactly as the command line would. A running job's worker renews ``heartbeat``; a job whose heartbeat
+    stops is recovered (queued again or failed, see synthmed.jobs). ``progress`` is what the live view shows.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (_one_of("kind", JOB_KINDS), _one_of("state", JOB_STATES))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    started: Mapped[datetime | None] = mapped_column(default=None)
+    finished: Mapped[datetime | None] = mapped_column(default=None)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)  # host:pid of the running worker
+    heartbeat: Mapped[datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)  # output folder, counts, report path
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    generation_run_id: Mapped[int | None] = mapped_column(ForeignKey("generation_runs.id"), default=None)
