@@ -169,6 +169,9 @@ def generate(
         str | None, typer.Option(help="fp32 (bit-reproducible), bf16, fp16 or auto.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    compile: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the UNet (minutes of compiling first).")
+    ] = False,
     privacy_filter: Annotated[
         bool,
         typer.Option(
@@ -266,6 +269,7 @@ def generate(
         "batch_size": batch_size,
         "bit_depth": bit_depth,
         "precision": precision,
+        "compile": compile or None,
         "device": device,
         "privacy_filter": privacy_filter or None,
         "copy_percentile": copy_percentile,

@@ -370,6 +370,7 @@ class GenerateConfig(Strict):
     checkpoint: Literal["ema", "raw"] = "ema"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = Field(False, description="torch.compile the UNet (minutes of compiling first).")
     privacy_filter: bool = Field(
         False, description="Drop (and replace) images closer to a training image than holdout images are."
     )

@@ -133,8 +133,15 @@ class Pipeline:
 
     @classmethod
     def load(
-        cls, run_dir: str | Path, device: str = "auto", precision: str = "fp32", checkpoint: str = "ema"
+        cls,
+        run_dir: str | Path,
+        device: str = "auto",
+        precision: str = "fp32",
+        checkpoint: str = "ema",
+        compile: bool = False,
     ) -> Pipeline:
+        """A trained run ready to sample. ``compile``: the UNet through ``torch.compile`` (a one-off compile
+        of minutes on a CPU, then faster steps where the backend gains; results equal eager to rounding)."""
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
             raise SynthmedError(
@@ -147,6 +154,8 @@ class Pipeline:
         autoencoder = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(dev)
         ckpt.load_exported(autoencoder, ae_path, checkpoint)
         unet, state = load_unet(cfg, dev, checkpoint)
+        if compile:
+            unet = torch.compile(unet, dynamic=False)
         class_names = list(state["extra"]["class_names"])
         hashes = {
             "autoencoder_sha256": ckpt.file_sha256(ae_path),
@@ -571,7 +580,13 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
     """
     _check_counts(cfg.count, cfg.steps, cfg.batch_size)
     join_process_group(resolve_device(cfg.device))
-    pipe = Pipeline.load(cfg.run_dir, device=cfg.device, precision=cfg.precision, checkpoint=cfg.checkpoint)
+    pipe = Pipeline.load(
+        cfg.run_dir,
+        device=cfg.device,
+        precision=cfg.precision,
+        checkpoint=cfg.checkpoint,
+        compile=cfg.compile,
+    )
     pipe.label_index(cfg.label)
     sampler = cfg.sampler or pipe.samplers[0]
     if sampler not in pipe.samplers:
