@@ -8,11 +8,13 @@
   floor (how much FID moves from sampling alone). The default is the cheapest row within 10% of the
   reference FID (else the few-step row with the lowest FID); it is checked again in fp32 (does bf16 keep
   quality?).
-- Speed: images/s of that default (bf16, batch ``--batch``, decoding included) against MONAI's tutorial recipe
-  on the same weights, ``LatentDiffusionInferer.sample`` with DDPM 1000 steps in fp32 (timed on a few images).
+- Speed: images/s of that default, decoding included, one batch each after a warm-up: bf16 at batch sizes
+  ``--batches``, bf16 channels-last, bf16 with ``torch.compile`` (compile time reported as warm-up) and fp32;
+  the fastest against MONAI's tutorial recipe on the same weights, ``LatentDiffusionInferer.sample`` with DDPM
+  1000 steps in fp32 (timed on a few images). Peak memory added by each timed batch.
   Each forward pass with guidance evaluates the conditional and unconditional halves in one batch: NFE counts
   network calls per image, which is 2 x steps with guidance.
-- Achieved FLOP/s of the default: UNet + decoder FLOPs counted with ``torch.utils.flop_counter`` divided by
+- Achieved FLOP/s of the fastest: UNet + decoder FLOPs counted with ``torch.utils.flop_counter`` divided by
   the time, as a fraction of the bf16 matmul peak measured on this machine in the same run.
 """
 
@@ -137,23 +139,56 @@ def run(args: argparse.Namespace, data: Path) -> dict:
     }
 
 
-def _speed(args: argparse.Namespace, run_dir: Path, best: dict) -> dict:
-    pipe = load(run_dir, precision="bf16")
-    n, seeds = args.batch, list(range(args.batch))
-    pipe.sample_batch(seeds, "NORMAL", steps=2, sampler=best["sampler"])  # warm-up
+def _rate(pipe, best: dict, n: int) -> dict:
+    """Images/s and peak MiB of one batch of ``n`` at the default sampler and steps, decoding included."""
+    seeds = list(range(n))
+    t0 = time.perf_counter()
+    pipe.sample_batch(seeds, "NORMAL", steps=2, sampler=best["sampler"])  # warm-up (and compiling)
+    warmup = time.perf_counter() - t0
     with PeakMemory(pipe.device) as memory:
         seconds = timed(
             lambda: pipe.sample_batch(seeds, "NORMAL", steps=best["steps"], sampler=best["sampler"]),
             pipe.device,
         )
-    rate = n / seconds
+    return {"images_per_s": round(n / seconds, 2), "peak_mib": memory.mib, "warmup_s": round(warmup, 1)}
+
+
+def _channels_last(pipe):
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.autoencoder.to(memory_format=torch.channels_last)
+    return pipe
+
+
+def _speed(args: argparse.Namespace, run_dir: Path, best: dict) -> dict:
+    """Speed of the default sampler and steps: bf16 at several batch sizes, channels-last, torch.compile and
+    fp32 (each one batch after a warm-up), then MONAI's DDPM 1000 recipe and the FLOP/s of the best."""
+    variants = {f"bf16 batch {b}": (lambda: load(run_dir, precision="bf16"), b) for b in args.batches}
+    variants |= {
+        f"bf16 channels-last batch {args.batch}": (
+            lambda: _channels_last(load(run_dir, precision="bf16")),
+            args.batch,
+        ),
+        f"fp32 batch {args.batch}": (lambda: load(run_dir, precision="fp32"), args.batch),
+    }
+    if args.compile:
+        variants[f"bf16 torch.compile batch {args.batch}"] = (
+            lambda: load(run_dir, precision="bf16", compile=True),
+            args.batch,
+        )
+    rows = {}
+    for name, (make, n) in variants.items():
+        rows[name] = _rate(make(), best, n)
+        print(name, rows[name], flush=True)
+    fastest = max(rows, key=lambda k: rows[k]["images_per_s"])
+    rate = rows[fastest]["images_per_s"]
     baseline, baseline_mib = _monai_baseline(load(run_dir, precision="fp32"), args.baseline_images)
+    pipe = load(run_dir, precision="bf16")
     flops = flops_per_image(pipe, best["sampler"], best["steps"])
     peak = matmul_peak(torch.bfloat16, pipe.device)
     return {
-        "synthmed_images_per_s": round(rate, 2),
-        "batch": n,
-        "synthmed_peak_mib": memory.mib,
+        "variants": rows,
+        "fastest": fastest,
+        "synthmed_images_per_s": rate,
         "monai_ddpm1000_fp32_images_per_s": round(baseline, 4),
         "monai_peak_mib": baseline_mib,
         "speedup": round(rate / baseline, 1),
@@ -168,6 +203,8 @@ def _speed(args: argparse.Namespace, run_dir: Path, best: dict) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", default="runs/bench-train64", help="a train64 run (64 px Kermany)")
     p.add_argument("--images", type=int, default=256, help="generated (and real) images per FID")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64, help="batch of the FID rows and of the speed variants")
+    p.add_argument("--batches", type=int, nargs="+", default=[16, 64, 128], help="bf16 batch sizes timed")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile row")
     p.add_argument("--baseline-images", type=int, default=4, help="images timed for the MONAI baseline")
     p.add_argument("--cache-dir", default="runs/bench-sampling-cache")
