@@ -11,7 +11,7 @@ import torch
 import synthmed
 from synthmed.config import NoiseConfig
 from synthmed.errors import SynthmedError
-from synthmed.models.builders import SAMPLERS_FOR, build_scheduler
+from synthmed.models.builders import SAMPLERS_FOR, build_scheduler, use_sdpa
 from synthmed.models.solvers import DiffusersSolver
 
 pytestmark = pytest.mark.slow
@@ -64,3 +64,25 @@ def test_diffusers_adapter_uses_the_trained_schedule() -> None:
 def test_solvers_are_refused_for_rectified_flow_models() -> None:
     with pytest.raises(SynthmedError, match="does not fit a model trained with 'rflow'"):
         build_scheduler(NoiseConfig(kind="rflow"), "dpmsolver")
+
+
+def test_sdpa_attention_is_switched_on_for_cuda_only_and_computes_the_same(pipe) -> None:
+    """use_sdpa flips MONAI's attention blocks to scaled_dot_product_attention for a CUDA device (the flag
+    is set without touching a GPU) and leaves them alone on the CPU; both paths give the same outputs."""
+    import copy
+
+    from monai.networks.blocks import SABlock
+
+    unet = copy.deepcopy(pipe.unet).float().eval()
+    blocks = [m for m in unet.modules() if isinstance(m, SABlock)]
+    assert blocks and not any(b.use_flash_attention for b in blocks)
+    use_sdpa(unet, torch.device("cpu"))
+    assert not any(b.use_flash_attention for b in blocks)
+    x, t = torch.randn(2, *pipe.latent_shape), torch.tensor([10, 500])
+    labels = torch.tensor([0, 1])
+    with torch.inference_mode():
+        plain = unet(x, timesteps=t, class_labels=labels)
+        use_sdpa(unet, torch.device("cuda"))
+        assert all(b.use_flash_attention for b in blocks)
+        fused = unet(x, timesteps=t, class_labels=labels)
+    assert torch.allclose(plain, fused, atol=1e-5)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from monai.apps.generation.maisi.networks.controlnet_maisi import ControlNetMaisi
 from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
+from monai.networks.blocks import CrossAttentionBlock, SABlock
 from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet, PatchDiscriminator
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler, RFlowScheduler, Scheduler
 from torch import nn
@@ -43,6 +45,17 @@ def _unet_args(arch: UNetArch, latent_channels: int, num_classes: int, spatial_d
         "num_class_embeds": num_classes + 1,
         "include_fc": False,
     }
+
+
+def use_sdpa(model: nn.Module, device: torch.device) -> nn.Module:
+    """On CUDA, MONAI's attention blocks through ``torch.nn.functional.scaled_dot_product_attention``
+    (their ``use_flash_attention`` switch; same weights, fused memory-efficient kernels). Set after building
+    because the builders do not know the device; on the CPU the plain path is kept (no gain measured)."""
+    if device.type == "cuda":
+        for module in model.modules():
+            if isinstance(module, SABlock | CrossAttentionBlock):
+                module.use_flash_attention = True
+    return model
 
 
 def build_unet(

@@ -27,7 +27,13 @@ import synthmed
 from synthmed.config import Condition, GenerateConfig, TrainConfig, build_train_config, read_yaml
 from synthmed.data.structure import read_condition_file
 from synthmed.errors import SynthmedError
-from synthmed.models.builders import SAMPLERS_FOR, build_autoencoder, build_controlnet, build_scheduler
+from synthmed.models.builders import (
+    SAMPLERS_FOR,
+    build_autoencoder,
+    build_controlnet,
+    build_scheduler,
+    use_sdpa,
+)
 from synthmed.models.conditioning import ConditionedUNet
 from synthmed.reporting.images import save_png
 from synthmed.runtime import (
@@ -54,6 +60,8 @@ MANIFEST = "manifest.jsonl"
 # Settings that must agree for an existing image in an output folder to count as already generated.
 SETTINGS = ("label", "sampler", "steps", "guidance", "checkpoint", "precision", "diffusion_sha256")
 CONDITION_SETTINGS = ("condition", "condition_sha256", "conditioning_scale", "controlnet_sha256")
+# Called with the pipeline and a batch's seeds before the batch is sampled; returns its step callback.
+BatchHook = Callable[["Pipeline", list[int]], StepCallback]
 
 
 @dataclass
@@ -130,6 +138,7 @@ class Pipeline:
         self.spacing, self.controlnets = spacing, controlnets or {}
         self.tile_size: int | None = 32  # 3D decoding tile (latent voxels) and overlap
         self.tile_overlap = 0.25
+        self.batch_hook: BatchHook | None = None  # a job's live view (synthmed.jobs.runner)
 
     @classmethod
     def load(
@@ -154,6 +163,8 @@ class Pipeline:
         autoencoder = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(dev)
         ckpt.load_exported(autoencoder, ae_path, checkpoint)
         unet, state = load_unet(cfg, dev, checkpoint)
+        use_sdpa(unet, dev)
+        use_sdpa(autoencoder, dev)
         if compile:
             unet = torch.compile(unet, dynamic=False)
         class_names = list(state["extra"]["class_names"])
@@ -247,6 +258,8 @@ class Pipeline:
         if not seeds:
             raise SynthmedError("at least one seed is needed", field="count")
         guidance = self.guidance(guidance)
+        if callback is None and self.batch_hook is not None:
+            callback = self.batch_hook(self, seeds)
         scheduler = build_scheduler(self.cfg.diffusion.noise, sampler, self.cfg.data.spatial_dims)
         labels = torch.full((len(seeds),), self.label_index(label), dtype=torch.long, device=self.device)
         shape = self.latent_shape if volume is None else self.latent_shape_for(volume.size)
@@ -469,6 +482,7 @@ def _load_controlnets(
             channels,
             cfg.data.spatial_dims,
         ).to(device)
+        use_sdpa(model, device)
         ckpt.load_exported(model, path, which, state)
         found[condition] = ControlNetState(
             model.eval(),
@@ -565,8 +579,11 @@ def file_name(label: str | None, seed: int) -> str:
     return f"{label or 'unconditional'}/syn_{seed:08d}.png"
 
 
-def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
+def generate_to_folder(
+    cfg: GenerateConfig, progress: bool = True, batch_hook: BatchHook | None = None
+) -> Path:
     """Write PNGs under ``out/<label>/`` (readable back as a class-folder data set) plus manifest.jsonl.
+    ``batch_hook`` watches every batch's denoising steps (see Pipeline.batch_hook).
 
     Seeds are tried in order from ``cfg.seed``. With the privacy filter, an image closer to a training
     image than real holdout images are is dropped (a manifest row records it, without a file) and the
@@ -588,6 +605,7 @@ def generate_to_folder(cfg: GenerateConfig, progress: bool = True) -> Path:
         compile=cfg.compile,
     )
     pipe.label_index(cfg.label)
+    pipe.batch_hook = batch_hook
     sampler = cfg.sampler or pipe.samplers[0]
     if sampler not in pipe.samplers:
         raise SynthmedError(

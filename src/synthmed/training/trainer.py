@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ from torch.optim.swa_utils import AveragedModel
 from synthmed import runtime
 from synthmed.config import StageConfig
 from synthmed.errors import SynthmedError
+from synthmed.models.builders import use_sdpa
 from synthmed.runtime import autocast
 from synthmed.training import checkpoint as ckpt
 
@@ -117,14 +119,16 @@ class Trainer:
         dtype: torch.dtype,
         progress: bool = True,
         tensorboard: bool = False,
+        on_step: Callable[[str, int, int], None] | None = None,
     ) -> None:
         self.task, self.cfg, self.dir, self.seed = task, cfg, Path(stage_dir), seed
         self.device, self.dtype = device, dtype
         self.world, self.main = runtime.world_size(), runtime.is_main()
         self.show_progress = progress and self.main
         self.part = self._shard()
-        if self.world > 1 and device.type == "cuda":  # discriminator BatchNorm statistics of the global batch
-            for module in task.trainables().values():
+        for module in task.trainables().values():
+            use_sdpa(module, device)
+            if self.world > 1 and device.type == "cuda":  # discriminator BatchNorm: global batch statistics
                 nn.SyncBatchNorm.convert_sync_batchnorm(module)
         self.optimizers = {
             name: torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -141,6 +145,7 @@ class Trainer:
         self.ema = AveragedModel(task.model, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
         self.step = 0
         self.tb = _tensorboard(self.dir) if tensorboard and self.main else None
+        self.on_step = on_step  # called as on_step(stage, step, steps) after every step (a job's progress)
         self.average_by_hand: list[str] = []
         if self.world > 1:
             self._distribute()
@@ -344,6 +349,8 @@ class Trainer:
                 rate = done / (time.perf_counter() - t0)
                 loss_txt = " ".join(f"{k[5:]}={v:.4f}" for k, v in logs.items() if k.startswith("loss_"))
                 bar.update(task_id, completed=self.step, loss=loss_txt)
+                if self.on_step is not None:
+                    self.on_step(self.task.name, self.step, total)
                 if self.step % self.cfg.log_every == 0 or self.step == total:
                     lr = self.lr_schedulers[next(iter(self.lr_schedulers))].get_last_lr()[0]
                     self._log({"step": self.step, **logs, "lr": lr, "steps_per_s": rate})
