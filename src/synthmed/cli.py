@@ -20,6 +20,7 @@ from synthmed.config import (
     load_train_config,
 )
 from synthmed.errors import SynthmedError
+from synthmed.jobs.commands import worker
 from synthmed.models.presets import PRESETS
 from synthmed.web.commands import serve, users_app
 
@@ -303,6 +304,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(catalogue_app, name="catalogue")
 app.add_typer(users_app, name="users")
 app.command()(serve)
+app.command()(worker)
 
 EditRun = Annotated[Path | None, typer.Option("--run", help="Trained run directory.")]
 EditImage = Annotated[Path | None, typer.Option(help="Image to edit (PNG, JPEG, TIFF, DICOM).")]

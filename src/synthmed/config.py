@@ -650,6 +650,14 @@ class ServeConfig(Strict):
     )
     lockout_minutes: float = Field(15.0, gt=0, description="How long a lock lasts.")
     session_hours: float = Field(8.0, gt=0, description="A login expires after this many hours.")
+    worker: bool = Field(True, description="Run queued jobs in the server process (off: synthmed worker).")
+    jobs_dir: Path | None = Field(
+        None, description="Job previews (default: beside a SQLite file, else ./synthmed-jobs)."
+    )
+    outputs_dir: Path | None = Field(
+        None, description="Generation jobs' outputs (default: beside a SQLite file, else ./synthmed-outputs)."
+    )
+    runs_dir: Path | None = Field(None, description="Trained runs offered besides the catalogue's models.")
 
     @model_validator(mode="after")
     def _cookies_need_tls(self) -> Self:
@@ -736,3 +744,34 @@ class ExportConfig(DatabaseConfig):
         None, min_length=1, description="Export only this synthetic data set (default: all approved samples)."
     )
     overwrite: bool = Field(False, description="Replace a previous export in out; other files there stay.")
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+class WorkerConfig(DatabaseConfig):
+    """`synthmed worker`: runs the catalogue's queued generation, evaluation and training jobs."""
+
+    jobs_dir: Path | None = Field(
+        None, description="Job previews (default: beside a SQLite file, else ./synthmed-jobs)."
+    )
+    poll_s: float = Field(2.0, gt=0, le=3600, description="Seconds between looks at an empty queue.")
+    heartbeat_s: float = Field(5.0, gt=0, le=600, description="Seconds between a running job's heartbeats.")
+    stale_after_s: float = Field(
+        60.0, gt=0, description="A running job without a heartbeat for this long has lost its worker."
+    )
+    max_attempts: int = Field(3, ge=1, le=100, description="Starts of a job whose worker keeps dying.")
+    progress_every_s: float = Field(0.25, ge=0, description="Least seconds between progress updates.")
+    preview_every_s: float = Field(
+        0.5, ge=0, description="Least seconds between live-view previews (more when decoding them is slow)."
+    )
+    once: bool = Field(False, description="Run the jobs queued now, then exit instead of waiting for more.")
+
+    @model_validator(mode="after")
+    def _heartbeat_before_stale(self) -> Self:
+        if self.stale_after_s < 2 * self.heartbeat_s:
+            raise ValueError(
+                f"stale_after_s ({self.stale_after_s:g}) must be at least twice heartbeat_s "
+                f"({self.heartbeat_s:g}), or live jobs would be taken for dead ones"
+            )
+        return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from synthmed.evaluation.sections import (
     fidelity_section,
     label_section,
     phase,
+    phase_hook,
     privacy_section,
     set_summary,
     write_report,
@@ -71,14 +73,19 @@ def _groups(sets: dict[str, ImageSet], classes: list[str]) -> Groups:
     return {g: v for g, v in out.items() if g == "all" or g in classes or isinstance(v, str)}
 
 
-def evaluate(cfg: EvaluateConfig) -> Path:
-    """Compute every figure and write ``report.json`` and ``report.html`` under ``cfg.out``."""
+def evaluate(cfg: EvaluateConfig, on_phase: Callable[[str], None] | None = None) -> Path:
+    """Compute every figure and write ``report.json`` and ``report.html`` under ``cfg.out``; ``on_phase``
+    hears each phase's name as it starts (2D)."""
     for name, root in (("real", cfg.real), ("holdout", cfg.holdout), ("synthetic", cfg.synthetic)):
         if not Path(root).is_dir():
             raise SynthmedError(f"the {name} folder does not exist", path=root)
     if is_volume_folder(cfg.real):
         return evaluate_volumes(cfg)
-    return evaluate_images(cfg)
+    token = phase_hook.set(on_phase)
+    try:
+        return evaluate_images(cfg)
+    finally:
+        phase_hook.reset(token)
 
 
 def evaluate_images(cfg: EvaluateConfig) -> Path:

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,16 @@ SET_NAMES = ("train", "holdout", "synthetic")
 Groups = dict[str, dict[str, torch.Tensor] | str]
 
 
+# Told the name of every phase as it starts (a job's progress); set by evaluation.run.evaluate.
+phase_hook: ContextVar[Callable[[str], None] | None] = ContextVar("phase_hook", default=None)
+
+
 @contextmanager
 def phase(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Add the wall time of the block to ``timings[name]`` (reported in report.json)."""
+    """Add the wall time of the block to ``timings[name]`` (reported in report.json); tell ``phase_hook``."""
+    hook = phase_hook.get()
+    if hook is not None:
+        hook(name)
     start = time.perf_counter()
     try:
         yield

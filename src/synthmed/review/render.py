@@ -36,14 +36,17 @@ MAX_VOXELS = 1 << 28
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 
 
-def default_cache_dir(url: str | None = None) -> Path:
-    """Beside a SQLite file (``synthmed.db`` -> ``synthmed.db-review``), else in the working folder."""
+def default_cache_dir(
+    url: str | None = None, suffix: str = "review", fallback: str = "synthmed-review-cache"
+) -> Path:
+    """Beside a SQLite file (``synthmed.db`` -> ``synthmed.db-review``), else ``fallback`` in the working
+    folder; ``suffix`` and ``fallback`` name other folders kept with the database (e.g. the jobs')."""
     url = database_url(url)
     prefix = "sqlite:///"
     if url.startswith(prefix) and url[len(prefix) :] not in ("", ":memory:"):
         db_file = Path(url[len(prefix) :])
-        return db_file.with_name(db_file.name + "-review")
-    return Path("synthmed-review-cache")
+        return db_file.with_name(f"{db_file.name}-{suffix}")
+    return Path(fallback)
 
 
 def study_dir(cache: Path, study_id: int) -> Path:

@@ -16,7 +16,7 @@ and the other ranks then read them; rank 0 alone writes config.yaml and every fi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +207,14 @@ def _stage_done(folder: Path, steps: int) -> bool:
     return model.exists() and int(ckpt.load(model)["step"]) >= steps
 
 
-def _trainer(task, stage_cfg, cfg: TrainConfig, device: torch.device, progress: bool) -> Trainer:
+def _trainer(
+    task,
+    stage_cfg,
+    cfg: TrainConfig,
+    device: torch.device,
+    progress: bool,
+    on_step: Callable[[str, int, int], None] | None = None,
+) -> Trainer:
     dtype = resolve_precision(cfg.runtime.precision, device)
     return Trainer(
         task,
@@ -218,6 +225,7 @@ def _trainer(task, stage_cfg, cfg: TrainConfig, device: torch.device, progress: 
         dtype=dtype,
         progress=progress,
         tensorboard=cfg.runtime.tensorboard,
+        on_step=on_step,
     )
 
 
@@ -250,8 +258,10 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> Path:
-    """Train the requested stages in order (default: `default_stages`); returns the run directory."""
+    """Train the requested stages in order (default: `default_stages`); returns the run directory.
+    ``on_step(stage, step, steps)`` follows every optimiser step (a job's progress)."""
     stages = default_stages(cfg) if stages is None else stages
     for stage in stages:
         if stage not in STAGES:
@@ -260,7 +270,7 @@ def train(
     device = resolve_device(cfg.runtime.device)
     join_process_group(device)
     with _quiet_unless_main():
-        _train_stages(cfg, stages, device, resume, progress)
+        _train_stages(cfg, stages, device, resume, progress, on_step)
     return cfg.run_dir
 
 
@@ -284,7 +294,12 @@ def _prepare_run(cfg: TrainConfig, device: torch.device) -> TrainingData:
 
 
 def _train_stages(
-    cfg: TrainConfig, stages: Sequence[str], device: torch.device, resume: bool, progress: bool
+    cfg: TrainConfig,
+    stages: Sequence[str],
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> None:
     check_against_saved(cfg, resume)
     data = main_first(lambda: _prepare_run(cfg, device))
@@ -302,7 +317,7 @@ def _train_stages(
             _check_controlnet_config(cfg, resume)
         # Rank 0 first: it writes the latent cache (and 3D label-map candidates) the others then read.
         task = main_first(lambda stage=stage: _stage_task(cfg, stage, data, device))
-        _trainer(task, stage_cfg, cfg, device, progress).run(resume=resume)
+        _trainer(task, stage_cfg, cfg, device, progress, on_step).run(resume=resume)
 
 
 def _stage_task(

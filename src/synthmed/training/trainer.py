@@ -349,8 +349,6 @@ class Trainer:
                 rate = done / (time.perf_counter() - t0)
                 loss_txt = " ".join(f"{k[5:]}={v:.4f}" for k, v in logs.items() if k.startswith("loss_"))
                 bar.update(task_id, completed=self.step, loss=loss_txt)
-                if self.on_step is not None:
-                    self.on_step(self.task.name, self.step, total)
                 if self.step % self.cfg.log_every == 0 or self.step == total:
                     lr = self.lr_schedulers[next(iter(self.lr_schedulers))].get_last_lr()[0]
                     self._log({"step": self.step, **logs, "lr": lr, "steps_per_s": rate})
@@ -358,6 +356,8 @@ class Trainer:
                     self.save_checkpoint()
                 if self.step % self.cfg.preview_every == 0 or self.step == total:
                     self._evaluate()
+                if self.on_step is not None:  # after the checkpoint: a job stopped here resumes from it
+                    self.on_step(self.task.name, self.step, total)
         self.save_checkpoint()
         path = self.export()
         runtime.barrier()  # the next stage reads model.pt on every rank

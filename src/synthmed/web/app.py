@@ -6,12 +6,14 @@ dashboard) is one more router in ``ROUTERS``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,18 +25,25 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from synthmed.catalogue import db
-from synthmed.config import ServeConfig
+from synthmed.config import ServeConfig, WorkerConfig
 from synthmed.errors import SynthmedError
+from synthmed.jobs.files import default_jobs_dir, default_outputs_dir
 from synthmed.review.render import default_cache_dir
 from synthmed.review.studies import TrialNotFound
 from synthmed.web.auth import AddressThrottle, LoginRequired
 from synthmed.web.pages import HERE, render
-from synthmed.web.routers import admin, login, reader
+from synthmed.web.routers import admin, dashboard, gallery, jobs, login, reader
+
+if TYPE_CHECKING:
+    from synthmed.jobs.worker import Worker
 
 SECRET_ENV = "SYNTHMED_SECRET_KEY"
 SESSION_COOKIE = "synthmed_session"
 MAX_BODY = 64 * 1024  # every form is a few fields: nothing bigger is ever needed
-ROUTERS = (login.router, reader.router, admin.router)
+WORKER_STOP_S = 30.0  # at shutdown, how long the in-process worker may take to put its job back
+# The one form with a file (the configurator's structure map) gets its own, larger limit.
+UPLOAD_LIMITS = {dashboard.UPLOAD_PATH: dashboard.MAX_UPLOAD + MAX_BODY}
+ROUTERS = (login.router, reader.router, admin.router, dashboard.router, jobs.router, gallery.router)
 HEADERS = {
     # No inline script or style anywhere and nothing from other origins.
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
@@ -64,7 +73,7 @@ class Hardening:
         if b"transfer-encoding" in headers or (length is not None and not length.isdigit()):
             await Response("send a Content-Length", status_code=411)(scope, receive, self._send(scope, send))
             return
-        if length is not None and int(length) > MAX_BODY:
+        if length is not None and int(length) > UPLOAD_LIMITS.get(scope["path"], MAX_BODY):
             await Response("request too large", status_code=413)(scope, receive, self._send(scope, send))
             return
         await self.app(scope, receive, self._send(scope, send))
@@ -73,7 +82,8 @@ class Hardening:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers.update(HEADERS)
+                for key, value in HEADERS.items():  # a route may send a stricter policy (served reports)
+                    headers.setdefault(key, value)
                 if self.secure:
                     headers["Strict-Transport-Security"] = "max-age=31536000"
                 if not scope["path"].startswith("/static/"):
@@ -92,14 +102,20 @@ def create_app(database_url: str | None = None, config: ServeConfig | None = Non
     engine = db.make_engine(url)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = _start_worker(url, app.state.jobs_dir) if config.worker else None
         yield
+        if worker is not None:  # its running job is queued again; a job stuck in one step is recovered later
+            worker.stop()
+            await asyncio.to_thread(worker.thread.join, WORKER_STOP_S)  # type: ignore[union-attr]
         engine.dispose()  # close the pool's connections when the server stops
 
     app = FastAPI(title="synthmed review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.config = config
     app.state.sessions = db.session_factory(engine)
     app.state.cache = Path(config.cache_dir or default_cache_dir(url))
+    app.state.jobs_dir = Path(config.jobs_dir or default_jobs_dir(url))  # the dashboard reads previews here
+    app.state.outputs_dir = Path(config.outputs_dir or default_outputs_dir(url))
     app.state.secret = os.environ.get(SECRET_ENV) or secrets.token_urlsafe(32)
     app.state.lockout = timedelta(minutes=config.lockout_minutes)
     app.state.throttle = AddressThrottle(config.max_failed_per_address, config.lockout_minutes * 60)
@@ -117,6 +133,13 @@ def create_app(database_url: str | None = None, config: ServeConfig | None = Non
     )
     app.add_middleware(Hardening, secure=config.secure_cookies)
     return app
+
+
+def _start_worker(url: str, jobs_dir: Path) -> Worker:
+    """The in-process job worker of `synthmed serve`, a thread (`--no-worker`: only `synthmed worker`)."""
+    from synthmed.jobs.worker import Worker  # torch and the pipelines: only when a worker runs here
+
+    return Worker(WorkerConfig(database=url, jobs_dir=jobs_dir)).start_thread()
 
 
 def _add_error_pages(app: FastAPI) -> None:

@@ -159,10 +159,14 @@ def csrf_token(request: Request) -> str:
 
 
 async def csrf_protect(request: Request) -> None:
-    """Refuse a POST that is not a plain form (no uploads anywhere) or lacks the session's token."""
+    """Refuse a POST that is not a plain form (the one upload form calls check_csrf) or lacks the token."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != FORM_TYPE:
         raise HTTPException(415, "forms only")
-    sent = (await request.form()).get("csrf_token")
+    check_csrf(request, (await request.form()).get("csrf_token"))
+
+
+def check_csrf(request: Request, sent: object) -> None:
+    """Refuse a form whose token is not the session's (also used by the one upload form)."""
     expected = request.session.get("csrf")
     if not isinstance(sent, str) or not isinstance(expected, str) or not hmac.compare_digest(sent, expected):
         raise HTTPException(403, "the form's security token is missing or out of date: reload the page")

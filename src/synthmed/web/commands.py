@@ -103,6 +103,23 @@ def serve(
     cache_dir: Annotated[
         Path | None, typer.Option(help="Folder of the blinded study images (default: beside the database).")
     ] = None,
+    worker: Annotated[
+        bool | None,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Run queued jobs in this process (default), or leave them to `synthmed worker` processes.",
+        ),
+    ] = None,
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder of trained runs offered by the dashboard, besides the catalogue's."),
+    ] = None,
+    outputs_dir: Annotated[
+        Path | None, typer.Option(help="Generation jobs' output folders (default: beside the database).")
+    ] = None,
+    jobs_dir: Annotated[
+        Path | None, typer.Option(help="Job previews (default: beside the database).")
+    ] = None,
     config: ConfigFile = None,
 ) -> None:
     """Serve the review web app: blinded visual Turing tests and rating studies, sample review, statistics.
@@ -110,6 +127,7 @@ def serve(
     Put it behind an HTTPS reverse proxy: the login cookie is Secure, so browsers only send it over HTTPS
     (--insecure-cookies allows plain http on 127.0.0.1 for a local trial). Logins come from
     `synthmed users add`; the session key is $SYNTHMED_SECRET_KEY (else random: logins end on restart).
+    Queued jobs run in this process (--no-worker: only in `synthmed worker` processes, which may run too).
     """
     import uvicorn
 
@@ -122,6 +140,10 @@ def serve(
         "database": database,
         "secure_cookies": False if insecure_cookies else None,
         "cache_dir": cache_dir,
+        "worker": worker,
+        "runs_dir": runs_dir,
+        "outputs_dir": outputs_dir,
+        "jobs_dir": jobs_dir,
     }
     cfg = command_config(ServeConfig, config, given)
     require_head(cfg.database)
