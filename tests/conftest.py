@@ -177,14 +177,6 @@ def _postgres_bin() -> Path | None:
     return found[-1].parent if found else None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """SQLAlchemy URL of a PostgreSQL server whose user may create databases: $SYNTHMED_TEST_POSTGRES_URL,
@@ -210,7 +202,9 @@ def postgres_server() -> Iterator[str]:
     if as_user:
         shutil.chown(base, "postgres")
     data = base / "data"
-    port = _free_port()
+    from web_support import free_port
+
+    port = free_port()
     run = functools.partial(subprocess.run, check=True, capture_output=True, text=True)
     run([*as_user, bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"])
     options = f"-h 127.0.0.1 -p {port} -k {base} -F"  # -F: no fsync, a test cluster needs no durability

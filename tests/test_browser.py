@@ -4,44 +4,30 @@ reader logs in and completes a short visual Turing test, then the admin reads th
 from __future__ import annotations
 
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from web_support import PASSWORD, build_catalogue, fast_hasher, make_study
+from web_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    browser_log_in,
+    build_catalogue,
+    fast_hasher,
+    make_study,
+    serving,
+)
 
 from synthmed.config import ServeConfig
 from synthmed.web import auth
 from synthmed.web.app import create_app
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ITEMS = 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def server(tmp_path: Path, kermany: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int]]:
     """The app on a free localhost port (plain http: insecure cookies, as `synthmed serve` allows there)."""
-    import uvicorn
-
     monkeypatch.setattr(auth, "hasher", fast_hasher)
     url = f"sqlite:///{tmp_path / 'catalogue.db'}"
     build_catalogue(url, kermany, tmp_path, n_real=3, n_synthetic=3, readers=["reader"])
@@ -49,26 +35,8 @@ def server(tmp_path: Path, kermany: Path, monkeypatch: pytest.MonkeyPatch) -> It
         url, tmp_path / "cache", n_real=3, n_synthetic=3, readers=["reader"], repeat_fraction=0
     )
     config = ServeConfig(cache_dir=tmp_path / "cache", secure_cookies=False)
-    port = free_port()
-    uv = uvicorn.Server(
-        uvicorn.Config(create_app(url, config), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", study
-    uv.should_exit = True
-    thread.join(timeout=10)
-
-
-def log_in(page, base: str, username: str) -> None:
-    page.goto(f"{base}/login")
-    page.get_by_label("User name").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
+    with serving(create_app(url, config)) as base:
+        yield base, study
 
 
 def canvas_mean(page) -> float:
@@ -91,7 +59,7 @@ def test_reader_completes_a_turing_test_and_the_admin_sees_the_statistics(server
     base, study = server
     problems: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             reader = browser.new_page()
             # Console errors include Content-Security-Policy violations and failed image loads.
@@ -100,7 +68,7 @@ def test_reader_completes_a_turing_test_and_the_admin_sees_the_statistics(server
             reader.on(
                 "response", lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None
             )
-            log_in(reader, base, "reader")
+            browser_log_in(reader, base, "reader")
             expect(reader).to_have_url(f"{base}/studies")
             reader.get_by_role("link", name="Start").click()
             for k in range(1, ITEMS + 1):
@@ -121,7 +89,7 @@ def test_reader_completes_a_turing_test_and_the_admin_sees_the_statistics(server
             expect(reader.get_by_text(f"All {ITEMS} items are answered")).to_be_visible()
 
             admin = browser.new_page()
-            log_in(admin, base, "admin")
+            browser_log_in(admin, base, "admin")
             expect(admin).to_have_url(f"{base}/admin")
             admin.goto(f"{base}/admin/studies/{study}/statistics")
             table = admin.locator("#accuracy")

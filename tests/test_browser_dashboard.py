@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_browser import ARGS, CHROMIUM, free_port, log_in
-from web_support import build_catalogue, fast_hasher
+from web_support import CHROMIUM, CHROMIUM_ARGS, browser_log_in, build_catalogue, fast_hasher, serving
 
 from synthmed.config import ServeConfig
 from synthmed.web import auth
@@ -30,25 +27,12 @@ PREVIEW = re.compile(r"/jobs/\d+/previews/(\d+)\.png$")
 @pytest.fixture
 def server(tmp_path: Path, kermany: Path, tiny_run: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The app with its in-process worker on a free localhost port; the tiny run is on offer."""
-    import uvicorn
-
     monkeypatch.setattr(auth, "hasher", fast_hasher)
     url = f"sqlite:///{tmp_path / 'catalogue.db'}"
     build_catalogue(url, kermany, tmp_path, n_real=2, n_synthetic=2, readers=["reader"])
     config = ServeConfig(secure_cookies=False, runs_dir=tiny_run.parent, worker=True)
-    port = free_port()
-    uv = uvicorn.Server(
-        uvicorn.Config(create_app(url, config), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=60)
+    with serving(create_app(url, config), stop_timeout=60) as base:  # the worker stops its job first
+        yield base
 
 
 def test_configure_a_generation_watch_its_previews_and_find_the_images(server: str) -> None:
@@ -68,14 +52,14 @@ def test_configure_a_generation_watch_its_previews_and_find_the_images(server: s
             previews.add(int(match.group(1)))
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 760})
             # Console errors include Content-Security-Policy violations and failed image loads.
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
             page.on("response", seen)
-            log_in(page, base, "admin")
+            browser_log_in(page, base, "admin")
             page.get_by_role("link", name="Dashboard").click()
             page.get_by_role("link", name="Configure").click()
             page.locator('select[name="label"]').select_option("PNEUMONIA")

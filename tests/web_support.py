@@ -1,11 +1,16 @@
 """Helpers shared by the review and web tests (no tests here): a catalogue with real Kermany chest X-rays and
-synthmed-like synthetic PNGs, users, and logged-in TestClients."""
+synthmed-like synthetic PNGs, users, logged-in TestClients, and the app served on a real port for Chromium."""
 
 from __future__ import annotations
 
 import functools
 import re
 import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,3 +210,49 @@ def make_client(app, username: str | None = None):
         response = login(client, username)
         assert response.status_code == 303, response.text
     return client
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [  # headless on a machine without a display or network (see the browser tests)
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(app, stop_timeout: float = 10) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on a free localhost port; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=stop_timeout)
+
+
+def browser_log_in(page, base: str, username: str) -> None:
+    page.goto(f"{base}/login")
+    page.get_by_label("User name").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
 from synthmed.catalogue.db import transaction
@@ -19,3 +19,14 @@ def db_session(request: Request) -> Iterator[Session]:
 
 
 DB = Annotated[Session, Depends(db_session, scope="function")]
+
+
+Row = TypeVar("Row")
+
+
+def get_or_404(session: Session, model: type[Row], key: int) -> Row:
+    """The row with primary key ``key``, else 404."""
+    row = session.get(model, key)
+    if row is None:
+        raise HTTPException(404, "Not found.")
+    return row

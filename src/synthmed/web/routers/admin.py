@@ -23,7 +23,7 @@ from synthmed.review.render import preview_png
 from synthmed.review.stats import AnswerRow, statistics_csv, study_statistics
 from synthmed.review.studies import answers_for_stats, create_study, progress
 from synthmed.web.auth import CSRF, Admin
-from synthmed.web.deps import DB
+from synthmed.web.deps import DB, get_or_404
 from synthmed.web.pages import render
 
 router = APIRouter(prefix="/admin")
@@ -103,16 +103,9 @@ def create(
     return RedirectResponse(f"/admin/studies/{study_id}", status_code=303)
 
 
-def _study(session: DB, study_id: int) -> Study:
-    study = session.get(Study, study_id)
-    if study is None:
-        raise HTTPException(404, "Not found.")
-    return study
-
-
 @router.get("/studies/{study_id}")
 def study_page(request: Request, session: DB, user: Admin, study_id: int) -> HTMLResponse:
-    study = _study(session, study_id)
+    study = get_or_404(session, Study, study_id)
     origins = dict(
         session.execute(
             select(Dataset.origin, func.count(StudyItem.id))
@@ -128,7 +121,7 @@ def study_page(request: Request, session: DB, user: Admin, study_id: int) -> HTM
 
 @router.get("/studies/{study_id}/statistics")
 def statistics_page(request: Request, session: DB, user: Admin, study_id: int) -> HTMLResponse:
-    study = _study(session, study_id)
+    study = get_or_404(session, Study, study_id)
     result = study_statistics(answers_for_stats(session, study.id))
     return render(request, "statistics.html", user=user, study=study, result=result)
 
@@ -143,7 +136,7 @@ def _csv(text: str, filename: str) -> Response:
 
 @router.get("/studies/{study_id}/statistics.csv")
 def statistics_download(session: DB, user: Admin, study_id: int) -> Response:
-    study = _study(session, study_id)
+    study = get_or_404(session, Study, study_id)
     return _csv(
         statistics_csv(study_statistics(answers_for_stats(session, study.id))), f"study_{study.id}.csv"
     )
@@ -152,7 +145,7 @@ def statistics_download(session: DB, user: Admin, study_id: int) -> Response:
 @router.get("/studies/{study_id}/answers.csv")
 def answers_download(session: DB, user: Admin, study_id: int) -> Response:
     """Every answer with its answer key, for analyses of one's own."""
-    study = _study(session, study_id)
+    study = get_or_404(session, Study, study_id)
     fields = [f.name for f in dataclasses.fields(AnswerRow)]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")

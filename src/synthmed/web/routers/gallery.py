@@ -13,7 +13,6 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from synthmed.catalogue.models import REVIEW_STATES, Dataset, GenerationRun, Sample
 from synthmed.data.preprocess import FitResize
@@ -22,27 +21,13 @@ from synthmed.data.sources import hash_file
 from synthmed.errors import SynthmedError
 from synthmed.review.render import axial_slices, render_image, render_volume
 from synthmed.web.auth import Admin
-from synthmed.web.deps import DB
+from synthmed.web.deps import DB, get_or_404
 from synthmed.web.pages import render
 
 router = APIRouter(prefix="/gallery")
 PAGE_SIZE = 24
 THUMB = 256
 TINT = np.array([255, 40, 40], dtype=np.float32)  # mask colour: red, half-transparent, solid outline
-
-
-def _dataset(session: Session, dataset_id: int) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
-        raise HTTPException(404, "Not found.")
-    return dataset
-
-
-def _sample(session: Session, sample_id: int) -> Sample:
-    sample = session.get(Sample, sample_id)
-    if sample is None:
-        raise HTTPException(404, "Not found.")
-    return sample
 
 
 @router.get("/{dataset_id}")
@@ -55,7 +40,7 @@ def gallery(
     state: Annotated[str, Query(max_length=16)] = "",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
-    dataset = _dataset(session, dataset_id)
+    dataset = get_or_404(session, Dataset, dataset_id)
     if state and state not in REVIEW_STATES:
         raise HTTPException(400, f"state must be one of {', '.join(REVIEW_STATES)} (or empty for all)")
     labels = session.scalars(
@@ -88,7 +73,7 @@ def gallery(
 def sample_page(request: Request, session: DB, user: Admin, sample_id: int) -> HTMLResponse:
     """Provenance: the manifest row as written, the generation run and trained model, and whether the file
     still has the checksum it was catalogued with."""
-    sample = _sample(session, sample_id)
+    sample = get_or_404(session, Sample, sample_id)
     path = Path(sample.dataset.root) / sample.path
     current = hash_file(path) if path.is_file() else None
     run = session.get(GenerationRun, sample.generation_run_id) if sample.generation_run_id else None
@@ -105,7 +90,7 @@ def sample_page(request: Request, session: DB, user: Admin, sample_id: int) -> H
 
 @router.get("/samples/{sample_id}/thumb.png")
 def thumbnail(session: DB, user: Admin, sample_id: int) -> Response:
-    sample = _sample(session, sample_id)
+    sample = get_or_404(session, Sample, sample_id)
     root = Path(sample.dataset.root)
     mask = root / sample.mask_path if sample.mask_path else None
     return Response(

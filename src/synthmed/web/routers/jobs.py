@@ -19,7 +19,7 @@ from synthmed.catalogue.models import GenerationRun, Job
 from synthmed.jobs.files import preview_path
 from synthmed.jobs.queue import list_jobs, request_cancel
 from synthmed.web.auth import CSRF, Admin
-from synthmed.web.deps import DB
+from synthmed.web.deps import DB, get_or_404
 from synthmed.web.pages import render
 
 router = APIRouter(prefix="/jobs")
@@ -33,13 +33,6 @@ REPORT_CSP = (
 JobId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
 
 
-def _job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise HTTPException(404, "Not found.")
-    return job
-
-
 @router.get("")
 def job_list(request: Request, session: DB, user: Admin) -> HTMLResponse:
     return render(request, "jobs.html", user=user, jobs=list_jobs(session, limit=50), terminal=TERMINAL)
@@ -47,7 +40,7 @@ def job_list(request: Request, session: DB, user: Admin) -> HTMLResponse:
 
 @router.get("/{job_id}")
 def job_page(request: Request, session: DB, user: Admin, job_id: JobId) -> HTMLResponse:
-    job = _job(session, job_id)
+    job = get_or_404(session, Job, job_id)
     run = session.get(GenerationRun, job.generation_run_id) if job.generation_run_id else None
     return render(
         request, "job.html", user=user, job=job, dataset_id=run.dataset_id if run else None, terminal=TERMINAL
@@ -56,7 +49,7 @@ def job_page(request: Request, session: DB, user: Admin, job_id: JobId) -> HTMLR
 
 @router.post("/{job_id}/cancel", dependencies=[CSRF])
 def cancel(session: DB, user: Admin, job_id: JobId) -> RedirectResponse:
-    request_cancel(session, _job(session, job_id).id)
+    request_cancel(session, get_or_404(session, Job, job_id).id)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 
@@ -93,7 +86,7 @@ async def job_events(
 
 @router.get("/{job_id}/events")
 def events(request: Request, session: DB, user: Admin, job_id: JobId) -> StreamingResponse:
-    _job(session, job_id)
+    get_or_404(session, Job, job_id)
     return StreamingResponse(
         job_events(request.app.state.sessions, job_id, request.is_disconnected),
         media_type="text/event-stream",
@@ -106,7 +99,7 @@ def preview(
     request: Request, session: DB, user: Admin, job_id: JobId, n: Annotated[int, PathParam(ge=0, le=10**6)]
 ) -> FileResponse:
     """A preview of this job only: the path is built from the job id and the number, never from the URL."""
-    path = preview_path(request.app.state.jobs_dir, _job(session, job_id).id, n)
+    path = preview_path(request.app.state.jobs_dir, get_or_404(session, Job, job_id).id, n)
     if not path.is_file():
         raise HTTPException(404, "Not found.")
     return FileResponse(path, media_type="image/png")
@@ -120,7 +113,7 @@ def report_index(user: Admin, job_id: JobId) -> RedirectResponse:
 @router.get("/{job_id}/report/{name:path}")
 def report_file(session: DB, user: Admin, job_id: JobId, name: str) -> FileResponse:
     """The job's report page ('' names it) and the files it links, from inside its output folder only."""
-    job = _job(session, job_id)
+    job = get_or_404(session, Job, job_id)
     report, out = job.result.get("report"), job.config.get("out")
     if not isinstance(report, str) or not isinstance(out, str):
         raise HTTPException(404, "Not found.")
