@@ -66,7 +66,7 @@ def _monai_baseline(pipe, n: int) -> tuple[float, float]:
     included."""
     from monai.inferers import LatentDiffusionInferer
 
-    scheduler = build_scheduler(pipe.cfg.diffusion.noise, "ddpm")
+    scheduler = build_scheduler(pipe.cfg.diffusion.noise)  # MONAI's DDPMScheduler, as in the tutorial
     scheduler.set_timesteps(1000)
     inferer = LatentDiffusionInferer(scheduler, scale_factor=pipe.scale_factor)
     noise = torch.randn((n, *pipe.latent_shape), generator=torch.Generator().manual_seed(0))

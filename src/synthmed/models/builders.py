@@ -141,10 +141,10 @@ def build_scheduler(
             spatial_dim=spatial_dims,
         )
     args = _schedule_args(noise)
-    if name in ("dpmsolver", "unipc"):  # on the exact betas MONAI trained with
-        return DiffusersSolver(name, DDPMScheduler(**args).betas, noise.prediction_type)
-    if name == "ddpm":
+    if sampler is None:  # training: MONAI's forward process (add_noise, velocity targets)
         return DDPMScheduler(clip_sample=False, **args)
+    if name in ("dpmsolver", "unipc", "ddpm"):  # diffusers, on the exact betas MONAI trained with
+        return DiffusersSolver(name, DDPMScheduler(**args).betas, noise.prediction_type)
     if name == "ddim":
         return DDIMScheduler(clip_sample=False, **args)
     return PNDMScheduler(skip_prk_steps=True, **args)

@@ -3,7 +3,8 @@
 Written here rather than taken from MONAI's ``DiffusionInferer.sample`` because that loop passes conditioning
 only as cross-attention context (our UNet is conditioned through ``class_labels``), draws DDPM step noise
 without a generator (so images could not be regenerated from their seed) and offers no per-step callback.
-The schedulers themselves are MONAI's.
+The schedulers are MONAI's (DDIM, PNDM, rectified flow) and diffusers' (DDPM, DPM-Solver++, UniPC; see
+models/solvers.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler, Scheduler
+from monai.networks.schedulers import DDIMScheduler, RFlowScheduler, Scheduler
+
+from synthmed.models.solvers import DiffusersSolver
 
 # Called as callback(step_index, num_steps, predicted_clean_latent) after every step.
 StepCallback = Callable[[int, int, torch.Tensor], None]
@@ -123,10 +126,10 @@ def _step(
     """One reverse step: (x at t_next, predicted clean latent)."""
     if isinstance(scheduler, RFlowScheduler):
         return scheduler.step(out, t, x, t_next)
-    if isinstance(scheduler, DDPMScheduler):
-        return scheduler.step(out, t, x, generator=generator)
     if isinstance(scheduler, DDIMScheduler):
         return scheduler.step(out, t, x, eta=0.0, generator=generator)
+    if isinstance(scheduler, DiffusersSolver):
+        return scheduler.step(out, t, x, generator)
     return scheduler.step(out, t, x)
 
 
