@@ -157,12 +157,14 @@ def generate(
     ] = None,
     label: Annotated[str | None, typer.Option(help="Class to generate (omit for unconditional).")] = None,
     count: Annotated[int | None, typer.Option(help="Number of images.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Sampler steps.")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Sampler steps (10 for ddpm, 30 for rflow, else 25).")
+    ] = None,
     guidance: Annotated[float | None, typer.Option(help="Classifier-free guidance scale (1 = none).")] = None,
     seed: Annotated[int | None, typer.Option(help="First seed; image i gets seed+i.")] = None,
     sampler: Annotated[
         str | None,
-        typer.Option(help="ddim (default), dpmsolver, unipc, ddpm or pndm; rflow for rectified-flow models."),
+        typer.Option(help="ddpm (default), ddim, dpmsolver, unipc or pndm; rflow for rectified-flow models."),
     ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
     bit_depth: Annotated[int | None, typer.Option(help="PNG bit depth: 8 or 16.")] = None,

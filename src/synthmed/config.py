@@ -357,7 +357,9 @@ class GenerateConfig(Strict):
     out: Path
     label: str | None = None
     count: int = Field(16, gt=0)
-    steps: int = Field(25, gt=0, le=1000)
+    steps: int | None = Field(
+        None, gt=0, le=1000, description="Denoising steps (default: 10 for ddpm, 30 for rflow, else 25)."
+    )
     guidance: float | None = Field(
         None,
         ge=0.0,

@@ -14,7 +14,14 @@ from synthmed.config import AutoencoderArch, ControlNetConfig, NoiseConfig, UNet
 from synthmed.errors import SynthmedError
 from synthmed.models.solvers import DiffusersSolver
 
-SAMPLERS_FOR = {"ddpm": ("ddim", "dpmsolver", "unipc", "ddpm", "pndm"), "rflow": ("rflow",)}
+# The first sampler of a kind is its default. ddpm at 10 steps is the cheapest setting within 10% of the
+# 1000-step reference FID on the 64 px chest X-ray model (benchmarks/sampling.py, docs/performance.md).
+SAMPLERS_FOR = {"ddpm": ("ddpm", "ddim", "dpmsolver", "unipc", "pndm"), "rflow": ("rflow",)}
+DEFAULT_STEPS = {"ddpm": 10, "rflow": 30}  # any other sampler: 25
+
+
+def default_steps(sampler: str) -> int:
+    return DEFAULT_STEPS.get(sampler, 25)
 
 
 def build_autoencoder(arch: AutoencoderArch, spatial_dims: int = 2) -> AutoencoderKL:

@@ -32,6 +32,7 @@ from synthmed.models.builders import (
     build_autoencoder,
     build_controlnet,
     build_scheduler,
+    default_steps,
     use_sdpa,
 )
 from synthmed.models.conditioning import ConditionedUNet
@@ -243,9 +244,9 @@ class Pipeline:
         seeds: list[int],
         label: str | None,
         *,
-        steps: int = 25,
+        steps: int | None = None,
         guidance: float | None = None,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         callback: StepCallback | None = None,
         volume: VolumeCondition | None = None,
         control: ImageCondition | None = None,
@@ -254,9 +255,11 @@ class Pipeline:
         """Images (len(seeds), 1, H, W) or, for 3D runs, volumes (len(seeds), 1, X, Y, Z) in [0, 1].
 
         2D: ``control`` makes a ControlNet follow a structure map; ``edit`` edits given images instead of
-        generating from noise alone (inpainting, SDEdit)."""
+        generating from noise alone (inpainting, SDEdit). Sampler and steps: the model's defaults."""
         if not seeds:
             raise SynthmedError("at least one seed is needed", field="count")
+        sampler = sampler or self.samplers[0]
+        steps = steps or default_steps(sampler)
         guidance = self.guidance(guidance)
         if callback is None and self.batch_hook is not None:
             callback = self.batch_hook(self, seeds)
@@ -394,16 +397,18 @@ class Pipeline:
         label: str | None = None,
         n: int = 16,
         *,
-        steps: int = 25,
+        steps: int | None = None,
         guidance: float | None = None,
         seed: int = 0,
-        sampler: str = "ddim",
+        sampler: str | None = None,
         batch_size: int = 16,
         on_batch: Callable[[int], None] | None = None,
         control: ImageCondition | None = None,
     ) -> Generated:
         """``n`` images of class ``label`` with seeds ``seed .. seed+n-1``; 2D runs with a ControlNet follow
-        ``control`` (e.g. ``pipe.condition("mask.png")``)."""
+        ``control`` (e.g. ``pipe.condition("mask.png")``). Sampler and steps: the model's defaults."""
+        sampler = sampler or self.samplers[0]
+        steps = steps or default_steps(sampler)
         _check_counts(n, steps, batch_size)
         self.label_index(label)
         guidance = self.guidance(guidance)
@@ -595,7 +600,7 @@ def generate_to_folder(
     every image is made in the same batch as in a single process, and the folder is the same image for image.
     Each rank writes its own images; rank 0 alone writes the manifest.
     """
-    _check_counts(cfg.count, cfg.steps, cfg.batch_size)
+    _check_counts(cfg.count, cfg.steps or 1, cfg.batch_size)
     join_process_group(resolve_device(cfg.device))
     pipe = Pipeline.load(
         cfg.run_dir,
@@ -614,6 +619,7 @@ def generate_to_folder(
         )
     resolved = {
         "sampler": sampler,
+        "steps": cfg.steps or default_steps(sampler),
         "guidance": pipe.guidance(cfg.guidance),
         "label": pipe.resolve_label(cfg.label),
     }

@@ -26,6 +26,7 @@ from synthmed.data.structure import read_condition_file
 from synthmed.errors import SynthmedError
 from synthmed.jobs.files import job_dir, output_dir
 from synthmed.jobs.queue import enqueue, list_jobs
+from synthmed.models.builders import default_steps
 from synthmed.web.auth import CSRF, Admin, check_csrf
 from synthmed.web.deps import DB
 from synthmed.web.pages import render
@@ -73,7 +74,7 @@ def _defaults(run: RunOptions) -> dict[str, Any]:
         "label": run.class_names[0] if run.class_names else "",
         "count": 8,
         "sampler": run.samplers[0],
-        "steps": 25,
+        "steps": default_steps(run.samplers[0]),
         "guidance": "",
         "seed": 0,
         "condition": "",
