@@ -138,7 +138,10 @@ def generate64(args: argparse.Namespace) -> dict:
     for precision in ("fp32", "bf16"):
         pipe = load(run_dir, precision=precision)
         rate = _images_per_s(
-            lambda p=pipe: p.generate(label="PNEUMONIA", n=n, steps=25, guidance=3.0, batch_size=n), n
+            lambda p=pipe: p.generate(
+                label="PNEUMONIA", n=n, sampler="ddim", steps=25, guidance=3.0, batch_size=n
+            ),
+            n,
         )
         gen[f"synthmed_ddim25_cfg3_{precision}"] = round(rate, 3)
     pipe = load(run_dir, precision="fp32")
@@ -179,6 +182,8 @@ def _synthetic_set(args: argparse.Namespace, root: Path, pool: list[Path]) -> st
                 out=root,
                 label=label,
                 count=args.images // 2,
+                sampler="ddim",  # the recorded results were made with DDIM 25 (the default then)
+                steps=25,
                 batch_size=100,
                 precision="bf16",
             )
@@ -318,7 +323,14 @@ def augment64(args: argparse.Namespace) -> dict:
         for label, count in (("NORMAL", args.normal), ("PNEUMONIA", args.pneumonia)):
             generate_to_folder(
                 GenerateConfig(
-                    run_dir=run_dir, out=synthetic, label=label, count=count, batch_size=100, precision="bf16"
+                    run_dir=run_dir,
+                    out=synthetic,
+                    label=label,
+                    count=count,
+                    sampler="ddim",  # as recorded in results/augment64.json
+                    steps=25,
+                    batch_size=100,
+                    precision="bf16",
                 ),
                 progress=False,
             )
