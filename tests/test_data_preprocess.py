@@ -81,3 +81,35 @@ def test_transform_built_once_per_setting() -> None:
 def test_invalid_input_is_a_synthmed_error() -> None:
     with pytest.raises(SynthmedError, match="NaN"):
         preprocess(np.full((4, 4), np.nan), DataConfig())
+
+
+def test_overlapping_untracked_blocks_in_threads_leave_meta_tracking_on() -> None:
+    """Thread a turns MONAI's process-wide MetaTensor switch off, b enters while it is off, a leaves first:
+    tracking must be back on once both have left (volume loading elsewhere needs it)."""
+    import threading
+
+    from monai.data import get_track_meta
+
+    from synthmed.data.preprocess import untracked_meta
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with untracked_meta():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(5)
+        with untracked_meta():
+            b_in.set()
+            a_out.wait(5)
+            assert not get_track_meta()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert get_track_meta()

@@ -48,4 +48,13 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def insert_or_ignore(session: Session, model: type, values: dict, unique: list[str]) -> None:
+    """INSERT ... ON CONFLICT (unique) DO NOTHING on SQLite or PostgreSQL: when concurrent writers add the
+    same row, one wins and nothing raises (callers select the row afterwards)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(dialect.insert(model).values(**values).on_conflict_do_nothing(index_elements=unique))
+
+
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from synthmed.catalogue.db import insert_or_ignore
 from synthmed.catalogue.models import Dataset, GenerationRun, Sample, TrainedModel
 from synthmed.config import DataConfig, VolumeData, format_validation_error, read_yaml
 from synthmed.data.masks import find_mask_files
@@ -185,20 +186,18 @@ def _trained_model(
             path=manifest,
         )
     run_dir, ae_sha, diffusion_sha = models.pop()
-    model = session.scalar(
-        select(TrainedModel).where(
-            TrainedModel.run_dir == run_dir, TrainedModel.diffusion_sha256 == diffusion_sha
-        )
+    query = select(TrainedModel).where(
+        TrainedModel.run_dir == run_dir, TrainedModel.diffusion_sha256 == diffusion_sha
     )
-    if model is None:
-        config = Path(run_dir) / "config.yaml"
-        settings = read_yaml(config) if config.is_file() else {}
-        model = TrainedModel(
-            run_dir=run_dir, autoencoder_sha256=ae_sha, diffusion_sha256=diffusion_sha, config=settings
-        )
-        session.add(model)
-        session.flush()
-    return model
+    model = session.scalar(query)
+    if model is not None:
+        return model
+    config = Path(run_dir) / "config.yaml"
+    settings = read_yaml(config) if config.is_file() else {}
+    # Two workers importing outputs of one model at once: one row wins, both use it.
+    row = {"run_dir": run_dir, "autoencoder_sha256": ae_sha, "diffusion_sha256": diffusion_sha}
+    insert_or_ignore(session, TrainedModel, row | {"config": settings}, ["run_dir", "diffusion_sha256"])
+    return session.scalars(query).one()
 
 
 def _dataset(session: Session, name: str | None, root: Path, origin: str, dims: int) -> Dataset:

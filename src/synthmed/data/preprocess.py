@@ -4,6 +4,9 @@ optionally contrast-enhanced (``data.enhance``)."""
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -120,16 +123,37 @@ def _build_transform(
     return Compose(steps)
 
 
+_meta_lock = threading.Lock()
+_meta_users = 0
+_meta_saved = True
+
+
+@contextmanager
+def untracked_meta() -> Iterator[None]:
+    """MONAI's MetaTensor tracking off inside the block. MONAI's switch is one process-wide flag: blocks open
+    in several threads are counted, so it returns to its saved value only when the last one ends (saving and
+    restoring per block lets two overlapping blocks leave it off for good)."""
+    global _meta_users, _meta_saved
+    with _meta_lock:
+        if _meta_users == 0:
+            _meta_saved = get_track_meta()
+            set_track_meta(False)
+        _meta_users += 1
+    try:
+        yield
+    finally:
+        with _meta_lock:
+            _meta_users -= 1
+            if _meta_users == 0:
+                set_track_meta(_meta_saved)
+
+
 def preprocess(image: np.ndarray, cfg: DataConfig) -> np.ndarray:
     """One (H, W) image -> float32 (1, S, S) in [0, 1], per ``cfg``'s size, resize mode, percentiles and
     enhancement."""
     arr = validate_array(image, "image")
     transform = build_transform(cfg.image_size, cfg.resize_mode, tuple(cfg.clip_percentiles), cfg.enhance)
-    tracking = get_track_meta()
-    set_track_meta(False)  # MetaTensor bookkeeping costs more than the resize itself and is unused here
-    try:
+    with untracked_meta():  # MetaTensor bookkeeping costs more than the resize itself and is unused here
         out = transform(torch.from_numpy(arr)[None])
-    finally:
-        set_track_meta(tracking)
     result = np.asarray(torch.as_tensor(out), dtype=np.float32)
     return np.clip(result, 0.0, 1.0, out=result)  # interpolation rounding must not leave [0, 1]

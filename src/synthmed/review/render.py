@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import get_track_meta, set_track_meta
 from monai.transforms import Resize, SpatialPad
 from PIL import Image
 
@@ -79,12 +78,9 @@ def _to_uint8(arr: torch.Tensor) -> np.ndarray:
 def render_image(path: Path, size: int) -> np.ndarray:
     """A 2D image file (PNG, JPEG, DICOM...) as one (size, size) uint8 plane."""
     windowed = _window(read_image(path))[None]  # (1, H, W)
-    tracking = get_track_meta()
-    set_track_meta(False)  # MetaTensor bookkeeping is unused here
-    try:
-        fitted = SpatialPad((size, size), mode="constant", value=0.0)(FitResize(size, "longest")(windowed))
-    finally:
-        set_track_meta(tracking)
+    # MONAI's MetaTensor switch is process-wide: web request threads must not turn it off (a job's volume
+    # loading in another thread needs it), so these few transforms keep their bookkeeping.
+    fitted = SpatialPad((size, size), mode="constant", value=0.0)(FitResize(size, "longest")(windowed))
     return _to_uint8(torch.as_tensor(fitted))[0]
 
 
@@ -126,13 +122,8 @@ def render_volume(path: Path, size: int, slices: int) -> np.ndarray:
     height, width = planes.shape[1] * zooms[1], planes.shape[2] * zooms[0]
     scale = size / max(height, width)
     target = (slices, max(1, round(height * scale)), max(1, round(width * scale)))
-    tracking = get_track_meta()
-    set_track_meta(False)
-    try:
-        resized = Resize(target, mode="trilinear", anti_aliasing=True)(_window(planes)[None])
-        padded = SpatialPad((slices, size, size), mode="constant", value=0.0)(resized)
-    finally:
-        set_track_meta(tracking)
+    resized = Resize(target, mode="trilinear", anti_aliasing=True)(_window(planes)[None])
+    padded = SpatialPad((slices, size, size), mode="constant", value=0.0)(resized)
     return _to_uint8(torch.as_tensor(padded))[0]
 
 

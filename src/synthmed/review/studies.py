@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from synthmed.catalogue.db import insert_or_ignore
 from synthmed.catalogue.models import (
     Answer,
     Dataset,
@@ -260,13 +260,8 @@ def record_answer(session: Session, study_id: int, user_id: int, token: str, val
     validate_answer(study, is_3d(session, study_id), values)
     now = utcnow()
     response_ms = max(0, round((now - as_utc(trial.shown_at)).total_seconds() * 1000))
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(Answer)
-        .values(trial_id=trial.id, response_ms=response_ms, created=now, **vars(values))
-        .on_conflict_do_nothing(index_elements=["trial_id"])
-    )
-    session.execute(statement)
+    answer = {"trial_id": trial.id, "response_ms": response_ms, "created": now, **vars(values)}
+    insert_or_ignore(session, Answer, answer, ["trial_id"])
     return session.scalars(select(Answer).where(Answer.trial_id == trial.id)).one()
 
 
