@@ -8,6 +8,7 @@ autoencoder and the class-conditional diffusion model, generate, report.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def run_demo(out: Path, quick: bool = False, progress: bool = True) -> Path:
     train(cfg, resume=(out / "run" / "config.yaml").exists(), progress=progress)
     t_train = time.perf_counter() - t0
     synthetic = out / "synthetic"
+    shutil.rmtree(synthetic, ignore_errors=True)  # the demo's own images: regenerated with today's settings
     per_class = 4 if quick else 12
     for plane in PLANES:
         generate_to_folder(
