@@ -238,3 +238,26 @@ def catalogue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[st
         with admin.connect() as conn:  # FORCE: a test that failed may have left connections open
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def generate_tiny(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Makes a real `synthmed generate` folder from the tiny chest X-ray run: 2 NORMAL and 1 PNEUMONIA
+    image (2 steps); keyword arguments are further GenerateConfig fields."""
+    from synthmed.config import GenerateConfig
+    from synthmed.sampling.pipeline import generate_to_folder
+
+    def make(**fields) -> Path:
+        out = tmp_path_factory.mktemp("generated") / "cxr-syn"
+        for label, count in (("NORMAL", 2), ("PNEUMONIA", 1)):
+            cfg = GenerateConfig(run_dir=tiny_run, out=out, label=label, count=count, steps=2, **fields)
+            generate_to_folder(cfg, progress=False)
+        return out
+
+    return make
+
+
+@pytest.fixture
+def out_copy(generated: Path, tmp_path: Path) -> Path:
+    """A copy of the test module's ``generated`` folder that a test may change."""
+    return Path(shutil.copytree(generated, tmp_path / "cxr-syn"))

@@ -46,19 +46,8 @@ def _count(url: str, model: type[Base]) -> int:
 
 
 @pytest.fixture(scope="module")
-def generated(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real `synthmed generate` folder: 2 NORMAL and 1 PNEUMONIA image from the tiny chest X-ray run."""
-    out = tmp_path_factory.mktemp("generated") / "cxr-syn"
-    for label, count in (("NORMAL", 2), ("PNEUMONIA", 1)):
-        cfg = GenerateConfig(run_dir=tiny_run, out=out, label=label, count=count, steps=2, seed=0)
-        generate_to_folder(cfg, progress=False)
-    return out
-
-
-@pytest.fixture
-def out_copy(generated: Path, tmp_path: Path) -> Path:
-    """A copy of ``generated`` a test may change."""
-    return Path(shutil.copytree(generated, tmp_path / "cxr-syn"))
+def generated(generate_tiny: Callable[..., Path]) -> Path:
+    return generate_tiny(seed=0)
 
 
 # --- migrations --------------------------------------------------------------------------------------

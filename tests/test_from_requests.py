@@ -4,7 +4,6 @@ same folder and manifest, and catalogued as new samples of the same generation r
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,17 +75,8 @@ def _catalogued(url: str, out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def generated(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("generated") / "cxr-syn"
-    for label, count in (("NORMAL", 2), ("PNEUMONIA", 1)):
-        cfg = GenerateConfig(run_dir=tiny_run, out=out, label=label, count=count, steps=2, bit_depth=16)
-        generate_to_folder(cfg, progress=False)
-    return out
-
-
-@pytest.fixture
-def out_copy(generated: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(generated, tmp_path / "cxr-syn"))
+def generated(generate_tiny: Callable[..., Path]) -> Path:
+    return generate_tiny(bit_depth=16)
 
 
 def test_rejected_samples_are_regenerated_with_a_new_seed(catalogue_url: str, out_copy: Path) -> None:
