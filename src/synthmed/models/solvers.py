@@ -55,10 +55,11 @@ class DiffusersSolver:
         model_output: torch.Tensor,
         t: torch.Tensor,
         x: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generators: list[torch.Generator] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``generators``: one per batch item (diffusers draws item i's variance noise from generators[i])."""
         clean = self.predicted_clean(model_output, t, x)
-        extra = {"generator": generator} if self.stochastic else {}
+        extra = {"generator": generators} if self.stochastic else {}
         return self.inner.step(model_output, t, x, **extra).prev_sample, clean
 
     def predicted_clean(self, model_output: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

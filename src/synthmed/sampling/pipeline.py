@@ -51,7 +51,7 @@ from synthmed.runtime import (
 )
 from synthmed.sampling.label_maps import encode_labels, encoding_channels
 from synthmed.sampling.privacy_filter import copy_guard_for_run
-from synthmed.sampling.sampler import Known, StepCallback, denoise, initial_noise
+from synthmed.sampling.sampler import Known, StepCallback, denoise, initial_noise, step_generators
 from synthmed.sampling.tiled import decode_latents
 from synthmed.training import checkpoint as ckpt
 from synthmed.training.run import load_unet
@@ -267,7 +267,6 @@ class Pipeline:
         labels = torch.full((len(seeds),), self.label_index(label), dtype=torch.long, device=self.device)
         shape = self.latent_shape if volume is None else self.latent_shape_for(volume.size)
         noise = initial_noise(seeds, shape, self.device)
-        generator = torch.Generator(self.device).manual_seed(seeds[0])  # stochastic samplers' per-step noise
         amp = autocast(self.device, self.dtype)
         z = denoise(
             self.denoiser(len(seeds), volume, control),
@@ -277,7 +276,7 @@ class Pipeline:
             null_label=len(self.class_names),
             steps=steps,
             guidance=guidance,
-            generator=generator,
+            generators=step_generators(seeds, self.device),
             autocast=amp,
             callback=callback,
             known=None if edit is None else self._known(edit, len(seeds), amp),

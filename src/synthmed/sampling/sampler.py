@@ -13,6 +13,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, RFlowScheduler, Scheduler
@@ -27,6 +28,28 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device
     """Per-image starting noise: image i depends on its own seed only, whatever batch it is drawn in."""
     out = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
     return torch.stack(out).to(device)
+
+
+def step_generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
+    """One generator per image for the stochastic samplers' per-step noise (ancestral DDPM, inpainting).
+
+    Each is seeded from its image's seed on a stream of its own (SeedSequence([seed, 1])), so the step noise is
+    independent of the image's starting noise (:func:`initial_noise` uses the seed itself: sharing it made the
+    first ancestral step re-add image 0's own starting noise) and of the other images in the batch.
+    """
+    return [
+        torch.Generator(device).manual_seed(int(np.random.SeedSequence([s, 1]).generate_state(1)[0]))
+        for s in seeds
+    ]
+
+
+def batch_randn(
+    shape: torch.Size, generators: list[torch.Generator] | None, device: torch.device
+) -> torch.Tensor:
+    """Standard normal noise of ``shape`` whose item i comes from ``generators[i]`` alone (None: global RNG)."""
+    if generators is None:
+        return torch.randn(shape, device=device)
+    return torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in generators])
 
 
 def _predict(
@@ -78,13 +101,14 @@ def denoise(
     null_label: int,
     steps: int,
     guidance: float,
-    generator: torch.Generator | None = None,
+    generators: list[torch.Generator] | None = None,
     autocast: AbstractContextManager | None = None,
     callback: StepCallback | None = None,
     known: Known | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from ``noise`` to a clean latent with classifier-free guidance; with ``known``
-    an edit of its latent (SDEdit and/or inpainting)."""
+    an edit of its latent (SDEdit and/or inpainting). ``generators`` (one per image, see
+    :func:`step_generators`) draw the per-step noise of stochastic samplers and of inpainting."""
     if isinstance(scheduler, RFlowScheduler):
         scheduler.set_timesteps(steps, input_img_size_numel=int(noise[0, 0].numel()))
     else:
@@ -103,12 +127,12 @@ def denoise(
         for n in range(passes):
             with autocast or nullcontext():
                 out = _predict(unet, x, t.reshape(1), labels, null_label, guidance).float()
-            x_next, x0 = _step(scheduler, out, t, t_next, x, generator)
+            x_next, x0 = _step(scheduler, out, t, t_next, x, generators)
             if known is not None and known.region is not None:
                 last = i == len(timesteps) - 1
-                x_next = _blend(scheduler, known, x_next, None if last else t_next, generator)
+                x_next = _blend(scheduler, known, x_next, None if last else t_next, generators)
                 if n < passes - 1:  # RePaint: back to t from the blended clean estimate, then again
-                    x = _blend(scheduler, known, x0, t, generator, region_noised=True)
+                    x = _blend(scheduler, known, x0, t, generators, region_noised=True)
         x = x_next
         if callback is not None:
             callback(i, len(timesteps), x0)
@@ -121,15 +145,15 @@ def _step(
     t: torch.Tensor,
     t_next: torch.Tensor,
     x: torch.Tensor,
-    generator: torch.Generator | None,
+    generators: list[torch.Generator] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One reverse step: (x at t_next, predicted clean latent)."""
     if isinstance(scheduler, RFlowScheduler):
         return scheduler.step(out, t, x, t_next)
     if isinstance(scheduler, DDIMScheduler):
-        return scheduler.step(out, t, x, eta=0.0, generator=generator)
+        return scheduler.step(out, t, x, eta=0.0)  # deterministic: no step noise
     if isinstance(scheduler, DiffusersSolver):
-        return scheduler.step(out, t, x, generator)
+        return scheduler.step(out, t, x, generators)
     return scheduler.step(out, t, x)
 
 
@@ -138,7 +162,7 @@ def _blend(
     known: Known,
     x: torch.Tensor,
     t: torch.Tensor | None,
-    generator: torch.Generator | None,
+    generators: list[torch.Generator] | None,
     region_noised: bool = False,
 ) -> torch.Tensor:
     """``x`` inside the region, the known latent outside, both noised to ``t`` (None: clean).
@@ -147,7 +171,7 @@ def _blend(
     assert known.region is not None
     keep = known.latent
     if t is not None:
-        fresh = torch.randn(x.shape, generator=generator, device=x.device)
+        fresh = batch_randn(x.shape, generators, x.device)
         timesteps = t.reshape(1).expand(len(x))
         keep = scheduler.add_noise(keep, fresh, timesteps)
         if region_noised:
