@@ -33,9 +33,9 @@ def initial_noise(seeds: list[int], shape: tuple[int, ...], device: torch.device
 def step_generators(seeds: list[int], device: torch.device) -> list[torch.Generator]:
     """One generator per image for the stochastic samplers' per-step noise (ancestral DDPM, inpainting).
 
-    Each is seeded from its image's seed on a stream of its own (SeedSequence([seed, 1])), so the step noise is
-    independent of the image's starting noise (:func:`initial_noise` uses the seed itself: sharing it made the
-    first ancestral step re-add image 0's own starting noise) and of the other images in the batch.
+    Each is seeded from its image's seed on a stream of its own (SeedSequence([seed, 1])), so the step noise
+    is independent of the image's starting noise (:func:`initial_noise` uses the seed itself: sharing it made
+    the first ancestral step re-add image 0's own starting noise) and of the other images in the batch.
     """
     return [
         torch.Generator(device).manual_seed(int(np.random.SeedSequence([s, 1]).generate_state(1)[0]))
@@ -46,7 +46,7 @@ def step_generators(seeds: list[int], device: torch.device) -> list[torch.Genera
 def batch_randn(
     shape: torch.Size, generators: list[torch.Generator] | None, device: torch.device
 ) -> torch.Tensor:
-    """Standard normal noise of ``shape`` whose item i comes from ``generators[i]`` alone (None: global RNG)."""
+    """Standard normal noise of ``shape``; item i comes from ``generators[i]`` alone (None: global RNG)."""
     if generators is None:
         return torch.randn(shape, device=device)
     return torch.stack([torch.randn(shape[1:], generator=g, device=device) for g in generators])
