@@ -1,5 +1,6 @@
 """The catalogue: SQLAlchemy 2 models of data sets, trained models, generation runs, samples, studies,
-readers, answers, review decisions and regeneration requests. The schema changes only through Alembic
+readers, answers, review decisions, regeneration requests, jobs, and the web app's logins (sessions, trusted
+browsers, security events). The schema changes only through Alembic
 migrations (``synthmed/catalogue/migrations``), which ``synthmed db upgrade`` applies.
 """
 
@@ -37,6 +38,21 @@ REVIEW_STATES = ("pending", "approved", "rejected")
 DECISIONS = ("approve", "reject")
 STUDY_KINDS = ("turing", "rating")  # forced choice real/synthetic; Likert ratings only
 REQUEST_STATES = ("open", "fulfilled")
+SECURITY_EVENTS = (
+    "login",
+    "login_failed",
+    "account_locked",
+    "address_blocked",
+    "logout",
+    "user_added",
+    "password_changed",
+    "deactivated",
+    "activated",
+    "unlocked",
+    "role_changed",
+    "sessions_ended",
+    "device_distrusted",
+)
 
 
 def utcnow() -> datetime:
@@ -135,6 +151,13 @@ class Sample(Base):
     provenance: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the manifest row, as written
     review_state: Mapped[str] = mapped_column(String(16), default="pending")
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    # Synthetic samples (synthmed.catalogue.provenance): when the file was proven to be its manifest row's
+    # (kind, sha256, model weights), when regeneration last reproduced it bit for bit, and the memorisation
+    # check against the model's training images (None: not checked).
+    verified: Mapped[datetime | None] = mapped_column(default=None)
+    regenerated: Mapped[datetime | None] = mapped_column(default=None)
+    likely_copy: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    copy_check: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
     dataset: Mapped[Dataset] = relationship(back_populates="samples")
 
@@ -305,3 +328,56 @@ class Job(Base):
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)  # output folder, counts, report path
     error: Mapped[str | None] = mapped_column(Text, default=None)
     generation_run_id: Mapped[int | None] = mapped_column(ForeignKey("generation_runs.id"), default=None)
+
+
+class LoginSession(Base):
+    """A login of the web app. The browser holds a random token; only its sha256 is stored, so the table
+    opens no session. Ended at logout, password change, deactivation, role change or by an admin; unusable
+    after ``expires`` (absolute) or when idle too long (``last_seen``, see synthmed.web.sessions)."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    address: Mapped[str | None] = mapped_column(String(64), default=None)  # client address at login
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    expires: Mapped[datetime] = mapped_column()
+    ended: Mapped[datetime | None] = mapped_column(default=None)
+    end_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+
+    user: Mapped[User] = relationship()
+
+
+class TrustedDevice(Base):
+    """A browser that logged in as the user before (a long-lived random cookie, stored as its sha256): its
+    logins are not held up by a lock that others' failed guesses put on the account; it has its own limit
+    of failures, after which it is no longer trusted."""
+
+    __tablename__ = "trusted_devices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    expires: Mapped[datetime] = mapped_column()
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SecurityEvent(Base):
+    """Logins, failures, locks and changes to users (who did it, to whom, from where)."""
+
+    __tablename__ = "security_events"
+    __table_args__ = (_one_of("event", SECURITY_EVENTS),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None, index=True)
+    username: Mapped[str | None] = mapped_column(String(64), default=None)  # None: a name that is no user
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)  # the admin acting
+    address: Mapped[str | None] = mapped_column(String(64), default=None)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    actor: Mapped[User | None] = relationship(foreign_keys=[actor_id])
