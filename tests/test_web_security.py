@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import select
 from web_support import PASSWORD, build_catalogue, csrf_of, fast_hasher, login, make_client, make_study
 
 from synthmed.catalogue.db import make_engine, session_factory, transaction
@@ -19,8 +19,8 @@ from synthmed.config import ServeConfig, UserConfig
 from synthmed.errors import SynthmedError
 from synthmed.web import auth
 from synthmed.web.app import create_app
-from synthmed.web.auth import add_user
 from synthmed.web.auth import hasher as production_hasher  # before the tests patch in a cheap one
+from synthmed.web.users import add_user, find_user, set_password
 
 TOKEN = re.compile(r'name="token" value="([^"]+)"')
 
@@ -185,9 +185,10 @@ def test_a_password_change_ends_existing_logins(site) -> None:
     reader = make_client(site.app, "r1")
     assert reader.get("/studies").status_code == 200
     with transaction(site.db) as session:
-        hashed = add_user(session, UserConfig(username="tmp", role="reader"), "another passphrase")
-        session.execute(update(User).where(User.username == "r1").values(password_hash=hashed.password_hash))
+        set_password(session, find_user(session, "r1"), "another passphrase")
     assert reader.get("/studies").status_code == 303
+    assert login(make_client(site.app), "r1").status_code == 401
+    assert login(make_client(site.app), "r1", "another passphrase").status_code == 303
 
 
 def test_logout_ends_the_session(site) -> None:

@@ -233,11 +233,15 @@ def free_port() -> int:
 
 @contextmanager
 def serving(app, stop_timeout: float = 10) -> Iterator[str]:
-    """``app`` served by uvicorn in a thread on a free localhost port; yields its base URL."""
+    """``app`` served by uvicorn in a thread on a free localhost port, with the options `synthmed serve`
+    gives uvicorn; yields its base URL."""
     import uvicorn
 
+    from synthmed.web.settings import server_options
+
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    options = server_options(app.state.config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -32,7 +32,8 @@ from synthmed.review.render import default_cache_dir
 from synthmed.review.studies import TrialNotFound
 from synthmed.web.auth import AddressThrottle, LoginRequired
 from synthmed.web.pages import HERE, render
-from synthmed.web.routers import admin, dashboard, gallery, jobs, login, reader
+from synthmed.web.routers import admin, dashboard, gallery, jobs, login, reader, users
+from synthmed.web.settings import web_config
 
 if TYPE_CHECKING:
     from synthmed.jobs.worker import Worker
@@ -43,7 +44,15 @@ MAX_BODY = 64 * 1024  # every form is a few fields: nothing bigger is ever neede
 WORKER_STOP_S = 30.0  # at shutdown, how long the in-process worker may take to put its job back
 # The one form with a file (the configurator's structure map) gets its own, larger limit.
 UPLOAD_LIMITS = {dashboard.UPLOAD_PATH: dashboard.MAX_UPLOAD + MAX_BODY}
-ROUTERS = (login.router, reader.router, admin.router, dashboard.router, jobs.router, gallery.router)
+ROUTERS = (
+    login.router,
+    reader.router,
+    admin.router,
+    users.router,
+    dashboard.router,
+    jobs.router,
+    gallery.router,
+)
 HEADERS = {
     # No inline script or style anywhere and nothing from other origins.
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
@@ -95,9 +104,10 @@ class Hardening:
 
 def create_app(database_url: str | None = None, config: ServeConfig | None = None) -> FastAPI:
     """The app on ``database_url`` (default: $SYNTHMED_DATABASE_URL or ./synthmed.db), which must hold the
-    catalogue schema (`synthmed db upgrade`). The session-signing key is $SYNTHMED_SECRET_KEY, or a random
-    one per process (logins then end when the server restarts)."""
-    config = config or ServeConfig()
+    catalogue schema (`synthmed db upgrade`); ``config`` a ServeConfig or a WebConfig (web settings).
+    Logins are kept in the catalogue; the key that signs the session cookie (its login token and CSRF
+    token) is $SYNTHMED_SECRET_KEY, or a random one per process (logins then end when the server restarts)."""
+    config = web_config(config)
     url = db.database_url(database_url or config.database)
     engine = db.make_engine(url)
 

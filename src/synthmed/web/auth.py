@@ -1,15 +1,16 @@
-"""Users, passwords and logins: argon2id hashes, lockout after repeated failures (per user name in the
-database, per client address in memory), the logged-in user of a request, roles and CSRF tokens."""
+"""Passwords and logins: argon2id hashes, lockout after repeated failures (per user name in the database,
+per client address in memory; trusted browsers are not held up by a lock others caused), the logged-in user
+of a request (a server-side session, see sessions.py), roles and CSRF tokens."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import threading
 import time
 from collections import defaultdict, deque
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Annotated
 
@@ -19,10 +20,10 @@ from fastapi import Depends, HTTPException, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from synthmed.catalogue.models import ROLES, User, utcnow
-from synthmed.config import UserConfig
+from synthmed.catalogue.models import LoginSession, TrustedDevice, User, utcnow
 from synthmed.errors import SynthmedError
 from synthmed.review.times import as_utc
+from synthmed.web import events, sessions
 from synthmed.web.deps import DB
 
 MIN_PASSWORD = 10
@@ -48,17 +49,6 @@ def check_password(password: str) -> str:
     return password
 
 
-def add_user(session: Session, cfg: UserConfig, password: str) -> User:
-    if session.scalar(select(User.id).where(User.username == cfg.username)) is not None:
-        raise SynthmedError(f"user {cfg.username!r} exists already", field="username")
-    if cfg.role not in ROLES:
-        raise SynthmedError(f"role must be one of {', '.join(ROLES)}", field="role")
-    user = User(username=cfg.username, role=cfg.role, password_hash=hasher().hash(check_password(password)))
-    session.add(user)
-    session.flush()
-    return user
-
-
 class AddressThrottle:
     """Failed logins per client address in a sliding window; thread-safe, in this process's memory."""
 
@@ -77,9 +67,12 @@ class AddressThrottle:
         with self._lock:
             return len(self._recent(address)) >= self.limit
 
-    def failed(self, address: str) -> None:
+    def failed(self, address: str) -> bool:
+        """Count a failure; True when it is the one that blocks the address."""
         with self._lock:
-            self._recent(address).append(time.monotonic())
+            times = self._recent(address)
+            times.append(time.monotonic())
+            return len(times) == self.limit
 
 
 class LoginFailed(Exception):
@@ -87,50 +80,96 @@ class LoginFailed(Exception):
         self.status = status
 
 
+@dataclass
+class Attempt:
+    """A login attempt: the form's fields, where it came from, and the browser's trusted-device cookie."""
+
+    username: str
+    password: str
+    address: str
+    device_token: str | None = None
+
+
 def authenticate(
-    session: Session, username: str, password: str, *, max_failures: int, lockout: timedelta
-) -> User:
-    """The user whose password this is, or LoginFailed(401): wrong name, wrong password and locked
-    account look alike (same answer, same argon2 work), so nobody learns which names exist."""
-    user = session.scalar(select(User).where(User.username == username))
+    session: Session, attempt: Attempt, *, max_failures: int, lockout: timedelta
+) -> tuple[User, TrustedDevice | None]:
+    """The user whose password this is (and the trusted browser it came from), or LoginFailed(401): wrong
+    name, wrong password and locked account look alike (same answer, same argon2 work), so nobody learns
+    which names exist. Every attempt is logged.
+
+    Failures lock the account for ``lockout`` after ``max_failures``; while locked no password is even
+    tried, so the lock stops guessing. A browser the user logged in with before is not held up by that
+    lock (an attacker can lock an account but not keep its owner out): its failures count on its own
+    record, and after ``max_failures`` of them it is no longer trusted.
+    """
+    user = session.scalar(select(User).where(User.username == attempt.username))
+    device = sessions.trusted_device(session, attempt.device_token, user)
     now = utcnow()
     locked = user is not None and user.locked_until is not None and as_utc(user.locked_until) > now
     try:
-        hasher().verify(user.password_hash if user is not None else _dummy_hash(), password[:MAX_PASSWORD])
-        ok = user is not None and user.active and not locked
+        hasher().verify(
+            user.password_hash if user is not None else _dummy_hash(), attempt.password[:MAX_PASSWORD]
+        )
+        ok = user is not None and user.active and (device is not None or not locked)
     except (VerificationError, InvalidHashError):
         ok = False
     if user is None:
+        events.record(session, "login_failed", None, address=attempt.address, detail="unknown user name")
         raise LoginFailed(401)
     if not ok:
-        if not locked:
-            user.failed_logins = (user.failed_logins or 0) + 1
-            if user.failed_logins >= max_failures:
-                user.locked_until, user.failed_logins = now + lockout, 0
+        _count_failure(session, user, device, locked, attempt.address, max_failures, now + lockout)
         raise LoginFailed(401)
-    user.failed_logins, user.locked_until = 0, None
+    if device is not None:
+        device.failed_logins = 0
+    if not locked:
+        user.failed_logins, user.locked_until = 0, None
     if hasher().check_needs_rehash(user.password_hash):
-        user.password_hash = hasher().hash(password)
-    return user
+        user.password_hash = hasher().hash(attempt.password)
+    return user, device
 
 
-def session_tag(secret: str, user: User) -> str:
-    """Ties a login cookie to the password hash: changing the password ends every existing login."""
-    return hmac.new(secret.encode(), f"{user.id}:{user.password_hash}".encode(), hashlib.sha256).hexdigest()
+def _count_failure(
+    session: Session,
+    user: User,
+    device: TrustedDevice | None,
+    locked: bool,
+    address: str,
+    max_failures: int,
+    lock_until: datetime,
+) -> None:
+    if not user.active:
+        events.record(session, "login_failed", user, address=address, detail="account deactivated")
+    elif device is not None:
+        device.failed_logins += 1
+        events.record(session, "login_failed", user, address=address, detail="from a trusted browser")
+        if device.failed_logins >= max_failures:
+            session.delete(device)
+            events.record(session, "device_distrusted", user, address=address, detail="too many failures")
+    elif locked:
+        events.record(session, "login_failed", user, address=address, detail="account locked")
+    else:
+        user.failed_logins = (user.failed_logins or 0) + 1
+        events.record(session, "login_failed", user, address=address, detail="wrong password")
+        if user.failed_logins >= max_failures:
+            user.locked_until, user.failed_logins = lock_until, 0
+            until = f"until {lock_until.isoformat(timespec='seconds')}"
+            events.record(session, "account_locked", user, address=address, detail=until)
 
 
 class LoginRequired(Exception):
     """No valid login: pages answer with a redirect to /login."""
 
 
+def current_login(request: Request, session: DB) -> LoginSession:
+    """The request's open login (server-side), else LoginRequired."""
+    login = sessions.current(session, request, request.app.state.config)
+    if login is None:
+        raise LoginRequired
+    return login
+
+
 def current_user(request: Request, session: DB) -> User:
-    uid, tag = request.session.get("uid"), request.session.get("tag")
-    user = session.get(User, uid) if isinstance(uid, int) and isinstance(tag, str) else None
-    if user is None or not user.active:
-        raise LoginRequired
-    if not hmac.compare_digest(tag, session_tag(request.app.state.secret, user)):
-        raise LoginRequired
-    return user
+    return current_login(request, session).user
 
 
 def require_admin(user: Annotated[User, Depends(current_user)]) -> User:

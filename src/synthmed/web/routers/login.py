@@ -6,8 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy import select
 
-from synthmed.web.auth import CSRF, LoginFailed, authenticate, csrf_token, current_user, session_tag
+from synthmed.catalogue.models import User
+from synthmed.web import events, sessions
+from synthmed.web.auth import CSRF, Attempt, LoginFailed, authenticate, csrf_token, current_user
 from synthmed.web.deps import DB
 from synthmed.web.pages import render
 
@@ -34,23 +37,37 @@ def login(
     password: Annotated[str, Form(max_length=1024)],
 ) -> HTMLResponse | RedirectResponse:
     state = request.app.state
-    address = request.client.host if request.client else "unknown"
-    if state.throttle.blocked(address):
+    attempt = Attempt(
+        username, password, sessions.client_address(request), request.cookies.get(sessions.DEVICE_COOKIE)
+    )
+    # A browser the user logged in with before is not held up by failures of others from its address.
+    if state.throttle.blocked(attempt.address) and not _trusted(session, attempt):
         return render(request, "login.html", 429, error=FAILED)
     try:
-        user = authenticate(
-            session, username, password, max_failures=state.config.max_failed_logins, lockout=state.lockout
+        user, device = authenticate(
+            session, attempt, max_failures=state.config.max_failed_logins, lockout=state.lockout
         )
     except LoginFailed as failed:
-        state.throttle.failed(address)
+        if state.throttle.failed(attempt.address):
+            events.record(session, "address_blocked", None, address=attempt.address)
         return render(request, "login.html", failed.status, error=FAILED)
-    request.session.clear()  # a fresh session and CSRF token: later pages set no cookie
-    request.session.update(uid=user.id, tag=session_tag(state.secret, user))
+    sessions.start(session, request, user, state.config)  # a fresh cookie: new login and CSRF tokens
     csrf_token(request)
-    return RedirectResponse("/", status_code=303)
+    events.record(session, "login", user, address=attempt.address, detail="trusted browser" if device else "")
+    response = RedirectResponse("/", status_code=303)
+    if device is None:
+        sessions.trust_device(session, response, user, state.config)
+    return response
+
+
+def _trusted(session: DB, attempt: Attempt) -> bool:
+    user = session.scalar(select(User).where(User.username == attempt.username))
+    return sessions.trusted_device(session, attempt.device_token, user) is not None
 
 
 @router.post("/logout", dependencies=[CSRF])
-def logout(request: Request) -> RedirectResponse:
-    request.session.clear()
+def logout(request: Request, session: DB) -> RedirectResponse:
+    login = sessions.end_current(session, request, "logout")
+    if login is not None:
+        events.record(session, "logout", login.user, address=sessions.client_address(request))
     return RedirectResponse("/login", status_code=303)
