@@ -156,6 +156,17 @@ class DataConfig(Strict):
     allow_single_class: bool = Field(
         False, description="Accept a data set with one class (unconditional use)."
     )
+    label_names: list[str] | None = Field(
+        None,
+        min_length=1,
+        description=".npz sources: class names of the integer labels 0, 1, ... in order (default: the npz's "
+        "label_names array, else MedMNIST's 'label' info in <npz stem>.json beside it, else '0', '1', ...).",
+    )
+    skip_empty_classes: bool = Field(
+        False,
+        description="Leave out, with a warning, a class whose every image is skipped (unreadable, or without a "
+        "mask for the mask ControlNet) instead of stopping with an error.",
+    )
     volume: VolumeData | None = Field(
         None,
         description="Set for 3D: source is a folder of volumes (images/ + labels/, <key>_image/_label, or "
@@ -176,6 +187,8 @@ class DataConfig(Strict):
             )
         if self.val_fraction + self.holdout_fraction >= 0.9:
             raise ValueError("val_fraction + holdout_fraction must leave at least 10% for training")
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise ValueError(f"label_names lists a name twice: {self.label_names}")
         return self
 
 
@@ -244,6 +257,12 @@ class AutoencoderConfig(StageConfig):
         "nothing is downloaded.",
     )
     perceptual_weight: float = Field(0.3, ge=0)
+    grad_weight: float = Field(
+        0.0, ge=0, description="L1 loss on image gradients (finite differences): keeps edges; 0 disables it."
+    )
+    spectral_weight: float = Field(
+        0.0, ge=0, description="MONAI JukeboxLoss on Fourier amplitudes: keeps texture; 0 disables it."
+    )
 
 
 class UNetArch(NetworkArch):

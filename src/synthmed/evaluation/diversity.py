@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from monai.metrics import MultiScaleSSIMMetric
 
+from synthmed.evaluation.intervals import mean_ci
+
 STANDARD_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
 # (kernel size, scales) by preference: the standard 11-pixel kernel and as many scales as the image allows.
 _CANDIDATES = ((11, 5), (11, 4), (7, 4), (11, 3), (7, 3), (11, 2), (7, 2), (5, 2), (3, 2))
@@ -54,11 +56,8 @@ def pairwise_ms_ssim(images: torch.Tensor, pairs: int, seed: int, batch_size: in
             for a, b in zip(i.split(batch_size), j.split(batch_size), strict=True)
         ]
     ).numpy()
-    rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(1000, len(values))).mean(1)
     return {
-        "value": float(values.mean()),
-        "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+        **mean_ci(values, np.random.default_rng(seed), 1000),
         "pairs": len(values),
         **settings,
     }

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from synthmed.evaluation.intervals import bias_corrected_interval
+
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
 
@@ -82,8 +84,13 @@ def bootstrap(
     fake: torch.Tensor,
     n_boot: int,
     seed: int,
+    point: dict[str, float],
 ) -> dict[str, list[float]]:
-    """Percentile 95% intervals of each metric over resamples (with replacement) of both sets."""
+    """Bias-corrected 95% intervals of each metric over resamples (with replacement) of both sets.
+
+    Resampling repeats images, which inflates FID and deflates k-NN recall and coverage: plain percentile
+    intervals then miss their own estimate (measured: FID 3.76 [5.06, 10.03]). The bootstrap's bias is
+    removed from the interval instead (see :func:`bias_corrected_interval`)."""
     gen = torch.Generator().manual_seed(seed)
     draws: dict[str, list[float]] = {}
     for _ in range(n_boot):
@@ -91,7 +98,7 @@ def bootstrap(
         b = fake[torch.randint(0, len(fake), (len(fake),), generator=gen)]
         for key, value in metric(a, b).items():
             draws.setdefault(key, []).append(value)
-    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
+    return {k: bias_corrected_interval(point[k], np.asarray(v)) for k, v in draws.items()}
 
 
 def _point_metrics(k: int) -> Callable[[torch.Tensor, torch.Tensor], dict[str, float]]:
@@ -110,7 +117,7 @@ def fidelity(real: torch.Tensor, fake: torch.Tensor, *, k: int, n_boot: int, see
         }
     compute = _point_metrics(k)
     point = compute(real, fake)
-    cis = bootstrap(compute, real, fake, n_boot, seed) if n_boot else {}
+    cis = bootstrap(compute, real, fake, n_boot, seed, point) if n_boot else {}
     out: dict[str, Any] = {key: {"value": v, "ci95": cis.get(key)} for key, v in point.items()}
     out["kid"] = kid(real, fake, seed=seed)
     out["n_real"], out["n_fake"] = len(real), len(fake)

@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.losses import PatchAdversarialLoss
+from monai.losses import JukeboxLoss, PatchAdversarialLoss
 from monai.networks.nets import AutoencoderKL
 from torch import nn
 
 from synthmed.config import AutoencoderConfig, ControlNetConfig, DiffusionConfig
+from synthmed.evaluation.sharpness import laplacian_energy
 from synthmed.evaluation.views import view_slices
 from synthmed.models.builders import (
     build_controlnet,
@@ -59,6 +60,15 @@ def global_randn(n: int, part: slice, like: torch.Tensor) -> torch.Tensor:
     ``torch.randn_like(like)``.
     """
     return torch.randn((n, *like.shape[1:]), dtype=like.dtype, device=like.device)[part]
+
+
+def gradient_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance between the finite-difference gradients of ``x`` and ``y`` along every spatial axis.
+
+    Written by hand: MONAI has no image-gradient loss, and these are three lines of tensor slicing.
+    """
+    dims = range(2, x.ndim)
+    return torch.stack([F.l1_loss(torch.diff(x, dim=d), torch.diff(y, dim=d)) for d in dims]).mean()
 
 
 def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
@@ -131,6 +141,7 @@ class AutoencoderTask:
         self.perceptual = (
             LocalPerceptualLoss(cfg.perceptual_weights).to(device) if cfg.perceptual_weights else None
         )
+        self.spectral = JukeboxLoss(spatial_dims=dims) if cfg.spectral_weight else None
 
     def trainables(self) -> dict[str, nn.Module]:
         return {"autoencoder": self.model} | ({"discriminator": self.disc} if self.disc is not None else {})
@@ -149,6 +160,14 @@ class AutoencoderTask:
             perc = self.perceptual(recon, x)
             loss = loss + self.cfg.perceptual_weight * perc
             logs["perceptual"] = perc.item()
+        if self.cfg.grad_weight:
+            grad = gradient_l1(recon, x)
+            loss = loss + self.cfg.grad_weight * grad
+            logs["grad"] = grad.item()
+        if self.spectral is not None:
+            spec = self.spectral(recon, x)
+            loss = loss + self.cfg.spectral_weight * spec
+            logs["spectral"] = spec.item()
         losses = {"autoencoder": loss}
         if self.disc is not None and step >= self.cfg.adv_start:
             gen_adv = self.adv_loss(self.disc(recon)[-1], target_is_real=True, for_discriminator=False)
@@ -166,7 +185,13 @@ class AutoencoderTask:
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         x = self.val[: VAL_ITEMS if self.val.ndim == 4 else VAL_VOLUMES]
-        return {"l1": F.l1_loss(self._reconstruct(model, x), x).item()}
+        recon = self._reconstruct(model, x)
+        metrics = {"l1": F.l1_loss(recon, x).item()}
+        if x.ndim == 4:  # the blur an autoencoder adds: reconstructed / real mean |Laplacian|
+            metrics["sharpness"] = (
+                laplacian_energy(recon.clamp(0, 1)).mean() / laplacian_energy(x).mean()
+            ).item()
+        return metrics
 
     def preview(self, model: nn.Module, path: Path) -> None:
         x = self.val[:8]

@@ -1,0 +1,216 @@
+"""The foundation 2D autoencoder: one compression network trained once on every modality this project has
+real data for, shipped with the package and reused by new 2D runs (MAISI's approach).
+
+Training images (never a holdout, validation or test image of any set):
+- Kermany chest X-rays: the seed-0 train split of the official ``train`` folder (a user run with the default
+  seed keeps its own holdout unseen by this network); the official ``test`` folder is never read;
+- BUSI breast ultrasound: the seed-0 train split;
+- MSD hippocampus T1 MRI: axial, coronal and sagittal slices of the seed-0 train split's volumes;
+- the MNI152 2009 T1 template shipped with nilearn: slices of its left half's sagittal, and every other
+  axial and coronal slice (the rest validates).
+
+Every image is used at 64 px (the whole image, fitted and padded) and, for the 2D sets, also as random 64 px
+crops of the image at 128 px, so the convolutional network sees the detail of larger images as well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import SpatialPad
+
+from synthmed import data as data_stage
+from synthmed.config import AutoencoderConfig, DataConfig, VolumeData
+from synthmed.data.preprocess import FitResize
+from synthmed.data.volume_sets import load_volume_split, prepare_volumes
+from synthmed.errors import SynthmedError
+
+SIZE = 64
+CROPS_PER_IMAGE = 2  # random 64 px crops of each 2D training image at 128 px
+SLICE_STEP = 3  # every third slice of a hippocampus volume along each axis
+MIN_SLICE_STD = 0.05  # slices this flat are mostly background
+
+
+@dataclass
+class ModalitySet:
+    """One modality's training and validation images, (N, 1, 64, 64) in [0, 1]."""
+
+    name: str
+    train: torch.Tensor
+    val: torch.Tensor
+
+
+def _fit(slice_2d: np.ndarray) -> torch.Tensor:
+    img = torch.from_numpy(np.ascontiguousarray(slice_2d, dtype=np.float32))[None]
+    img = FitResize(SIZE, "longest")(img)
+    return SpatialPad((SIZE, SIZE), mode="constant", value=0.0)(img).as_tensor()
+
+
+def _random_crops(images: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    n, _, h, w = images.shape
+    tops = torch.randint(0, h - SIZE + 1, (n, count), generator=g)
+    lefts = torch.randint(0, w - SIZE + 1, (n, count), generator=g)
+    crops = [
+        images[i, :, t : t + SIZE, s : s + SIZE]
+        for i in range(n)
+        for t, s in zip(tops[i].tolist(), lefts[i].tolist(), strict=True)
+    ]
+    return torch.stack(crops)
+
+
+def _folder_set(name: str, source: Path, cache: Path, seed: int) -> ModalitySet:
+    """A 2D folder data set's train split (64 px whole + 128 px crops) and val split (64 px whole)."""
+    out: dict[str, list[torch.Tensor]] = {"train": [], "val": []}
+    for size in (SIZE, 2 * SIZE):
+        cfg = DataConfig(source=source, image_size=size, allow_single_class=True)
+        prepared = data_stage.prepare(cfg, seed, cache / f"{name}-split.json")
+        for split in ("train", "val"):
+            x, _ = data_stage.load_split_arrays(
+                prepared.records, cfg, split, cache, class_names=prepared.class_names
+            )
+            if size == SIZE:
+                out[split].append(x)
+            elif split == "train":
+                out[split].append(_random_crops(x, CROPS_PER_IMAGE, seed))
+    return ModalitySet(name, torch.cat(out["train"]), torch.cat(out["val"]))
+
+
+def _volume_slices(volumes: torch.Tensor) -> torch.Tensor:
+    slices = []
+    for vol in volumes[:, 0].numpy():
+        for axis in range(3):
+            for k in range(0, vol.shape[axis], SLICE_STEP):
+                s = np.take(vol, k, axis=axis)
+                if s.std() >= MIN_SLICE_STD:
+                    slices.append(_fit(np.rot90(s)))
+    return torch.stack(slices)
+
+
+def _hippocampus_set(source: Path, cache: Path, seed: int) -> ModalitySet:
+    volume = VolumeData(size=(48, 64, 48), spacing=(1.0, 1.0, 1.0))
+    cfg = DataConfig(source=source, volume=volume)
+    prepared = prepare_volumes(cfg, seed, cache / "hippocampus-split.json")
+    train = load_volume_split(cfg, prepared, "train", cache)
+    val = load_volume_split(cfg, prepared, "val", cache)
+    return ModalitySet("hippocampus", _volume_slices(train.images), _volume_slices(val.images))
+
+
+def mni152_path() -> Path:
+    """nilearn's packaged MNI152 2009 T1 template (installed with nilearn, read offline)."""
+    import nilearn.datasets
+
+    path = (
+        Path(nilearn.datasets.__file__).parent / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    )
+    if not path.exists():
+        raise SynthmedError("nilearn's MNI152 template is missing; reinstall nilearn", path=path)
+    return path
+
+
+def _mni_set() -> ModalitySet:
+    vol = np.asarray(nib.load(mni152_path()).get_fdata(), dtype=np.float32)
+    lo, hi = np.percentile(vol, (0.5, 99.5))
+    vol = np.clip((vol - lo) / (hi - lo), 0.0, 1.0)
+    train, val = [], []
+    for axis in range(3):
+        for k in range(vol.shape[axis]):
+            s = np.take(vol, k, axis=axis)
+            if s.std() < MIN_SLICE_STD:
+                continue
+            (train if k % 2 == 0 else val).append(_fit(np.rot90(s)))
+    return ModalitySet("mni152", torch.stack(train), torch.stack(val))
+
+
+def load_foundation_sets(data_root: Path, cache: Path, seed: int = 0) -> list[ModalitySet]:
+    """Every modality's images (see the module docstring), loaded through the project's own readers."""
+    root = Path(data_root)
+    cache.mkdir(parents=True, exist_ok=True)
+    return [
+        _folder_set("kermany", root / "cxr-kermany" / "train", cache, seed),
+        _folder_set("busi", root / "busi", cache, seed),
+        _hippocampus_set(root / "hippocampus", cache, seed),
+        _mni_set(),
+    ]
+
+
+MAX_REPEAT = 8
+
+
+def mixed(sets: list[ModalitySet], split: str, per_set: int | None = None) -> torch.Tensor:
+    """The sets' images of ``split`` interleaved (so the first validation items cover every modality).
+
+    Training images of small sets are repeated (up to MAX_REPEAT times) towards a third of the largest set, so
+    a few hundred template slices are not drowned by thousands of X-rays."""
+    parts = [getattr(s, split)[:per_set] for s in sets]
+    if split == "train":
+        largest = max(len(p) for p in parts)
+        parts = [p.repeat(min(MAX_REPEAT, max(1, round(largest / (3 * len(p))))), 1, 1, 1) for p in parts]
+    longest = max(len(p) for p in parts)
+    order = [p[i] for i in range(longest) for p in parts if i < len(p)]
+    return torch.stack(order)
+
+
+FOUNDATION_AUTOENCODER = AutoencoderConfig.model_validate(
+    {
+        "arch": {
+            "channels": [32, 64, 128],
+            "num_res_blocks": 1,
+            "attention_levels": [False, False, False],
+            "latent_channels": 4,
+            "norm_num_groups": 16,
+            "with_nonlocal_attn": False,
+        },
+        "steps": 20000,
+        "batch_size": 32,
+        "lr": 5e-4,
+        "warmup_steps": 200,
+        "kl_weight": 1e-6,
+        "adv_weight": 0.02,
+        "adv_start": 2000,
+        "grad_weight": 1.0,
+        "spectral_weight": 0.1,
+        "checkpoint_every": 250,
+        "preview_every": 1000,
+        "log_every": 25,
+    }
+)
+
+
+def train_foundation(
+    data_root: Path,
+    out_dir: Path,
+    cfg: AutoencoderConfig = FOUNDATION_AUTOENCODER,
+    *,
+    seed: int = 0,
+    precision: str = "bf16",
+    progress: bool = True,
+) -> Path:
+    """Train (or resume) the foundation autoencoder in ``out_dir``; returns the exported model.pt."""
+    from synthmed.models.builders import build_autoencoder
+    from synthmed.runtime import resolve_precision
+    from synthmed.training.tasks import AutoencoderTask
+    from synthmed.training.trainer import Trainer
+
+    out_dir = Path(out_dir)
+    sets = load_foundation_sets(data_root, out_dir / "cache", seed)
+    for s in sets:
+        print(f"{s.name}: {len(s.train)} training and {len(s.val)} validation images", flush=True)
+    train, val = mixed(sets, "train"), mixed(sets, "val", per_set=64)
+    device = torch.device("cpu")
+    model = build_autoencoder(cfg.arch, 2)
+    task = AutoencoderTask(model, cfg, train, val)
+    trainer = Trainer(
+        task,
+        cfg,
+        out_dir / "autoencoder",
+        seed=seed,
+        device=device,
+        dtype=resolve_precision(precision, device),
+        progress=progress,
+    )
+    return trainer.run(resume=(out_dir / "autoencoder" / "last.pt").exists())
