@@ -44,6 +44,12 @@ def hippocampus(data_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def retinamnist(data_root: Path) -> Path:
+    """The RetinaMNIST .npz (colour fundus photographs, 28 px, MedMNIST layout)."""
+    return _subset(data_root, "retinamnist") / "retinamnist.npz"
+
+
+@pytest.fixture(scope="session")
 def msd_pairs(hippocampus: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[Sequence[str]], Path]:
     """Copy real hippocampus image/label pairs (by key or file name) into a fresh {images,labels}/ folder."""
 

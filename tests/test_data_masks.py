@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from synthmed.config import DataConfig
 from synthmed.data import preprocess, read_image
@@ -114,7 +116,7 @@ def test_load_pairs_skips_missing_and_corrupt_masks(busi: Path, tmp_path: Path) 
     assert pairs.images.shape == (1, 1, 48, 48) and pairs.masks.shape == (1, 1, 48, 48)
     assert float(pairs.images.min()) >= 0.0 and float(pairs.images.max()) <= 1.0 and pairs.masks.sum() > 0
     reasons = {s.source: s.reason for s in pairs.skipped}
-    assert "no mask file lonely (1)_mask.png" in reasons[str(lonely)]
+    assert "no mask file lonely (1)_mask.<ext> (PNG, GIF, TIFF, BMP or JPEG)" in reasons[str(lonely)]
     assert "corrupt_mask.png" in reasons[str(corrupt)]  # the reason names the bad mask file
     with pytest.raises(SynthmedError, match=r"corrupt_mask\.png"):
         load_image_mask_pairs([corrupt], DataConfig(image_size=48, on_error="raise"))
@@ -167,3 +169,52 @@ def test_real_mask_follows_its_image(busi: Path) -> None:
     h, w = original.shape
     scale = 64 / max(h, w)
     assert mask.sum() == pytest.approx(original.sum() * scale * scale, rel=0.1)
+
+
+# --- issue 20: masks in any image format, lossy masks, thin structures --------------------------------
+
+MALIGNANT = ("malignant", "malignant (1)")
+
+
+def _pair_in(busi: Path, folder: Path, ext: str, **save: object) -> Path:
+    """The first malignant BUSI image with its mask saved as ``ext`` beside it."""
+    cls, stem = MALIGNANT
+    image = Path(shutil.copy(busi / cls / "images" / f"{stem}.png", folder / "x.png"))
+    Image.open(busi / cls / "mask" / f"{stem}_mask.png").save(folder / f"x_mask.{ext}", **save)
+    return image
+
+
+@pytest.mark.parametrize("ext", ["gif", "tif", "bmp"])
+def test_masks_in_other_lossless_formats(busi: Path, tmp_path: Path, ext: str) -> None:
+    cfg = DataConfig(image_size=48)
+    pairs = load_image_mask_pairs([_pair_in(busi, tmp_path, ext)], cfg)
+    reference = load_image_mask_pairs([busi / MALIGNANT[0] / "images" / f"{MALIGNANT[1]}.png"], cfg)
+    assert not pairs.skipped and torch.equal(pairs.masks, reference.masks)
+
+
+def test_jpeg_mask_is_read_with_a_warning(
+    busi: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = DataConfig(image_size=64)
+    with caplog.at_level(logging.WARNING):
+        pairs = load_image_mask_pairs([_pair_in(busi, tmp_path, "jpg", quality=75)], cfg)
+    assert not pairs.skipped and "mask file(s) are JPEG" in caplog.text and "save masks as PNG" in caplog.text
+    reference = load_image_mask_pairs([busi / MALIGNANT[0] / "images" / f"{MALIGNANT[1]}.png"], cfg).masks
+    overlap = 2 * int((pairs.masks & reference).sum()) / int(pairs.masks.sum() + reference.sum())
+    assert overlap > 0.97
+
+
+def test_resizing_that_fragments_a_thin_mask_is_reported(
+    busi: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cls, stem = MALIGNANT
+    image = Path(shutil.copy(busi / cls / "images" / f"{stem}.png", tmp_path / "x.png"))
+    lesion = read_image(busi / cls / "mask" / f"{stem}_mask.png") > 0
+    outline = lesion & ~ndimage.binary_erosion(lesion)  # a one-pixel line in one piece, like a vessel
+    _save(outline * 255, tmp_path / "x_mask.png")
+    with caplog.at_level(logging.WARNING):
+        small = load_image_mask_pairs([image], DataConfig(image_size=32))
+    ((source, before, after),) = small.fragmented
+    assert (source, before) == (str(image), 1) and after > 2
+    assert "use a larger data.image_size" in caplog.text and f"{before} -> {after} pieces" in caplog.text
+    assert not load_image_mask_pairs([image], DataConfig(image_size=256)).fragmented  # no resizing

@@ -23,7 +23,7 @@ from synthmed.catalogue.db import insert_or_ignore
 from synthmed.catalogue.models import Dataset, GenerationRun, Sample, TrainedModel
 from synthmed.config import DataConfig, VolumeData, format_validation_error, read_yaml
 from synthmed.data.masks import find_mask_files
-from synthmed.data.sources import Skipped, discover, hash_file
+from synthmed.data.sources import Skipped, discover, hash_file, refuse_links_leaving
 from synthmed.data.volume_sets import _content_hash, class_roots
 from synthmed.data.volumes import NIFTI_SUFFIXES, discover_volumes
 from synthmed.errors import SynthmedError
@@ -109,8 +109,10 @@ def import_real(
 ) -> Dataset:
     """Catalogue a folder of real images as data set ``name``: class folders of 2D images (masks beside
     them as BUSI has them), or NIfTI volumes (with their label maps; class sub-folders of volumes, or one
-    folder of volumes). ``spatial_dims`` None: 3D when the folder holds NIfTI files."""
+    folder of volumes). ``spatial_dims`` None: 3D when the folder holds NIfTI files. Symbolic links that
+    lead out of the folder are refused."""
     root = _folder(folder)
+    refuse_links_leaving(root)  # images, masks and volumes alike
     dims = spatial_dims or (3 if _has_nifti(root) else 2)
     found, skipped = _real_volumes(root) if dims == 3 else _real_images(root)
     dataset = _dataset(session, name, root, "real", dims)

@@ -1,4 +1,5 @@
-"""From records to tensors, and `prepare`: discover, check, split and freeze a data set for one run."""
+"""From records to tensors, `prepare` (discover, check, split and freeze a data set for one run), and
+`load_real_split` (the real images of one split, for commands that compare with real images)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,21 @@ import numpy as np
 import torch
 
 from synthmed.config import DataConfig
+from synthmed.data.integrity import (
+    check_class_sizes,
+    content_groups,
+    duplicates,
+    pixel_hash,
+    require_kept_classes,
+    skip_summary,
+    warn_colour,
+    warn_cross_split,
+)
 from synthmed.data.preprocess import preprocess
 from synthmed.data.progress import track
-from synthmed.data.readers import decode_image, read_bytes, validate_array
+from synthmed.data.readers import Pixels, decode_pixels, read_bytes, validate_pixels
 from synthmed.data.sources import (
+    SPLITS,
     Discovery,
     Record,
     Skipped,
@@ -53,6 +65,9 @@ class ItemReader:
         self._npz: dict[str, np.ndarray] | None = None
 
     def read(self, record: Record) -> np.ndarray:
+        return self.read_pixels(record).array
+
+    def read_pixels(self, record: Record) -> Pixels:
         if self.kind == "npz":
             return self._read_npz_item(record)
         path = self.root / record.source
@@ -62,9 +77,9 @@ class ItemReader:
                 "file content changed since the split was made; restore it or start a new run directory",
                 path=path,
             )
-        return decode_image(data, path)
+        return decode_pixels(data, path)
 
-    def _read_npz_item(self, record: Record) -> np.ndarray:
+    def _read_npz_item(self, record: Record) -> Pixels:
         if self._npz is None:
             self._npz = load_npz(self.src)
         key, index = parse_npz_source(record.source)
@@ -73,15 +88,16 @@ class ItemReader:
             item = images[index]
         except (KeyError, IndexError) as exc:
             raise SynthmedError(f"no item {key}/{index} in the .npz", path=self.src) from exc
-        return validate_array(item, record.source)
+        return validate_pixels(item, record.source)
 
 
 @dataclass
 class Loaded:
     images: torch.Tensor  # (N, 1, S, S) float32 in [0, 1]
     labels: torch.Tensor  # (N,) int64 indices into class_names
-    records: list[Record]  # the N records loaded, in order
+    records: list[Record]  # the N records loaded, in order, each with its pixel hash
     skipped: list[Skipped]
+    colour: int = 0  # how many of them were colour images (read as grey)
 
 
 def load_arrays(records: Sequence[Record], cfg: DataConfig, class_names: Sequence[str]) -> Loaded:
@@ -97,15 +113,19 @@ def load_arrays(records: Sequence[Record], cfg: DataConfig, class_names: Sequenc
     images = np.empty((len(records), 1, size, size), dtype=np.float32)
     kept: list[Record] = []
     skipped: list[Skipped] = []
+    colour = 0
     for record in track(records, "Loading images"):
         try:
-            images[len(kept)] = preprocess(reader.read(record), cfg)
+            pixels = reader.read_pixels(record)
+            images[len(kept)] = preprocess(pixels.array, cfg)
         except SynthmedError as exc:
-            handle_failure(exc, record.source, skipped, cfg.on_error)
+            handle_failure(exc, record.source, skipped, cfg.on_error, record.label)
             continue
-        kept.append(record)
+        colour += pixels.colour
+        kept.append(record if record.phash else replace(record, phash=pixel_hash(pixels.array)))
     labels = torch.tensor([index[r.label] for r in kept], dtype=torch.int64)
-    return Loaded(torch.from_numpy(images[: len(kept)]), labels, kept, skipped)  # contiguous view, no copy
+    # images[:n] is a contiguous view, no copy
+    return Loaded(torch.from_numpy(images[: len(kept)]), labels, kept, skipped, colour)
 
 
 def cache_key(records: Sequence[Record], cfg: DataConfig, split: str, class_names: Sequence[str]) -> str:
@@ -139,6 +159,9 @@ def load_split_arrays(
     loaded = load_cached([r for r in records if r.split == split], cfg, split, cache_dir, class_names)
     for s in loaded.skipped:
         log.warning("skipped %s: %s", s.source, s.reason)
+    if loaded.skipped:
+        kept = [r.label for r in loaded.records]
+        log.warning("%s split: %s", split, skip_summary(kept, loaded.skipped, class_names))
     return loaded.images, loaded.labels
 
 
@@ -166,10 +189,12 @@ def _read_cache(path: Path, records: Sequence[Record]) -> Loaded | None:
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        if "phash" not in blob:  # written before pixel hashes: rebuilt
+            return None
         by_source = {r.source: r for r in records}
-        kept = [by_source[s] for s in blob["sources"]]
-        skipped = [Skipped(s, reason) for s, reason in blob.get("skipped", [])]
-        return Loaded(blob["images"], blob["labels"], kept, skipped)
+        kept = [replace(by_source[s], phash=h) for s, h in zip(blob["sources"], blob["phash"], strict=True)]
+        skipped = [Skipped(*item) for item in blob.get("skipped", [])]
+        return Loaded(blob["images"], blob["labels"], kept, skipped, int(blob["colour"]))
     except Exception as exc:  # a damaged cache is rebuilt, never fatal
         log.warning("ignoring unreadable data cache %s (%s)", path, exc)
         return None
@@ -182,28 +207,33 @@ def _write_cache(path: Path, loaded: Loaded) -> None:
         "images": loaded.images,
         "labels": loaded.labels,
         "sources": [r.source for r in loaded.records],
-        "skipped": [[s.source, s.reason] for s in loaded.skipped],
+        "phash": [r.phash for r in loaded.records],
+        "skipped": [[s.source, s.reason, s.label] for s in loaded.skipped],
+        "colour": loaded.colour,
     }
     torch.save(blob, tmp)
     os.replace(tmp, path)
 
 
 def check_readable(discovery: Discovery, cfg: DataConfig) -> Discovery:
-    """Decode every file once so unreadable ones are skipped (or raised) before the split is made."""
+    """Decode every image once before the split is made: unreadable ones are skipped (or raised), the others
+    get their pixel hash, and colour images are counted and reported once."""
     src = require_source(cfg)
-    if source_kind(src) == "npz":
-        return discovery  # .npz items were fully validated during discovery
     reader = ItemReader(cfg)
     kept: list[Record] = []
     skipped = list(discovery.skipped)
+    colour = 0
     for record in track(discovery.records, "Checking images"):
         try:
-            reader.read(record)
+            pixels = reader.read_pixels(record)
         except SynthmedError as exc:
-            handle_failure(exc, record.source, skipped, cfg.on_error)
+            handle_failure(exc, record.source, skipped, cfg.on_error, record.label)
             continue
-        kept.append(record)
-    order = [c for c in discovery.class_names if any(r.label == c for r in kept)]
+        colour += pixels.colour
+        kept.append(replace(record, phash=pixel_hash(pixels.array)))
+    warn_colour(colour, len(kept), src)
+    labels = [r.label for r in kept]
+    order = require_kept_classes(discovery.class_names, labels, cfg.skip_empty_classes, "image", src)
     kept, class_names = select_classes(kept, order, cfg, src)
     return Discovery(kept, class_names, skipped)
 
@@ -235,11 +265,30 @@ def prepare(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
     """
     split_path = Path(split_path)
     if split_path.exists():
-        return _reuse(cfg, seed, split_path)
+        return report_split(_reuse(cfg, seed, split_path), split_path)
     found = check_readable(discover(cfg), cfg)
     records = assign_splits(found.records, seed, cfg.val_fraction, cfg.holdout_fraction)
-    write_split(split_path, records, found.class_names, found.skipped, split_settings(cfg, seed))
-    return Prepared(found.class_names, records, found.skipped)
+    copies = duplicates(records, content_groups(records))
+    warn_cross_split(copies)
+    prepared = report_split(Prepared(found.class_names, records, found.skipped), split_path)
+    write_split(
+        split_path, records, found.class_names, found.skipped, split_settings(cfg, seed), duplicates=copies
+    )
+    return prepared
+
+
+def report_split(prepared: Prepared, where: Path) -> Prepared:
+    """Refuse a class without training images; warn about small classes and count skipped files per class."""
+    check_class_sizes(prepared.records, prepared.class_names, where)
+    if prepared.skipped:
+        kept = [r.label for r in prepared.records]
+        log.warning(
+            "%d files skipped (listed in %s): %s",
+            len(prepared.skipped),
+            where,
+            skip_summary(kept, prepared.skipped, prepared.class_names),
+        )
+    return prepared
 
 
 def _reuse(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
@@ -282,3 +331,40 @@ def _verify_items(found: Discovery, saved: Sequence[Record], skipped: Sequence[S
             "start a new run directory to make a new split",
             path=where,
         )
+
+
+@dataclass
+class RealSplit:
+    """The real images of one split of a data source, preprocessed at one size."""
+
+    source: Path
+    root: Path  # record sources are relative to it
+    class_names: list[str]
+    loaded: Loaded  # images, labels, records with pixel hashes, skipped items, colour count
+    skipped: list[Skipped]  # at discovery and at loading
+
+
+def load_real_split(source: Path, split: str, cfg: DataConfig, cache_dir: Path | None = None) -> RealSplit:
+    """The real images of ``split`` (train, val, holdout; 'test' is holdout) of an .npz or of a CSV manifest
+    with splits, or every image of a folder of class folders (or of a manifest without splits): what a
+    command taking real images accepts wherever it takes a folder. ``cfg`` gives the preprocessing."""
+    split = "holdout" if split == "test" else split
+    if split not in SPLITS:
+        raise SynthmedError(f"unknown split {split!r}; choose train, val or holdout (test)")
+    cfg = cfg.model_copy(update={"source": Path(source), "allow_single_class": True})
+    found = discover(cfg)
+    records = found.records
+    if any(r.split for r in records):
+        records = [r for r in records if r.split == split]
+        if not records:
+            present = sorted({str(r.split) for r in found.records})
+            raise SynthmedError(f"has no {split} images (its splits: {present})", path=source)
+    loaded = load_cached(records, cfg, f"real-{split}", cache_dir, found.class_names)
+    if not len(loaded.images):
+        raise SynthmedError(f"no readable {split} images", path=source)
+    warn_colour(loaded.colour, len(loaded.records), source)
+    skipped = found.skipped + loaded.skipped
+    if skipped:
+        kept = [r.label for r in loaded.records]
+        log.warning("%s: %s", source, skip_summary(kept, skipped, found.class_names))
+    return RealSplit(Path(source), source_root(Path(source)), found.class_names, loaded, skipped)

@@ -1,15 +1,19 @@
 """Segmentation masks paired with images by file name, read as binary {0, 1} and resized like their image.
 
 Pairing follows the BUSI convention: ``<stem>_mask.<ext>`` plus ``<stem>_mask_<n>.<ext>`` for further
-lesions, beside the image or in a sibling ``mask``/``masks`` folder of an ``images``/``image`` folder.
-Several files for one image are merged (union). A mask file must be two-valued {0, v} (0/1, 0/255...):
-anything else, such as a JPEG-compressed mask, is an error rather than a guessed threshold. An all-zero
-mask is valid (an image without lesion, e.g. BUSI 'normal').
+lesions, beside the image or in a sibling ``mask``/``masks`` folder of an ``images``/``image`` folder,
+in any format the image readers take (PNG, GIF, TIFF, BMP, JPEG). Several files for one image are merged
+(union). A mask file in a lossless format must be two-valued {0, v} (0/1, 0/255...): anything else is an
+error rather than a guessed threshold. JPEG compression leaves grey levels along a mask's edges, so a JPEG
+mask is thresholded at half its maximum, with a warning. An all-zero mask is valid (an image without
+lesion, e.g. BUSI 'normal'). A mask that resizing breaks into many more pieces (thin vessels at a small
+image size) is reported.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -18,16 +22,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.transforms import Compose, Resize, Transform
+from scipy import ndimage
 
 from synthmed.config import DataConfig
 from synthmed.data.enhance import Enhancement
 from synthmed.data.preprocess import FitResize, PercentileScale, build_transform, preprocess
-from synthmed.data.readers import IMAGE_EXTENSIONS, read_image
+from synthmed.data.readers import IMAGE_EXTENSIONS, LOSSY_EXTENSIONS, read_image
 from synthmed.data.sources import Skipped, handle_failure
 from synthmed.errors import SynthmedError
 
+log = logging.getLogger(__name__)
+
 _IMAGE_DIRS = frozenset({"images", "image"})
 _MASK_DIRS = frozenset({"mask", "masks"})
+#: A resized mask in more than this many times as many connected pieces as the original is reported.
+FRAGMENTS = 2
 
 
 @dataclass
@@ -38,6 +47,7 @@ class MaskPairs:
     masks: torch.Tensor  # (N, 1, S, S) uint8 in {0, 1}
     sources: list[str]  # the N image paths, in order
     skipped: list[Skipped] = field(default_factory=list)
+    fragmented: list[tuple[str, int, int]] = field(default_factory=list)  # (image, pieces before, after)
 
 
 def mask_folders(image: Path) -> list[Path]:
@@ -90,6 +100,8 @@ def _read_one_mask(path: Path, image_shape: tuple[int, int]) -> np.ndarray:
             "(a size mismatch usually means the wrong image/mask pairing)",
             path=path,
         )
+    if path.suffix.lower() in LOSSY_EXTENSIONS:
+        return mask > mask.max() / 2  # compression's grey levels along the edges
     check_binary_mask(mask, path)
     return mask > 0
 
@@ -142,11 +154,40 @@ def resize_mask(mask: np.ndarray, cfg: DataConfig) -> np.ndarray:
     return (np.asarray(torch.as_tensor(out))[0] > 0.5).astype(np.uint8)
 
 
-def load_pair(image: Path, mask_files: Sequence[Path], cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """One image and the union of its mask files, both (1, S, S): float32 in [0, 1] and uint8 {0, 1}."""
-    pixels = read_image(image)
-    mask = read_mask(mask_files, pixels.shape)
-    return preprocess(pixels, cfg), resize_mask(mask, cfg)[None]
+def pieces(mask: np.ndarray) -> int:
+    """Connected pieces (8-connected) of a binary mask."""
+    return int(ndimage.label(mask, structure=np.ones((3, 3)))[1])
+
+
+def fragmentation(mask: np.ndarray, resized: np.ndarray) -> tuple[int, int] | None:
+    """(pieces before, after) when resizing broke ``mask`` into more than FRAGMENTS times as many pieces."""
+    before, after = pieces(mask), pieces(resized)
+    return (before, after) if after > FRAGMENTS * max(before, 1) else None
+
+
+def warn_fragmented(fragmented: Sequence[tuple[str, int, int]], size: int) -> None:
+    if fragmented:
+        source, before, after = max(fragmented, key=lambda f: f[2] / max(f[1], 1))
+        log.warning(
+            "%d mask(s) break into many more pieces when resized to %d px (e.g. %s: %d -> %d pieces): thin "
+            "structures such as vessels do not survive this size; use a larger data.image_size",
+            len(fragmented),
+            size,
+            source,
+            before,
+            after,
+        )
+
+
+def _warn_lossy(files: Sequence[Path]) -> None:
+    lossy = [f for f in files if f.suffix.lower() in LOSSY_EXTENSIONS]
+    if lossy:
+        log.warning(
+            "%d mask file(s) are JPEG (e.g. %s): lossy compression leaves grey levels along their edges, so "
+            "they were thresholded at half their maximum and their edges may be off; save masks as PNG",
+            len(lossy),
+            lossy[0],
+        )
 
 
 def load_image_mask_pairs(
@@ -161,20 +202,34 @@ def load_image_mask_pairs(
     masks = np.empty((len(images), 1, size, size), dtype=np.uint8)
     sources: list[str] = []
     skipped: list[Skipped] = []
+    used: list[Path] = []
+    fragmented: list[tuple[str, int, int]] = []
     for path in map(Path, images):
         try:
             files = find_mask_files(path)
             if not files and path in lesion_free:
                 pixels[len(sources)], masks[len(sources)] = preprocess(read_image(path), cfg), 0
             elif not files:
-                reason = f"no mask file {path.stem}_mask{path.suffix} next to it or in a sibling mask/ folder"
+                reason = (
+                    f"no mask file {path.stem}_mask.<ext> (PNG, GIF, TIFF, BMP or JPEG) next to it or in a "
+                    "sibling mask/ folder"
+                )
                 skipped.append(Skipped(str(path), reason))
                 continue
             else:
-                pixels[len(sources)], masks[len(sources)] = load_pair(path, files, cfg)
+                image = read_image(path)
+                mask = read_mask(files, image.shape)
+                small = resize_mask(mask, cfg)
+                pixels[len(sources)], masks[len(sources)] = preprocess(image, cfg), small[None]
+                broken = fragmentation(mask, small)
+                if broken:
+                    fragmented.append((str(path), *broken))
+                used += files
         except SynthmedError as exc:
             handle_failure(exc, str(path), skipped, cfg.on_error)
             continue
         sources.append(str(path))
+    _warn_lossy(used)
+    warn_fragmented(fragmented, cfg.image_size)
     n = len(sources)
-    return MaskPairs(torch.from_numpy(pixels[:n]), torch.from_numpy(masks[:n]), sources, skipped)
+    return MaskPairs(torch.from_numpy(pixels[:n]), torch.from_numpy(masks[:n]), sources, skipped, fragmented)

@@ -1,4 +1,6 @@
-"""Decode one 2D image file (PNG, JPEG, BMP, TIFF or DICOM) into a finite float32 (H, W) array.
+"""Decode one 2D image file (PNG, JPEG, GIF, BMP, TIFF or DICOM) into a finite float32 (H, W) array.
+
+Colour becomes luminance: `decode_pixels` also says whether the file held colour, so callers can report it.
 
 Every failure, whatever library raised it, leaves as a SynthmedError naming the file: readers face
 files from the wild, and one damaged scan must be reported (or skipped), never crash a long run.
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,9 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from synthmed.errors import SynthmedError
 
 #: Extensions read as images; anything else is only read when it carries the DICOM magic.
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
+#: Lossy formats: a mask saved in one has grey levels along its edges.
+LOSSY_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 #: Largest image accepted (64 megapixels, e.g. 8000 x 8000): far above any radiograph or mammogram,
 #: far below what exhausts memory, so a hostile header claiming 100k x 100k fails fast.
@@ -26,10 +31,13 @@ MAX_PIXELS = 64_000_000
 #: Largest file read into memory.
 MAX_FILE_BYTES = 1 << 30
 # Pillow only tries these decoders, so fewer parsers face untrusted bytes (JPEG includes camera MPO).
-_PIL_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+_PIL_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF")
 # Modes whose integer/float range is meaningful and must not be squeezed into 8 bits.
 _WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, the weights Pillow's convert("L") uses
+# Colour: channels differ by more than this fraction of the value range on average (grey images stored as
+# RGB, e.g. Kermany's, have equal channels, or nearly so after lossy compression).
+_COLOUR_SPREAD = 0.01
 _DICM_OFFSET = 128
 
 
@@ -69,6 +77,14 @@ def read_bytes(path: Path) -> bytes:
         raise SynthmedError(f"cannot read file ({exc.strerror or exc})", path=path) from exc
 
 
+@dataclass(frozen=True)
+class Pixels:
+    """A decoded image as finite float32 (H, W), and whether it was colour (which the grey array hides)."""
+
+    array: np.ndarray
+    colour: bool
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read one 2D image as finite float32 (H, W); colour becomes luminance, DICOM gets its LUTs."""
     path = Path(path)
@@ -77,13 +93,20 @@ def read_image(path: Path) -> np.ndarray:
 
 def decode_image(data: bytes, path: Path) -> np.ndarray:
     """Decode bytes already read from ``path`` (named in errors and used to pick the decoder)."""
+    return decode_pixels(data, path).array
+
+
+def decode_pixels(data: bytes, path: Path) -> Pixels:
+    """`decode_image`, saying whether the image was colour."""
     path = Path(path)
     if not data:
         raise SynthmedError("file is empty (0 bytes)", path=path)
     is_dicom = path.suffix.lower() in DICOM_EXTENSIONS or has_dicom_magic(data)
     try:
-        arr = _decode_dicom(data, path) if is_dicom else _decode_pil(data, path)
-        return validate_array(arr, str(path))
+        if is_dicom:
+            return validate_pixels(_decode_dicom(data, path), str(path))
+        grey, colour = _decode_pil(data, path)
+        return Pixels(validate_array(grey, str(path)), colour)
     except SynthmedError:
         raise
     except Exception as exc:  # any decoder failure on hostile bytes becomes our one error type
@@ -93,7 +116,7 @@ def decode_image(data: bytes, path: Path) -> np.ndarray:
         ) from exc
 
 
-def _decode_pil(data: bytes, path: Path) -> np.ndarray:
+def _decode_pil(data: bytes, path: Path) -> tuple[np.ndarray, bool]:
     Image.init()  # registers the TIFF plugin that `formats=` needs (no-op once done)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -101,7 +124,7 @@ def _decode_pil(data: bytes, path: Path) -> np.ndarray:
             im = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
         except UnidentifiedImageError as exc:
             raise SynthmedError(
-                "not a PNG, JPEG, BMP, TIFF or DICOM image (content not recognised)", path=path
+                "not a PNG, JPEG, GIF, BMP, TIFF or DICOM image (content not recognised)", path=path
             ) from exc
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             # Pillow's own guard (turned into an error above) fires first for the largest claims.
@@ -117,13 +140,26 @@ def _decode_pil(data: bytes, path: Path) -> np.ndarray:
             return _pil_to_array(im)
 
 
-def _pil_to_array(im: Image.Image) -> np.ndarray:
-    if im.mode in _WIDE_MODES:
-        return np.asarray(im)
-    if im.mode != "L":
-        # RGB(A), LA, P, 1, CMYK...: luminance; alpha is dropped because it is not anatomy.
-        im = im.convert("L")
-    return np.asarray(im)
+def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, bool]:
+    """Grey pixels, and whether the image was colour."""
+    if im.mode in _WIDE_MODES or im.mode == "L":
+        return np.asarray(im), False
+    colour = im.mode not in ("1", "LA") and is_colour(np.asarray(im.convert("RGB")))
+    # RGB(A), LA, P, 1, CMYK...: luminance; alpha is dropped because it is not anatomy.
+    return np.asarray(im.convert("L")), colour
+
+
+def is_colour(arr: np.ndarray) -> bool:
+    """True for an (H, W, 3 or 4) array whose colour channels differ (not grey stored as RGB)."""
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        return False
+    rgb = arr[..., :3]
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        rgb = rgb.astype(np.float64)
+        spread = np.abs(np.diff(rgb, axis=-1)).mean()
+        return bool(spread > _COLOUR_SPREAD * np.ptp(rgb))
 
 
 def _check_size(width: int, height: int, path: Path) -> None:
@@ -191,6 +227,12 @@ def _dicom_to_grey(arr: np.ndarray, ds: pydicom.Dataset, path: Path) -> np.ndarr
     if photometric == "MONOCHROME1":
         arr = arr.max() + arr.min() - arr  # MONOCHROME1 shows low values bright; flip to the usual sense
     return arr
+
+
+def validate_pixels(arr: object, source: str) -> Pixels:
+    """`validate_array`, saying whether the array was colour."""
+    grey = validate_array(arr, source)
+    return Pixels(grey, is_colour(np.asarray(arr)))
 
 
 def validate_array(arr: object, source: str) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -47,20 +48,23 @@ _CSV_SPLITS = {
 
 @dataclass(frozen=True)
 class Record:
-    """One image: where it is (relative to the data set root), its class, content hash and split."""
+    """One image: where it is (relative to the data set root), its class, content hash, split and normalised
+    pixel hash (`synthmed.data.integrity.pixel_hash`, once decoded)."""
 
     source: str
     label: str
     sha256: str
     split: str | None = None
+    phash: str | None = None
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file left out of the data set, and why."""
+    """A file left out of the data set, and why (with its class when known)."""
 
     source: str
     reason: str
+    label: str | None = None
 
 
 @dataclass
@@ -102,11 +106,13 @@ def source_root(src: Path) -> Path:
     return src if src.is_dir() else src.parent
 
 
-def handle_failure(exc: SynthmedError, source: str, skipped: list[Skipped], on_error: str) -> None:
+def handle_failure(
+    exc: SynthmedError, source: str, skipped: list[Skipped], on_error: str, label: str | None = None
+) -> None:
     """Apply the on_error policy to one unreadable item: re-raise, or record it as skipped."""
     if on_error == "raise":
         raise exc
-    skipped.append(Skipped(source, str(exc)))
+    skipped.append(Skipped(source, str(exc), label))
 
 
 def hash_file(path: Path) -> str:
@@ -133,6 +139,8 @@ def discover(cfg: DataConfig) -> Discovery:
     """List the data set at ``cfg.source``: records (hashed, not decoded), class names, skipped files."""
     src = require_source(cfg)
     kind = source_kind(src)
+    if cfg.label_names is not None and kind != "npz":
+        raise SynthmedError(f"names the labels of an .npz, not of a {kind}", field="data.label_names")
     if kind == "folder":
         records, skipped, order = _discover_folder(src, cfg)
     elif kind == "npz":
@@ -177,7 +185,28 @@ def select_classes(
 # --- folder of class folders -------------------------------------------------------------------
 
 
+def refuse_links_leaving(root: Path) -> None:
+    """Refuse symbolic links below ``root`` (outside hidden folders) that lead out of it: a link can pull a
+    test image or a system file into a data set under an innocent name."""
+    top = root.resolve()
+    leaving = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not _hidden(d)]
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath, name)
+            if not _hidden(name) and path.is_symlink() and not path.resolve().is_relative_to(top):
+                leaving.append(f"{path.relative_to(root).as_posix()} -> {path.resolve()}")
+    if leaving:
+        shown = "; ".join(leaving[:10]) + (f"; and {len(leaving) - 10} more" if len(leaving) > 10 else "")
+        raise SynthmedError(
+            f"{len(leaving)} symbolic link(s) lead out of the folder: {shown}. Copy those files into the "
+            "folder, or remove the links",
+            path=root,
+        )
+
+
 def _discover_folder(root: Path, cfg: DataConfig) -> tuple[list[Record], list[Skipped], list[str]]:
+    refuse_links_leaving(root)
     skipped: list[Skipped] = []
     class_dirs = []
     for entry in sorted(root.iterdir()):
@@ -200,20 +229,22 @@ def _discover_folder(root: Path, cfg: DataConfig) -> tuple[list[Record], list[Sk
     for path, label in track(found, "Hashing files"):
         rel = path.relative_to(root).as_posix()
         if not is_image_file(path):
-            skipped.append(Skipped(rel, f"not an image file ({_ext_hint(path)})"))
+            skipped.append(Skipped(rel, f"not an image file ({_ext_hint(path)})", label))
             continue
         try:
             records.append(Record(rel, label, hash_file(path)))
         except SynthmedError as exc:
-            handle_failure(exc, rel, skipped, cfg.on_error)
+            handle_failure(exc, rel, skipped, cfg.on_error, label)
     if not records:
         raise SynthmedError(
-            "no image files (PNG, JPEG, BMP, TIFF or DICOM) found in the class folders", path=root
+            "no image files (PNG, JPEG, GIF, BMP, TIFF or DICOM) found in the class folders", path=root
         )
     labels = {r.label for r in records}
     # An empty class folder is reported rather than silently becoming "no such class".
     skipped += [
-        Skipped(f"{d.name}/", "class folder without image files") for d in class_dirs if d.name not in labels
+        Skipped(f"{d.name}/", "class folder without image files", d.name)
+        for d in class_dirs
+        if d.name not in labels
     ]
     return records, skipped, sorted(labels)
 
@@ -337,7 +368,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 def _discover_npz(path: Path, cfg: DataConfig) -> tuple[list[Record], list[Skipped], list[str]]:
     arrays = load_npz(path)
-    names = _npz_label_names(arrays, path)
+    names = cfg.label_names or _npz_label_names(arrays, path) or _medmnist_label_names(path)
     records: list[Record] = []
     skipped: list[Skipped] = []
     used: set[int] = set()
@@ -347,12 +378,12 @@ def _discover_npz(path: Path, cfg: DataConfig) -> tuple[list[Record], list[Skipp
         used.update(int(v) for v in np.unique(labels))
         for i in track(range(len(images)), f"Checking {path.name} {key}"):
             src = npz_source(path, key, i)
+            label = names[labels[i]] if names else str(labels[i])
             try:
                 validate_array(images[i], src)
             except SynthmedError as exc:
-                handle_failure(exc, src, skipped, cfg.on_error)
+                handle_failure(exc, src, skipped, cfg.on_error, label)
                 continue
-            label = names[labels[i]] if names else str(labels[i])
             records.append(Record(src, label, hash_array(images[i]), split))
     order = names if names else [str(v) for v in sorted(used)]  # label order, not string order ('10' < '2')
     return records, skipped, order
@@ -369,6 +400,25 @@ def _npz_label_names(arrays: dict[str, np.ndarray], path: Path) -> list[str] | N
     if len(set(names)) != len(names):
         raise SynthmedError(f"'{key}' lists a class name twice: {names}", path=path)
     return names
+
+
+def _medmnist_label_names(npz: Path) -> list[str] | None:
+    """Class names from ``<stem>.json`` beside the .npz: MedMNIST's INFO entry of the data set (its
+    ``label`` maps "0", "1", ... to names), or the whole INFO, keyed by the data set's flag (the stem)."""
+    path = npz.with_suffix(".json")
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        info = info.get(npz.stem, info)
+        label = info["label"]
+        return [str(label[str(i)]) for i in range(len(label))]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError) as exc:
+        raise SynthmedError(
+            'not a MedMNIST info file: expected a JSON object whose \'label\' maps "0", "1", ... to the '
+            f"class names ({type(exc).__name__}: {exc}); fix it, or set data.label_names instead",
+            path=path,
+        ) from exc
 
 
 def _npz_labels(
@@ -411,13 +461,15 @@ def _discover_csv(path: Path, cfg: DataConfig) -> tuple[list[Record], list[Skipp
     for line, row in track(rows, f"Hashing files listed in {path.name}"):
         rel, label, split = _csv_fields(row, col, line, path)
         if rel in first_seen:
-            skipped.append(Skipped(rel, f"listed again on line {line} (first on line {first_seen[rel]})"))
+            skipped.append(
+                Skipped(rel, f"listed again on line {line} (first on line {first_seen[rel]})", label)
+            )
             continue
         first_seen[rel] = line
         try:
             records.append(Record(rel, label, _hash_listed(root / rel, line, path), split))
         except SynthmedError as exc:
-            handle_failure(exc, rel, skipped, cfg.on_error)
+            handle_failure(exc, rel, skipped, cfg.on_error, label)
     if not records:
         raise SynthmedError("the manifest lists no readable image files", path=path)
     return records, skipped, sorted({r.label for r in records})

@@ -1,7 +1,8 @@
 """Train/val/holdout assignment and the split.json file that freezes it for a run.
 
-Splits are made over distinct contents (sha256), not file names, so a file copied under another
-name can never sit in holdout and train at once.
+Splits are made over distinct contents, not file names: files with the same sha256 or near-identical
+pixels (`synthmed.data.integrity`) share a split, so a copy under another name or in another format can
+never sit in holdout and train at once. Copies that a data set's own split puts apart are listed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from synthmed.data.integrity import Duplicate, content_groups
 from synthmed.data.sources import SPLITS, Record, Skipped
 from synthmed.errors import SynthmedError
 
@@ -28,23 +30,27 @@ def assign_splits(
 ) -> list[Record]:
     """Give every record a split; same inputs and seed -> same result, whatever the input order.
 
-    Stratified per class; records sharing a sha256 always share a split; records that already have a
-    split (from an .npz or CSV) keep it, and their copies follow it.
+    Stratified per class; records of one content (same sha256, or near-identical pixel hashes) always
+    share a split; records that already have a split (from an .npz or CSV) keep it, and their copies
+    follow it.
     """
-    groups: dict[str, list[Record]] = defaultdict(list)
-    for r in records:
-        groups[r.sha256].append(r)
-    chosen: dict[str, str] = {}
-    free_by_label: dict[str, list[str]] = defaultdict(list)
-    for sha, members in groups.items():
-        preset = [r.split for r in members if r.split is not None]
+    groups = content_groups(records)
+    group_of = {i: g for g, members in enumerate(groups) for i in members}
+    chosen: dict[int, str] = {}
+    free_by_label: dict[str, dict[str, int]] = defaultdict(dict)  # label -> {group key: group}
+    for g, members in enumerate(groups):
+        preset = [records[i].split for i in members if records[i].split is not None]
         if preset:
-            chosen[sha] = max(preset, key=lambda s: _PROTECTION.get(s, 0))
+            chosen[g] = max(preset, key=lambda s: _PROTECTION.get(s, 0))
         else:
-            free_by_label[min(members, key=lambda r: r.source).label].append(sha)
-    for label, shas in free_by_label.items():
-        chosen.update(_split_class(sorted(shas), f"{seed}:{label}", val_fraction, holdout_fraction))
-    return [r if r.split is not None else replace(r, split=chosen[r.sha256]) for r in records]
+            first = min((records[i] for i in members), key=lambda r: r.source)
+            free_by_label[first.label][min(records[i].sha256 for i in members)] = g
+    for label, keyed in free_by_label.items():
+        split_of = _split_class(sorted(keyed), f"{seed}:{label}", val_fraction, holdout_fraction)
+        chosen.update({keyed[key]: split for key, split in split_of.items()})
+    return [
+        r if r.split is not None else replace(r, split=chosen[group_of[i]]) for i, r in enumerate(records)
+    ]
 
 
 def _split_class(shas: list[str], seed: str, val_fraction: float, holdout_fraction: float) -> dict[str, str]:
@@ -82,6 +88,8 @@ def write_split(
     class_names: Sequence[str],
     skipped: Sequence[Skipped],
     settings: dict[str, Any],
+    *,
+    duplicates: Sequence[Duplicate] = (),
 ) -> None:
     """Write split.json atomically (a crash never leaves half a file that a resume would trust)."""
     missing = [r.source for r in records if r.split not in SPLITS]
@@ -94,16 +102,20 @@ def write_split(
         "settings": settings,
         "class_names": list(class_names),
         "counts": split_counts(records, class_names),
-        "items": [
-            {"source": r.source, "label": r.label, "sha256": r.sha256, "split": r.split} for r in records
-        ],
+        "items": [_item(r) for r in records],
         "skipped": [asdict(s) for s in skipped],
+        "duplicates": [d.as_dict() for d in duplicates],
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _item(r: Record) -> dict[str, str | None]:
+    item = {"source": r.source, "label": r.label, "sha256": r.sha256, "split": r.split}
+    return item | ({"phash": r.phash} if r.phash else {})
 
 
 def read_split_file(path: Path) -> SplitFile:
@@ -120,7 +132,8 @@ def read_split_file(path: Path) -> SplitFile:
     try:
         class_names = [str(c) for c in doc["class_names"]]
         records = [
-            Record(str(i["source"]), str(i["label"]), str(i["sha256"]), str(i["split"])) for i in doc["items"]
+            Record(str(i["source"]), str(i["label"]), str(i["sha256"]), str(i["split"]), _phash(i))
+            for i in doc["items"]
         ]
         skipped = [Skipped(str(s["source"]), str(s["reason"])) for s in doc.get("skipped", [])]
         settings = dict(doc.get("settings", {}))
@@ -130,6 +143,11 @@ def read_split_file(path: Path) -> SplitFile:
     if bad:
         raise SynthmedError(f"{len(bad)} items have an unknown split or class (e.g. {bad[0]!r})", path=path)
     return SplitFile(records, class_names, skipped, settings)
+
+
+def _phash(item: dict[str, Any]) -> str | None:
+    value = item.get("phash")
+    return str(value) if value else None  # split files written before pixel hashes have none
 
 
 def read_split(path: Path) -> tuple[list[Record], list[str]]:

@@ -17,7 +17,7 @@ from skimage.feature import canny
 from skimage.filters import sobel
 
 from synthmed.config import Condition, DataConfig
-from synthmed.data.masks import check_binary_mask, resize_mask
+from synthmed.data.masks import check_binary_mask, fragmentation, resize_mask, warn_fragmented
 from synthmed.data.preprocess import preprocess
 from synthmed.data.readers import read_image
 from synthmed.errors import SynthmedError
@@ -64,5 +64,8 @@ def read_condition_file(path: Path, condition: Condition, cfg: DataConfig, sigma
     binary = np.unique(pixels).size <= 2
     if condition == "mask" or (condition == "edges" and binary):
         check_binary_mask(pixels, path)
-        return torch.from_numpy(resize_mask(pixels > 0, cfg)[None].astype(np.float32))
+        small = resize_mask(pixels > 0, cfg)
+        broken = fragmentation(pixels > 0, small)
+        warn_fragmented([(str(path), *broken)] if broken else [], cfg.image_size)
+        return torch.from_numpy(small[None].astype(np.float32))
     return torch.from_numpy(structure_map(preprocess(pixels, cfg)[0], condition, sigma)[None])

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from synthmed.config import DataConfig
-from synthmed.data.loading import Prepared
+from synthmed.data.integrity import content_groups, duplicates, warn_cross_split
+from synthmed.data.loading import Prepared, report_split
 from synthmed.data.progress import track
 from synthmed.data.sources import Record, Skipped
 from synthmed.data.splits import assign_splits, read_split_file, write_split
@@ -114,24 +115,27 @@ def prepare_volumes(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
                 f"(e.g. {changed[0]}); restore them or use a new run directory",
                 path=split_path,
             )
-        return Prepared(saved.class_names, saved.records, saved.skipped)
+        return report_split(Prepared(saved.class_names, saved.records, saved.skipped), split_path)
     records = []
     for source, (name, pair) in track(sorted(pairs.items()), "Checking volumes"):
         try:
-            load_volume_pair(pair, cfg.volume.ingestion())
+            _, _, meta = load_volume_pair(pair, cfg.volume.ingestion())
         except SynthmedError as exc:
-            skipped.append(Skipped(source, str(exc)))
+            skipped.append(Skipped(source, str(exc), name))
             continue
-        records.append(Record(source, name, hashes[source]))
+        records.append(Record(source, name, hashes[source], phash=meta["phash"]))
     if not records:
         reason = skipped[-1].reason if skipped else "no image/label pairs"
         raise SynthmedError(f"no usable volume among {len(pairs)} pairs, e.g. {reason}", path=cfg.source)
     class_names = [c for c in class_roots(cfg) if any(r.label == c for r in records)]
     records = assign_splits(records, seed, cfg.val_fraction, cfg.holdout_fraction)
+    copies = duplicates(records, content_groups(records))
+    warn_cross_split(copies)
+    prepared = report_split(Prepared(class_names, records, skipped), split_path)
     settings = {"source": str(cfg.source), "seed": seed, "val_fraction": cfg.val_fraction}
     settings["holdout_fraction"] = cfg.holdout_fraction
-    write_split(split_path, records, class_names, skipped, settings)
-    return Prepared(class_names, records, skipped)
+    write_split(split_path, records, class_names, skipped, settings, duplicates=copies)
+    return prepared
 
 
 def load_volume_split(

@@ -44,6 +44,7 @@ from monai.transforms import (
 )
 
 from synthmed.config import VolumeConfig
+from synthmed.data.integrity import pixel_hash
 from synthmed.data.preprocess import PercentileScale
 from synthmed.data.progress import track
 from synthmed.data.readers import DICOM_EXTENSIONS, has_dicom_magic
@@ -86,6 +87,7 @@ class VolumeMeta(TypedDict):
     spacing: tuple[float, float, float]  # mm, of the returned tensors
     original_shape: tuple[int, int, int]  # voxels as stored in the file
     original_affine: np.ndarray  # as stored (RAS)
+    phash: str  # normalised pixel hash of the image as stored (synthmed.data.integrity)
 
 
 @dataclass
@@ -97,6 +99,7 @@ class LoadedVolumes:
     keys: list[str]
     affines: np.ndarray  # (N, 4, 4) voxel -> RAS mm
     skipped: list[Skipped] = field(default_factory=list)
+    phash: list[str] = field(default_factory=list)  # per image, as stored
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -239,7 +242,8 @@ def load_volume_pair(
     own terms; every failure is a SynthmedError naming the file at fault.
     """
     image = _read(pair.image, "image")
-    _check_not_empty(_check_volume(image, pair.image, "image"), pair.image)
+    voxels = _check_volume(image, pair.image, "image")
+    _check_not_empty(voxels, pair.image)
     data: dict[Role, MetaTensor] = {"image": image}
     if pair.label is not None:
         label = _read(pair.label, "label")
@@ -248,10 +252,10 @@ def load_volume_pair(
         data["label"] = label
     out = _pipeline(cfg, tuple(data))(data)
     labels = out["label"].as_tensor().long() if pair.label is not None else None  # nearest: exact integers
-    return out["image"].as_tensor(), labels, _meta(image, out["image"])
+    return out["image"].as_tensor(), labels, _meta(image, out["image"], pixel_hash(voxels))
 
 
-def _meta(original: MetaTensor, result: MetaTensor) -> VolumeMeta:
+def _meta(original: MetaTensor, result: MetaTensor, phash: str) -> VolumeMeta:
     sx, sy, sz = (float(s) for s in result.pixdim)
     x, y, z = (int(n) for n in original.shape[1:])
     return {
@@ -259,6 +263,7 @@ def _meta(original: MetaTensor, result: MetaTensor) -> VolumeMeta:
         "spacing": (sx, sy, sz),
         "original_shape": (x, y, z),
         "original_affine": original.affine.numpy(),
+        "phash": phash,
     }
 
 
@@ -267,14 +272,14 @@ def load_volumes(root: Path, cfg: VolumeConfig, *, require_labels: bool = False)
     root = Path(root)
     found = discover_volumes(root, require_labels=require_labels)
     skipped = list(found.skipped)
-    loaded: list[tuple[str, torch.Tensor, torch.Tensor | None, np.ndarray]] = []
+    loaded: list[tuple[str, torch.Tensor, torch.Tensor | None, VolumeMeta]] = []
     for pair in track(found.pairs, "Loading volumes"):
         try:
             image, label, meta = load_volume_pair(pair, cfg)
         except SynthmedError as exc:
             skipped.append(Skipped(_rel(pair.image, root), str(exc)))
             continue
-        loaded.append((pair.key, image, label, meta["affine"]))
+        loaded.append((pair.key, image, label, meta))
     for s in skipped:
         log.warning("skipped %s: %s", s.source, s.reason)
     if not loaded:
@@ -285,8 +290,9 @@ def load_volumes(root: Path, cfg: VolumeConfig, *, require_labels: bool = False)
         images=torch.stack([image for _, image, _, _ in loaded]),
         labels=_stack_labels([label for _, _, label, _ in loaded]),
         keys=[key for key, _, _, _ in loaded],
-        affines=np.stack([affine for _, _, _, affine in loaded]),
+        affines=np.stack([meta["affine"] for _, _, _, meta in loaded]),
         skipped=skipped,
+        phash=[meta["phash"] for _, _, _, meta in loaded],
     )
 
 
