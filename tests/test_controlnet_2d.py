@@ -222,3 +222,31 @@ def test_lesion_free_images_pair_with_an_empty_mask(busi_small: Path, tmp_path: 
     pairs = load_image_mask_pairs([*normal, *malignant], cfg, lesion_free=normal)
     assert pairs.sources == [str(p) for p in (*normal, *malignant)] and not pairs.skipped
     assert not pairs.masks[:2].any() and pairs.masks[2:].flatten(1).any(1).all()
+
+
+def test_gif_masks_train_and_a_class_losing_every_mask_stops(
+    busi_run: Path, busi_small: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import yaml
+
+    data = Path(shutil.copytree(busi_small, tmp_path / "data"))
+    for png in (data / "malignant" / "mask").glob("*.png"):
+        Image.open(png).save(png.with_suffix(".gif"))
+        png.unlink()
+
+    def run_controlnet(name: str, **data_fields: object) -> None:
+        run = Path(shutil.copytree(busi_run, tmp_path / name, ignore=shutil.ignore_patterns("controlnet*")))
+        values = _saved(run) | {"run_dir": str(run), "controlnet": {"steps": 2}}
+        values["data"] |= {"source": str(data), **data_fields}
+        (run / "config.yaml").write_text(yaml.safe_dump(values))
+        train(build_train_config(values), ["controlnet"], progress=False)
+
+    run_controlnet("gif")  # every malignant image pairs with its GIF mask
+    assert "controlnet train: skipped" not in capsys.readouterr().err
+    for gif in (data / "malignant" / "mask").glob("*.gif"):
+        gif.unlink()
+    with pytest.raises(SynthmedError, match=r"\['malignant'\] lost every image"):
+        run_controlnet("lost")
+    assert "malignant 0 kept, 8 skipped" in capsys.readouterr().err
+    run_controlnet("skip", skip_empty_classes=True)  # asked for: trained without it
+    assert (tmp_path / "skip" / "controlnet" / "model.pt").is_file()

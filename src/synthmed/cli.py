@@ -77,12 +77,14 @@ def train(
     2D ControlNets are trained after those with `synthmed train controlnet --condition mask|edges|sobel`.
 
     Checkpoints, logs (log.jsonl) and preview grids go to the run directory; --resume continues exactly where
-    a killed run stopped. On resume without --config the run's saved config.yaml is used.
+    a killed run stopped. On resume without --config the run's saved config.yaml is used. After the first
+    few steps of each stage the expected duration on this machine is printed.
 
     Several GPUs (or CPU processes): torchrun --nproc_per_node N --no-python synthmed train ... splits each
     batch_size batch across the N processes (DistributedDataParallel); rank 0 writes the files.
     """
-    from synthmed.runtime import torchrun_command
+    from synthmed.runtime import resolve_device, torchrun_command
+    from synthmed.training.duration import StepTimer
     from synthmed.training.run import resolve_run_config
     from synthmed.training.run import train as run_training
 
@@ -102,9 +104,12 @@ def train(
     if condition is not None:
         cfg.controlnet = cfg.controlnet.model_copy(update={"condition": condition.value})
     stages = None if stage == Stage.all else (stage.value,)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun: rank 0 prints
+    cpu = resolve_device(cfg.runtime.device).type == "cpu"
+    timer = StepTimer(lambda line: err.print(line, highlight=False), cpu) if main else None
     with torchrun_command():
-        run_training(cfg, stages, resume=resume, progress=progress)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0
+        run_training(cfg, stages, resume=resume, progress=progress, on_step=timer)
+    if main:
         err.print(f"done: {cfg.run_dir}")
 
 
@@ -496,11 +501,16 @@ def benchmark_augmentation(
     task: Annotated[Task | None, typer.Option(help="classify (ResNet) or segment (UNet on masks).")] = None,
     real_train: Annotated[
         Path | None,
-        typer.Option(help="Real training images: class folders, or NIfTI images/ + labels/ (3D, segment)."),
+        typer.Option(
+            help="Real training images: class folders, an .npz (its train split), or NIfTI images/ + labels/ "
+            "(3D, segment)."
+        ),
     ] = None,
     real_test: Annotated[
         Path | None,
-        typer.Option(help="Real test images the generator never saw (same layout as --real-train)."),
+        typer.Option(
+            help="Real test images the generator never saw: class folders, an .npz (its test split)."
+        ),
     ] = None,
     synthetic: Annotated[
         Path | None, typer.Option(help="A `synthmed generate` folder (with manifest.jsonl).")
@@ -533,7 +543,8 @@ def benchmark_augmentation(
 
     Arms: real only (standard augmentation), real + synthetic at each ratio, synthetic only, and
     synthetic pre-training + real fine-tuning, over seeds and real-data fractions, with paired bootstrap
-    CIs against the real-only arm. Refuses a test image the generator was trained on.
+    CIs against the real-only arm. Refuses a test image the generator was trained on (decoded pixels are
+    compared, so re-encoded copies count); says "not checked" and why when it cannot tell.
     """
     from synthmed.downstream.run import benchmark
 
@@ -555,7 +566,10 @@ def benchmark_augmentation(
         "bootstrap": bootstrap,
     }
     cfg = command_config(AugmentationConfig, config, given)
-    benchmark(cfg)
+    leak = benchmark(cfg)["leak_check"]
+    err.print(
+        f"leak check: {'passed' if leak['checked'] else leak['reason']}", highlight=False, soft_wrap=True
+    )
     err.print(f"done: {cfg.out / 'report.html'}")
 
 

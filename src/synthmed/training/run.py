@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from rich.console import Console
 
 from synthmed import data as data_stage
 from synthmed.config import ControlNetConfig, TrainConfig, build_train_config, read_yaml, save_yaml
+from synthmed.data.integrity import require_kept_classes, skip_summary
 from synthmed.data.masks import load_image_mask_pairs
 from synthmed.data.sources import Record, require_source, source_kind, source_root
 from synthmed.data.structure import structure_maps
@@ -466,15 +467,24 @@ def _mask_set(
     paths = [root / r.source for r in records]
     empty = [p for p, r in zip(paths, records, strict=True) if r.label in cfg.controlnet.empty_mask_classes]
     pairs = load_image_mask_pairs(paths, cfg.data, lesion_free=empty)
+    label_of = {str(p): r.label for p, r in zip(paths, records, strict=True)}
+    kept = [label_of[s] for s in pairs.sources]
     for skipped in pairs.skipped:
         console.print(f"controlnet {split}: skipped {skipped.source}: {skipped.reason}", highlight=False)
+    if pairs.skipped:
+        labelled = [replace(s, label=label_of.get(s.source)) for s in pairs.skipped]
+        console.print(f"controlnet {split}: {skip_summary(kept, labelled, data.class_names)}", highlight=False)
     if split == "train" and not pairs.sources:
         raise SynthmedError(
             "no training image has a mask file (<stem>_mask.png beside it or in a sibling mask/ folder); "
             "set controlnet.empty_mask_classes for lesion-free classes",
             path=cfg.data.source,
         )
-    label_of = {str(p): data.class_names.index(r.label) for p, r in zip(paths, records, strict=True)}
-    labels = torch.tensor([label_of[s] for s in pairs.sources], dtype=torch.int64)
+    if split == "train":  # a class losing every mask pair is an error, not a silently smaller ControlNet
+        hint = " (a mask beside each image), set controlnet.empty_mask_classes for lesion-free classes"
+        require_kept_classes(
+            label_of.values(), kept, cfg.data.skip_empty_classes, "image", cfg.data.source, hint
+        )
+    labels = torch.tensor([data.class_names.index(label) for label in kept], dtype=torch.int64)
     latents = encode_dataset(autoencoder, pairs.images.to(device))
     return LatentSet(latents, labels.to(device), controls=pairs.masks.float().to(device))
