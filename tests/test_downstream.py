@@ -7,13 +7,16 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from synthmed.cli import app
-from synthmed.config import AugmentationConfig
-from synthmed.data import Record, write_split
+from synthmed.config import AugmentationConfig, DataConfig
+from synthmed.data import Record, prepare, read_image, write_split
+from synthmed.data.integrity import pixel_hash
 from synthmed.data.sources import hash_file
 from synthmed.downstream.data import subsample_minority
 from synthmed.downstream.run import benchmark
@@ -36,7 +39,7 @@ def cxr(kermany: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
     for cls in CLASSES:
         train = sorted((kermany / "train" / cls).glob("*.jpeg"))
         records += [
-            Record(f"{cls}/{f.name}", cls, hash_file(f), "train")
+            Record(f"{cls}/{f.name}", cls, hash_file(f), "train", pixel_hash(read_image(f)))
             for f in _copy(train[:40], root / "train" / cls)
         ]
         _copy(train[40:70], root / "synthetic" / cls)
@@ -135,10 +138,10 @@ def test_segment_on_busi(busi: Path, tmp_path: Path) -> None:
     paths = {k: tmp_path / k for k in ("train", "test", "synthetic")}
     cfg = _cfg(paths, tmp_path / "out", task="segment", arms=["real", "synthetic"], steps=20)
     results = benchmark(cfg)
-    assert results["leak_check"] == {
-        "checked": False,
-        "reason": "leak check not possible: no manifest with a run_dir",
-    }
+    assert not results["leak_check"]["checked"]
+    assert results["leak_check"]["reason"].startswith(
+        "not checked: the synthetic folder has no manifest.jsonl"
+    )
     real, syn = results["runs"]
     assert syn["n_real"] == 0 and syn["n_synthetic"] == 20 and real["n_real"] == 34
     assert 0.0 <= real["metrics"]["dice"]["value"] <= 1.0
@@ -191,3 +194,78 @@ def test_segment_on_hippocampus_volumes(hippocampus: Path, tmp_path: Path) -> No
     assert 0.0 <= mixed["metrics"]["dice"]["value"] <= 1.0 and mixed["vs_real"]["dice"]["ci95"] is not None
     with pytest.raises(SynthmedError, match="segment"):
         benchmark(cfg.model_copy(update={"task": "classify", "arms": ["real"]}))
+
+
+# --- issue 20: the leak check compares pixels, and an .npz is a real set ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def cxr_npz(kermany: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MedMNIST-style .npz of real 32 px chest X-rays (train 24, val 4, test 8 per class), its classes
+    named in <stem>.json as MedMNIST's INFO does."""
+    root = tmp_path_factory.mktemp("npz")
+    arrays: dict[str, list] = {}
+    for i, cls in enumerate(CLASSES):
+        train = sorted((kermany / "train" / cls).glob("*.jpeg"))[70:98]
+        test = sorted((kermany / "test" / cls).glob("*.jpeg"))[30:38]
+        for key, files in (("train", train[:24]), ("val", train[24:]), ("test", test)):
+            pixels = [np.asarray(Image.open(f).convert("L").resize((32, 32))) for f in files]
+            arrays.setdefault(f"{key}_images", []).extend(pixels)
+            arrays.setdefault(f"{key}_labels", []).extend([[i]] * len(files))
+    np.savez(root / "cxrmnist.npz", **{k: np.array(v, dtype=np.uint8) for k, v in arrays.items()})
+    (root / "cxrmnist.json").write_text(json.dumps({"label": {"0": "NORMAL", "1": "PNEUMONIA"}}))
+    return root / "cxrmnist.npz"
+
+
+def _synthetic_of(run: Path, cxr: dict[str, Path], dest: Path) -> Path:
+    synthetic = Path(shutil.copytree(cxr["synthetic"], dest))
+    (synthetic / "manifest.jsonl").write_text(json.dumps({"run_dir": str(run)}) + "\n")
+    return synthetic
+
+
+def test_leak_check_catches_training_images_exported_from_an_npz(
+    cxr: dict[str, Path], cxr_npz: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    prepared = prepare(
+        DataConfig(source=cxr_npz, val_fraction=0.0, holdout_fraction=0.0), 0, run / "split.json"
+    )
+    test = Path(shutil.copytree(cxr["test"], tmp_path / "test"))
+    with np.load(cxr_npz) as z:
+        trained = z["train_images"][[3, 30]]  # one of each class, as the generator saw them
+    Image.fromarray(trained[0]).save(test / "NORMAL" / "exported.png")
+    Image.fromarray(trained[1]).convert("RGB").save(test / "PNEUMONIA" / "exported.jpg", quality=90)
+    assert {r.split for r in prepared.records} == {"train", "val", "holdout"}  # the npz's own split
+    synthetic = _synthetic_of(run, cxr, tmp_path / "synthetic")
+    args = ["--real-train", cxr["train"], "--real-test", test, "--synthetic", synthetic, "--image-size", 32]
+    result = CliRunner().invoke(
+        app, ["benchmark-augmentation", *map(str, args), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "2 test images were in the generator's train split" in result.output
+    assert "exported" in result.output and "cxrmnist.npz#train/" in result.output
+
+
+def test_leak_check_says_not_checked_when_it_cannot_compare_pixels(
+    cxr: dict[str, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"  # a split file of file hashes only, and no data source to compute pixels from
+    records = [Record(f"NORMAL/{i}.png", "NORMAL", f"{i:064x}", "train") for i in range(3)]
+    write_split(run / "split.json", records, ["NORMAL"], [], {})
+    synthetic = _synthetic_of(run, cxr, tmp_path / "synthetic")
+    cfg = _cfg(cxr | {"synthetic": synthetic}, tmp_path / "out", arms=["real"], steps=2)
+    leak = benchmark(cfg)["leak_check"]
+    assert not leak["checked"] and leak["reason"].startswith(
+        f"not checked: run {run}: its split.json predates"
+    )
+    page = (cfg.out / "report.html").read_text()
+    assert "Leak check: not checked" in page and "passed" not in page
+
+
+def test_benchmark_takes_an_npz_as_the_real_sets(cxr: dict[str, Path], cxr_npz: Path, tmp_path: Path) -> None:
+    cfg = _cfg(cxr | {"train": cxr_npz, "test": cxr_npz}, tmp_path / "out", arms=["real"], steps=4)
+    results = benchmark(cfg)
+    assert results["data"]["class_names"] == list(CLASSES)
+    assert results["data"]["test"] == {"NORMAL": 8, "PNEUMONIA": 8}  # the npz's test split
+    assert sum(results["data"]["train"].values()) + sum(results["data"]["val"].values()) == 48
+    assert results["leak_check"]["checked"]

@@ -2,19 +2,24 @@
 
 Every training set is a `Labelled`: images, integer class labels and the per-image training target
 (the label again for classification, the mask for segmentation), so the subsampling and mixing code is
-shared by both tasks.
+shared by both tasks. Real sets are folders of class folders or an .npz (its train split for training, its
+test split for testing).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from synthmed.config import AugmentationConfig, DataConfig
+from synthmed.config import AugmentationConfig, DataConfig, build_train_config, read_yaml
+from synthmed.data.integrity import near_pairs, pixel_hash, skip_summary
+from synthmed.data.loading import ItemReader, load_real_split
 from synthmed.data.masks import load_image_mask_pairs
+from synthmed.data.sources import Record, source_kind
 from synthmed.data.splits import read_split_file
 from synthmed.data.volumes import VolumeConfig, load_volumes
 from synthmed.errors import SynthmedError
@@ -22,6 +27,11 @@ from synthmed.evaluation.sections import default_cache_dir
 from synthmed.evaluation.sets import ImageSet, load_set
 from synthmed.evaluation.volumetric import is_volume_folder
 from synthmed.sampling.pipeline import read_manifest
+
+log = logging.getLogger(__name__)
+
+#: How the leak check compares images.
+LEAK_METHOD = "normalised pixel hash of the decoded images (synthmed.data.integrity), not file bytes"
 
 
 @dataclass
@@ -47,12 +57,47 @@ class Labelled:
         )
 
 
+@dataclass
+class Hashed:
+    """The test images' pixel hashes, by source (relative to ``root``), for the leak check."""
+
+    root: Path
+    sources: list[str]
+    phash: list[str]
+    sha256: list[str]  # file or array hashes (none for 3D volumes)
+
+
 def _load(name: str, root: Path, cfg: AugmentationConfig) -> ImageSet:
     if not Path(root).is_dir():
         raise SynthmedError("folder not found", path=root)
     return load_set(
         name, root, image_size=cfg.image_size, resize_mode=cfg.resize_mode, cache_dir=default_cache_dir(cfg)
     )
+
+
+def _load_real(name: str, source: Path, split: str, cfg: AugmentationConfig) -> tuple[ImageSet, Hashed]:
+    """A real set, from a folder of class folders or the ``split`` of an .npz."""
+    if not Path(source).exists():
+        raise SynthmedError("not found: give a folder of class folders or an .npz", path=source)
+    if cfg.task == "segment" and source_kind(Path(source)) == "npz":
+        raise SynthmedError(
+            "an .npz holds no masks; --task segment needs image files with masks", path=source
+        )
+    dcfg = DataConfig(image_size=cfg.image_size, resize_mode=cfg.resize_mode, clip_percentiles=(0.0, 100.0))
+    real = load_real_split(source, split, dcfg, default_cache_dir(cfg))
+    records = real.loaded.records
+    sources = [r.source for r in records]
+    image_set = ImageSet(
+        name,
+        real.root,
+        real.loaded.images,
+        real.loaded.labels,
+        real.class_names,
+        sources,
+        real.skipped,
+        [r.sha256 for r in records],
+    )
+    return image_set, Hashed(real.root, sources, [str(r.phash) for r in records], [r.sha256 for r in records])
 
 
 def _as_labelled(s: ImageSet, class_names: list[str], cfg: AugmentationConfig) -> Labelled:
@@ -74,6 +119,11 @@ def _as_labelled(s: ImageSet, class_names: list[str], cfg: AugmentationConfig) -
         raise SynthmedError(f"fewer than 2 images of the {s.name} set have a <stem>_mask file", path=s.root)
     row = {str(s.root / src): i for i, src in enumerate(s.sources)}
     keep = torch.tensor([row[src] for src in pairs.sources])
+    if pairs.skipped:
+        label_of = {src: class_names[int(labels[i])] for src, i in row.items()}
+        skipped = [replace(x, label=label_of.get(x.source)) for x in pairs.skipped]
+        kept = [label_of[src] for src in pairs.sources]
+        log.warning("%s set, images with masks: %s", s.name, skip_summary(kept, skipped, class_names))
     return Labelled(pairs.images, labels[keep], pairs.masks)
 
 
@@ -84,7 +134,7 @@ class Sets:
     val: Labelled
     test: Labelled
     synthetic: Labelled
-    test_set: ImageSet
+    test_hashes: Hashed
 
     def class_index(self, name: str, field: str) -> int:
         """Index of the real training class ``name`` given in config ``field``, or a SynthmedError."""
@@ -93,7 +143,7 @@ class Sets:
         return self.class_names.index(name)
 
 
-def _volumes(name: str, root: Path, cfg: AugmentationConfig) -> tuple[ImageSet, Labelled]:
+def _volumes(name: str, root: Path, cfg: AugmentationConfig) -> tuple[Hashed, Labelled]:
     """3D volumes with label maps; the segmentation target is the foreground (every label > 0)."""
     if not Path(root).is_dir():
         raise SynthmedError("folder not found", path=root)
@@ -102,16 +152,15 @@ def _volumes(name: str, root: Path, cfg: AugmentationConfig) -> tuple[ImageSet, 
         raise SynthmedError(f"fewer than 2 volumes with a label map in the {name} set", path=root)
     labels = torch.zeros(len(loaded), dtype=torch.int64)  # one class: volumes carry no diagnosis label
     targets = (loaded.labels > 0).to(torch.uint8)
-    image_set = ImageSet(name, Path(root), loaded.images, None, [], loaded.keys, loaded.skipped)
-    return image_set, Labelled(loaded.images, labels, targets)
+    return Hashed(Path(root), loaded.keys, loaded.phash, []), Labelled(loaded.images, labels, targets)
 
 
-def _real_sets(cfg: AugmentationConfig) -> tuple[list[str], Labelled, Labelled, Labelled, ImageSet]:
-    """(class names, real train, real test, synthetic, the test ImageSet), 2D or 3D."""
+def _real_sets(cfg: AugmentationConfig) -> tuple[list[str], Labelled, Labelled, Labelled, Hashed]:
+    """(class names, real train, real test, synthetic, the test images' hashes), 2D or 3D."""
     if is_volume_folder(Path(cfg.real_train)):
         if cfg.task != "segment":
             raise SynthmedError("3D volumes carry no class labels: use --task segment", field="task")
-        (_, train), (test_set, test), (_, synthetic) = (
+        (_, train), (test_hashes, test), (_, synthetic) = (
             _volumes(n, r, cfg)
             for n, r in (
                 ("real-train", cfg.real_train),
@@ -119,19 +168,17 @@ def _real_sets(cfg: AugmentationConfig) -> tuple[list[str], Labelled, Labelled, 
                 ("synthetic", cfg.synthetic),
             )
         )
-        return ["volume"], train, test, synthetic, test_set
-    real = _load("real-train", cfg.real_train, cfg)
-    if real.labels is None:
-        raise SynthmedError("real training images need class sub-folders", path=cfg.real_train)
+        return ["volume"], train, test, synthetic, test_hashes
+    real, _ = _load_real("real-train", cfg.real_train, "train", cfg)
     names = real.class_names
-    test_set = _load("real-test", cfg.real_test, cfg)
+    test_set, test_hashes = _load_real("real-test", cfg.real_test, "holdout", cfg)
     synthetic = _as_labelled(_load("synthetic", cfg.synthetic, cfg), names, cfg)
-    return names, _as_labelled(real, names, cfg), _as_labelled(test_set, names, cfg), synthetic, test_set
+    return names, _as_labelled(real, names, cfg), _as_labelled(test_set, names, cfg), synthetic, test_hashes
 
 
 def load_sets(cfg: AugmentationConfig) -> Sets:
     """Real train (split into train and a stratified validation part), real test and synthetic sets."""
-    names, train_all, test, synthetic, test_set = _real_sets(cfg)
+    names, train_all, test, synthetic, test_hashes = _real_sets(cfg)
     val_idx = stratified_fraction(train_all.labels, cfg.val_fraction, cfg.seed)
     is_val = torch.zeros(len(train_all), dtype=torch.bool)
     is_val[val_idx] = True
@@ -141,7 +188,7 @@ def load_sets(cfg: AugmentationConfig) -> Sets:
         val=train_all.take(val_idx),
         test=test,
         synthetic=synthetic,
-        test_set=test_set,
+        test_hashes=test_hashes,
     )
 
 
@@ -186,25 +233,53 @@ def synthetic_subset(synthetic: Labelled, n: int, seed: int) -> Labelled:
     return synthetic.take(torch.randperm(len(synthetic), generator=gen)[:n].sort().values)
 
 
-def leak_check(test: ImageSet, synthetic_root: Path) -> dict[str, Any]:
-    """Refuse a test image whose content was in the generator's train or val split (per the manifest)."""
+def leak_check(test: Hashed, synthetic_root: Path) -> dict[str, Any]:
+    """Refuse a test image whose bytes, or decoded and normalised pixels, match an image of the generator's
+    train or val split (per the synthetic folder's manifest), so exported or re-encoded copies are caught
+    too. When that cannot be checked the result says "not checked" and why."""
     rows = read_manifest(Path(synthetic_root) / "manifest.jsonl")
     run_dirs = sorted({str(r["run_dir"]) for r in rows if r.get("run_dir")})
     if not run_dirs:
-        return {"checked": False, "reason": "leak check not possible: no manifest with a run_dir"}
-    if test.sha256 is None:
-        return {"checked": False, "reason": "leak check not possible: 3D volumes carry no content hashes"}
-    test_hashes = dict(zip(test.sha256, test.sources, strict=True))
+        return _not_checked("the synthetic folder has no manifest.jsonl naming the generator's run (run_dir)")
     for run_dir in run_dirs:
-        split = read_split_file(Path(run_dir) / "split.json")
-        seen = {r.sha256: r for r in split.records if r.split in ("train", "val")}
-        leaked = sorted(test_hashes.keys() & seen.keys())
-        if leaked:
-            r = seen[leaked[0]]
-            raise SynthmedError(
-                f"{len(leaked)} test images were in the generator's {r.split} split, e.g. "
-                f"{test_hashes[leaked[0]]} (= {r.source} of run {run_dir}); test on images the generator "
-                "never saw, e.g. its holdout split",
-                path=test.root / test_hashes[leaked[0]],
-            )
-    return {"checked": True, "runs": run_dirs, "n_test_files": len(test_hashes), "reason": None}
+        split_file = Path(run_dir) / "split.json"
+        if not split_file.is_file():
+            return _not_checked(f"run {run_dir} has no split.json")
+        seen = [r for r in read_split_file(split_file).records if r.split in ("train", "val")]
+        row_of = {r.sha256: j for j, r in enumerate(seen)}
+        _refuse([(i, row_of[h]) for i, h in enumerate(test.sha256) if h in row_of], test, seen, run_dir)
+        seen, why = _with_pixel_hashes(Path(run_dir), seen)
+        if why is not None:
+            return _not_checked(f"run {run_dir}: {why}")
+        _refuse(near_pairs(test.phash, [str(r.phash) for r in seen]), test, seen, run_dir)
+    return {"checked": True, "runs": run_dirs, "n_test_files": len(test.sources), "method": LEAK_METHOD}
+
+
+def _refuse(leaked: list[tuple[int, int]], test: Hashed, seen: list[Record], run_dir: str) -> None:
+    if leaked:
+        i, j = leaked[0]
+        raise SynthmedError(
+            f"{len({i for i, _ in leaked})} test images were in the generator's {seen[j].split} split (same "
+            f"decoded pixels), e.g. {test.sources[i]} (= {seen[j].source} of run {run_dir}); test on images "
+            "the generator never saw, e.g. its holdout split",
+            path=test.root / test.sources[i],
+        )
+
+
+def _not_checked(why: str) -> dict[str, Any]:
+    return {"checked": False, "reason": f"not checked: {why}", "method": LEAK_METHOD}
+
+
+def _with_pixel_hashes(run_dir: Path, seen: list[Record]) -> tuple[list[Record], str | None]:
+    """``seen`` with pixel hashes, or why there are none: a split file made before pixel hashes existed has
+    them computed from the run's data source."""
+    if all(r.phash for r in seen):
+        return seen, None
+    try:
+        cfg = build_train_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+        if cfg.data.volume is not None:
+            return [], "its split.json predates pixel hashes (3D); make the split again to check"
+        reader = ItemReader(cfg.data)
+        return [replace(r, phash=pixel_hash(reader.read(r))) for r in seen], None
+    except SynthmedError as exc:
+        return [], f"its split.json predates pixel hashes and its training images cannot be read ({exc})"

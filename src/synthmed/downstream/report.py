@@ -124,13 +124,16 @@ def write_html(results: dict[str, Any], out: Path) -> Path:
     plot_vs_fraction(results["pooled"], metric, out / "metric_vs_fraction.png")
     leak = results["leak_check"]
     leak_text = (
-        "passed: no test image in the generator's train/val split" if leak["checked"] else leak["reason"]
+        "passed: no test image matches an image of the generator's train/val split (decoded pixels compared)"
+        if leak["checked"]
+        else leak["reason"]
     )
+    unseen = "the generator never saw" if leak["checked"] else "(whether the generator saw them is unknown)"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>synthmed augmentation benchmark</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}}</style></head><body>
 <h1>Augmentation benchmark ({html.escape(results["task"])})</h1>
-<p>Test set: real images the generator never saw. Leak check: {html.escape(leak_text)}.</p>
+<p>Test set: real images {unseen}. Leak check: {html.escape(leak_text)}.</p>
 <h2>Mean over seeds, 95% bootstrap CI; &Delta; = paired difference vs the real-only arm</h2>
 {_table(results["pooled"])}
 <h2>{html.escape(metric)} vs synthetic:real ratio</h2><img src="metric_vs_ratio.png">

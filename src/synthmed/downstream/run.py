@@ -139,7 +139,7 @@ def benchmark(cfg: AugmentationConfig) -> dict[str, Any]:
     with phase(timings, "load"):
         sets = load_sets(cfg)
     with phase(timings, "leak_check"):
-        leak = leak_check(sets.test_set, cfg.synthetic)
+        leak = leak_check(sets.test_hashes, cfg.synthetic)
     indices = bootstrap_indices(len(sets.test), cfg.bootstrap, cfg.seed)
     scores: dict[tuple[Arm, int], Scores] = {}
     info: dict[tuple[Arm, int], dict] = {}
