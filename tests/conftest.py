@@ -197,7 +197,9 @@ def postgres_server() -> Iterator[str]:
         return
     bin_dir = _postgres_bin()
     if bin_dir is None:
-        pytest.fail(
+        from system_deps import missing
+
+        missing(
             f"PostgreSQL server not found (no /usr/lib/postgresql/*/bin/initdb): install it with "
             f"`apt-get install postgresql`, or set {POSTGRES_ENV} to a server URL whose user may create "
             "databases"

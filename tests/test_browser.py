@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from system_deps import missing
 from web_support import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -53,7 +54,7 @@ def canvas_mean(page) -> float:
 
 def test_reader_completes_a_turing_test_and_the_admin_sees_the_statistics(server) -> None:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install chromium)")
+        missing(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
     base, study = server

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from system_deps import missing
 from web_support import CHROMIUM, CHROMIUM_ARGS, browser_log_in, build_catalogue, fast_hasher, serving
 
 from synthmed.config import ServeConfig
@@ -37,7 +38,7 @@ def server(tmp_path: Path, kermany: Path, tiny_run: Path, monkeypatch: pytest.Mo
 
 def test_configure_a_generation_watch_its_previews_and_find_the_images(server: str) -> None:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install chromium)")
+        missing(f"{CHROMIUM} not found: install Debian's Chromium (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
     base = server
