@@ -39,6 +39,9 @@ Database = Annotated[
     ),
 ]
 ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="YAML with the command's fields.")]
+VerifyAll = Annotated[
+    bool, typer.Option("--verify-all", help="Regenerate every sample, not a random 20 (slower, certain).")
+]
 
 
 @db_app.command("upgrade")
@@ -71,10 +74,17 @@ def import_run(
         Path, typer.Argument(help="A `synthmed generate` output folder (with manifest.jsonl).")
     ],
     name: Annotated[str | None, typer.Option(help="Data set name (default: the folder's name).")] = None,
+    verify_all: VerifyAll = False,
     database: Database = None,
     config: ConfigFile = None,
 ) -> None:
-    """Catalogue generated images (2D or 3D) with model, run and provenance; again adds only new ones."""
+    """Catalogue generated images (2D or 3D) with model, run and provenance; again adds only new ones.
+
+    Each new image must prove it is what synthmed generate wrote (file kind, the sha256 in its manifest row,
+    the row's model weights, seeded regeneration bit for bit of all of up to 20 new images, else of a random
+    20); anything else is refused, naming the file. 2D images are compared with the model's training
+    images: likely copies are marked and cannot be approved or exported.
+    """
     from sqlalchemy import func, select
 
     from synthmed.catalogue.importer import import_generation
@@ -84,9 +94,54 @@ def import_run(
         CatalogueImportConfig, config, {"out_dir": out_dir, "name": name, "database": database}
     )
     with catalogue_session(cfg.database) as session:
-        run = import_generation(session, cfg.out_dir, cfg.name)
-        count = session.scalar(select(func.count()).where(Sample.generation_run_id == run.id))
-        err.print(f"data set {run.dataset.name!r}: {count} synthetic samples", highlight=False)
+        run = import_generation(session, cfg.out_dir, cfg.name, verify_all=verify_all)
+        samples = select(func.count()).where(Sample.generation_run_id == run.id)
+        count = session.scalar(samples)
+        copies = session.scalar(samples.where(Sample.likely_copy.is_(True)))
+        err.print(
+            f"data set {run.dataset.name!r}: {count} synthetic samples ({copies} likely copies of training "
+            "images)",
+            highlight=False,
+        )
+
+
+@catalogue_app.command("verify")
+@user_errors
+def verify(
+    name: Annotated[str, typer.Argument(help="A synthetic data set of the catalogue.")],
+    verify_all: VerifyAll = False,
+    database: Database = None,
+    config: ConfigFile = None,
+) -> None:
+    """Prove a synthetic data set's samples again: files unchanged, of their kind, with their manifest rows'
+    sha256 and weights; a random 20 (and every sample never proven) regenerated bit for bit, or all of them;
+    samples not yet compared with the training images are."""
+    from sqlalchemy import select
+
+    from synthmed.catalogue.models import Dataset
+    from synthmed.catalogue.provenance import COPY_PERCENTILE, verify_catalogued
+
+    cfg = command_config(DatabaseConfig, config, {"database": database})
+    with catalogue_session(cfg.database) as session:
+        dataset = session.scalar(select(Dataset).where(Dataset.name == name, Dataset.origin == "synthetic"))
+        if dataset is None:
+            raise SynthmedError(
+                f"no synthetic data set named {name!r}; see synthmed catalogue list", field="name"
+            )
+        samples = list(dataset.samples)
+        proof = verify_catalogued(
+            session,
+            samples,
+            everything=verify_all,
+            what="nothing was marked",
+            copy_percentile=COPY_PERCENTILE,
+        )
+        copies = sum(bool(s.likely_copy) for s in samples)
+        err.print(
+            f"data set {name!r}: {len(samples)} samples proven, {len(proof.regenerated)} regenerated bit for "
+            f"bit, {copies} likely copies of training images",
+            highlight=False,
+        )
 
 
 @catalogue_app.command("import-real")

@@ -20,7 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from synthmed.catalogue.db import insert_or_ignore
-from synthmed.catalogue.models import Dataset, GenerationRun, Sample, TrainedModel
+from synthmed.catalogue.models import Dataset, GenerationRun, Sample, TrainedModel, utcnow
+from synthmed.catalogue.provenance import COPY_PERCENTILE, Claim, Proof, mark_copy_check, prove
 from synthmed.config import DataConfig, VolumeData, format_validation_error, read_yaml
 from synthmed.data.masks import find_mask_files
 from synthmed.data.sources import Skipped, discover, hash_file, refuse_links_leaving
@@ -78,14 +79,36 @@ class Found:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def import_generation(session: Session, out_dir: Path, name: str | None = None) -> GenerationRun:
+def import_generation(
+    session: Session,
+    out_dir: Path,
+    name: str | None = None,
+    *,
+    verify_all: bool = False,
+    copy_percentile: float | None = COPY_PERCENTILE,
+) -> GenerationRun:
     """Catalogue a ``synthmed generate`` output folder as a synthetic data set (named ``name``, default: the
-    folder's name) with its trained model, its generation run and one sample per image written."""
+    folder's name) with its trained model, its generation run and one sample per image written.
+
+    Every new image must first prove it is what generation wrote (synthmed.catalogue.provenance: its kind,
+    its row's sha256, the row's model weights, seeded regeneration of all of a small set or of a random
+    sample, of all with ``verify_all``); one that cannot is refused, naming it, and nothing is catalogued.
+    2D images are compared with the model's training images (``copy_percentile``; None: not): likely copies
+    are marked."""
     out = _folder(out_dir)
     rows = _kept_rows(out / MANIFEST, out)
+    run_dir, ae_sha, diffusion_sha = _one_model(rows, out / MANIFEST)
     first = rows[0][1]
-    model = _trained_model(session, rows, out / MANIFEST)
     dims = 3 if first.file and first.file.endswith(NIFTI_SUFFIXES) else 2
+    found = [_generated(out, raw, row) for raw, row in rows]
+    catalogued = session.scalar(select(Dataset).where(Dataset.root == str(out)))
+    known = {s.path for s in catalogued.samples} if catalogued is not None else set()
+    claims = [
+        Claim(out / item.path, item.path, item.provenance, dims) for item in found if item.path not in known
+    ]
+    # The slow proof first, before anything is written (a SQLite writer would block the web app meanwhile).
+    proof = prove(claims, everything=verify_all, copy_percentile=copy_percentile) if claims else Proof()
+    model = _trained_model(session, run_dir, ae_sha, diffusion_sha)
     dataset = _dataset(session, name, out, "synthetic", dims)
     run = session.scalar(select(GenerationRun).where(GenerationRun.dataset_id == dataset.id))
     if run is None:
@@ -99,8 +122,7 @@ def import_generation(session: Session, out_dir: Path, name: str | None = None) 
         )
     run.settings = _settings([raw for raw, _ in rows])
     session.flush()
-    found = [_generated(out, raw, row) for raw, row in rows]
-    _add_samples(session, dataset, found, run.id)
+    _add_samples(session, dataset, found, run.id, proof)
     return run
 
 
@@ -176,10 +198,8 @@ def _existing_file(root: Path, rel: str, where: str, listing: Path) -> Path:
     return path
 
 
-def _trained_model(
-    session: Session, rows: list[tuple[dict[str, Any], ManifestRow]], manifest: Path
-) -> TrainedModel:
-    """The one trained model that made every image, found by run folder and weights, or added."""
+def _one_model(rows: list[tuple[dict[str, Any], ManifestRow]], manifest: Path) -> tuple[str, str, str]:
+    """The run folder and weight checksums of the one trained model that made every image."""
     models = {(r.run_dir, r.autoencoder_sha256, r.diffusion_sha256) for _, r in rows}
     if len(models) > 1:
         raise SynthmedError(
@@ -187,19 +207,29 @@ def _trained_model(
             "generation run has one: generate into one folder per model",
             path=manifest,
         )
-    run_dir, ae_sha, diffusion_sha = models.pop()
+    return models.pop()
+
+
+def _trained_model(session: Session, run_dir: str, ae_sha: str, diffusion_sha: str) -> TrainedModel:
+    """The trained model found by run folder and weights, or added (its weights were checked by prove)."""
     query = select(TrainedModel).where(
         TrainedModel.run_dir == run_dir, TrainedModel.diffusion_sha256 == diffusion_sha
     )
     model = session.scalar(query)
-    if model is not None:
-        return model
-    config = Path(run_dir) / "config.yaml"
-    settings = read_yaml(config) if config.is_file() else {}
-    # Two workers importing outputs of one model at once: one row wins, both use it.
-    row = {"run_dir": run_dir, "autoencoder_sha256": ae_sha, "diffusion_sha256": diffusion_sha}
-    insert_or_ignore(session, TrainedModel, row | {"config": settings}, ["run_dir", "diffusion_sha256"])
-    return session.scalars(query).one()
+    if model is None:
+        config = Path(run_dir) / "config.yaml"
+        settings = read_yaml(config) if config.is_file() else {}
+        # Two workers importing outputs of one model at once: one row wins, both use it.
+        row = {"run_dir": run_dir, "autoencoder_sha256": ae_sha, "diffusion_sha256": diffusion_sha}
+        insert_or_ignore(session, TrainedModel, row | {"config": settings}, ["run_dir", "diffusion_sha256"])
+        model = session.scalars(query).one()
+    if model.autoencoder_sha256 != ae_sha:
+        raise SynthmedError(
+            f"the catalogue knows this model with autoencoder sha256 {model.autoencoder_sha256[:12]}..., the "
+            f"manifest names {ae_sha[:12]}...: these images were not made with the catalogued weights",
+            path=Path(run_dir) / "autoencoder" / "model.pt",
+        )
+    return model
 
 
 def _dataset(session: Session, name: str | None, root: Path, origin: str, dims: int) -> Dataset:
@@ -249,24 +279,32 @@ def _generated(out: Path, raw: dict[str, Any], row: ManifestRow) -> Found:
     )
 
 
-def _add_samples(session: Session, dataset: Dataset, found: list[Found], run_id: int | None) -> None:
-    """Add the samples not catalogued yet; warn about catalogued files whose content changed."""
+def _add_samples(
+    session: Session, dataset: Dataset, found: list[Found], run_id: int | None, proof: Proof | None = None
+) -> None:
+    """Add the samples not catalogued yet (synthetic: with what ``proof`` found); warn about catalogued
+    files whose content changed."""
     known = {s.path: s.sha256 for s in session.scalars(select(Sample).where(Sample.dataset_id == dataset.id))}
+    now = utcnow()
     for item in found:
         old = known.get(item.path)
         if old is None:
-            session.add(
-                Sample(
-                    dataset_id=dataset.id,
-                    generation_run_id=run_id,
-                    path=item.path,
-                    mask_path=item.mask_path,
-                    label=item.label,
-                    sha256=item.sha256,
-                    seed=item.seed,
-                    provenance=item.provenance,
-                )
+            sample = Sample(
+                dataset_id=dataset.id,
+                generation_run_id=run_id,
+                path=item.path,
+                mask_path=item.mask_path,
+                label=item.label,
+                sha256=item.sha256,
+                seed=item.seed,
+                provenance=item.provenance,
             )
+            if proof is not None:
+                path = Path(dataset.root) / item.path
+                sample.verified = now
+                sample.regenerated = now if path in proof.regenerated else None
+                mark_copy_check(sample, proof.copy_checks.get(path))
+            session.add(sample)
         elif old != item.sha256:
             warnings.warn(
                 f"{Path(dataset.root) / item.path}: changed since it was catalogued (sha256 {old[:12]}..., "

@@ -30,6 +30,12 @@ def decide(session: Session, sample_id: int, user_id: int, decision: str, reason
         raise SynthmedError(f"no sample {sample_id}", field="sample_id")
     if sample.origin != "synthetic":
         raise SynthmedError("only synthetic samples are approved or rejected", field="sample_id")
+    if decision == "approve" and sample.likely_copy:
+        raise SynthmedError(
+            f"sample {sample.id} is a likely copy of the training image {sample.copy_check['nearest_train']} "
+            "(see its provenance page), so it cannot be approved; reject it",
+            field="decision",
+        )
     row = Decision(sample_id=sample.id, user_id=user_id, decision=decision, reason=reason)
     session.add(row)
     session.flush()

@@ -437,21 +437,24 @@ class Pipeline:
 
     def regenerate(self, row: dict[str, Any]) -> torch.Tensor:
         """Re-create one manifest row's image, (1, H, W), bit for bit on the same device and precision."""
+        return self.regenerate_batch(row)[[int(s) for s in row["batch_seeds"]].index(int(row["seed"]))]
+
+    def regenerate_batch(self, row: dict[str, Any]) -> torch.Tensor:
+        """Re-create the whole batch a manifest row's image was drawn in, (B, 1, H, W) in the order of its
+        ``batch_seeds``: every image of that batch for the cost of one."""
         if self.cfg.data.volume is not None:
             raise SynthmedError("3D rows are replayed by synthmed.sampling.volumes.regenerate_volume")
         for key in ("autoencoder_sha256", "diffusion_sha256"):
             if row.get(key) != self.hashes[key]:
                 raise SynthmedError(f"manifest row was made with other weights ({key} differs)", field=key)
-        batch = [int(s) for s in row["batch_seeds"]]
-        images = self.sample_batch(
-            batch,
+        return self.sample_batch(
+            [int(s) for s in row["batch_seeds"]],
             row["label"],
             steps=int(row["steps"]),
             guidance=float(row["guidance"]),
             sampler=row["sampler"],
             control=self._replayed_condition(row),
         )
-        return images[batch.index(int(row["seed"]))]
 
     def _replayed_condition(self, row: dict[str, Any]) -> ImageCondition | None:
         """The condition a manifest row was generated for; its file must still hold the same content."""
@@ -789,6 +792,7 @@ def _save_batch(
         else:
             row["file"] = file_name(cfg.label, seed)
             save_png(image, cfg.out / row["file"], cfg.bit_depth)
+            row["sha256"] = ckpt.file_sha256(cfg.out / row["file"])  # the catalogue checks the file by it
             if ann is not None:
                 row["annotation"] = ann.save(cfg.out, row["file"])
         rows.append(row | {"created": created})

@@ -263,6 +263,7 @@ def _write(cfg: GenerateConfig, seed: int, image: torch.Tensor, cond: Condition,
         row["batch_seeds"] = [row["image_seed"]]
     row["quality"] = row["attempts"][-1]["quality"]
     save_nifti(image, cond.affine, cfg.out / row["file"], dtype=np.float32)
+    row["sha256"] = ckpt.file_sha256(cfg.out / row["file"])  # the catalogue checks the file by it
     if cond.label_map is not None:
         row["label_file"] = f"{stem}_label.nii.gz"
         dtype = np.uint8 if int(cond.label_map.max()) < 256 else np.int16
