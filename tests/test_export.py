@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +15,14 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
+from synthmed.catalogue import export
 from synthmed.catalogue.db import make_engine, session_factory, transaction
 from synthmed.catalogue.export import export_approved
+from synthmed.catalogue.importer import CatalogueWarning
 from synthmed.catalogue.migrate import upgrade
 from synthmed.catalogue.models import Dataset, GenerationRun, Sample, TrainedModel
 from synthmed.cli import app
@@ -213,6 +216,14 @@ def catalogue(
     )
 
 
+@pytest.fixture(autouse=True)
+def _formats_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These catalogues hold real files posing as generated samples: the provenance check before export
+    rightly refuses them (test_real_files_posing_as_synthetic_are_not_exported; tests/test_provenance.py
+    exports genuine ones). The other tests here are about the formats, so they skip it."""
+    monkeypatch.setattr(export, "verify_catalogued", lambda session, samples: None)
+
+
 def manifest(out: Path) -> list[dict[str, str]]:
     with open(out / "manifest.csv", newline="") as fh:
         return list(csv.DictReader(fh))
@@ -388,10 +399,54 @@ def test_non_empty_output_needs_overwrite_which_replaces_only_the_export(
         catalogue.export(out, "png", dataset="syn2d")
     catalogue.export(out, "png", dataset="syn2d", overwrite=True)
     (out / "imagesTr" / "stale.png").write_bytes(b"old")
-    catalogue.export(out, "png", dataset="syn2d", overwrite=True)
+    first = (out / "manifest.csv").read_text()
+    with pytest.warns(CatalogueWarning, match=r"the previous export .* was moved to .*corpus\.replaced-"):
+        catalogue.export(out, "png", dataset="syn2d", overwrite=True)
     assert not (out / "imagesTr" / "stale.png").exists() and (out / "notes.txt").read_text() == "mine"
     assert len(list((out / "imagesTr").iterdir())) == 4
+    # The previous export is kept whole beside the new one, in a folder named with the time of the move.
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("corpus.replaced-")]
+    assert re.fullmatch(r"corpus\.replaced-\d{8}T\d{6}Z-\w+", aside.name)
+    assert (aside / "imagesTr" / "stale.png").read_bytes() == b"old"
+    assert (aside / "manifest.csv").read_text() == first and (aside / "dataset.json").is_file()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]  # the staging folder is gone
+
+
+def test_the_output_may_not_overlap_a_catalogued_data_set(catalogue: Catalogue, tmp_path: Path) -> None:
+    with session_factory(catalogue.engine)() as session:
+        roots = dict(session.execute(select(Dataset.name, Dataset.root)).all())
+    inside = Path(roots["syn2d"]) / "export"
+    with pytest.raises(SynthmedError, match="overlaps the catalogued data set 'syn2d'"):
+        catalogue.export(inside, "png", dataset="syn2d")
+    with pytest.raises(SynthmedError, match="overlaps the catalogued data set 'busi_real'"):
+        catalogue.export(Path(roots["busi_real"]) / "benign", "png", dataset="syn2d", overwrite=True)
+    assert not inside.exists()
+    # A data set that is a previous export's imagesTr would be moved aside by --overwrite: refused too.
+    corpus = tmp_path / "corpus"
+    (corpus / "imagesTr").mkdir(parents=True)
+    with transaction(session_factory(catalogue.engine)) as session:
+        session.add(Dataset(name="old_corpus", origin="real", root=str(corpus / "imagesTr")))
+    try:
+        with pytest.raises(SynthmedError, match="overlaps the catalogued data set 'old_corpus'"):
+            catalogue.export(corpus, "png", dataset="syn2d", overwrite=True)
+        assert (corpus / "imagesTr").is_dir() and not list(tmp_path.glob("corpus.replaced-*"))
+    finally:
+        with transaction(session_factory(catalogue.engine)) as session:
+            session.execute(delete(Dataset).where(Dataset.name == "old_corpus"))
+
+
+def test_real_files_posing_as_synthetic_are_not_exported(
+    catalogue: Catalogue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.undo()  # the provenance check, as export runs it
+    with pytest.raises(
+        SynthmedError, match="cannot prove they are synthetic, so nothing was exported"
+    ) as info:
+        catalogue.export(tmp_path / "out", "dicom", dataset="syn2d")
+    # Every approved file is named: their rows name no model that the catalogue holds with their run.
+    for rel in ("benign/syn_00000001.png", "normal/syn_00000003.png", "ct/syn_00000006.dcm"):
+        assert f"{rel}: its manifest row names another model than the one catalogued" in str(info.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_command(catalogue: Catalogue, tmp_path: Path) -> None:

@@ -12,7 +12,11 @@ Layout (Medical Segmentation Decathlon / nnU-Net v2): ``imagesTr/<case>_0000<end
   and a series description naming the model. Masks and label maps are DICOM Segmentation objects
   (highdicom) referencing the images.
 
-The export is written to a staging folder beside ``out`` and moved in only when every case succeeded.
+Before anything is written, every sample proves again that it is synthetic (synthmed.catalogue.provenance:
+file unchanged, of its kind, its row's sha256 and weights, a fresh random sample regenerated bit for bit);
+likely copies of training images are refused. The export is written to a staging folder beside ``out`` and
+moved in only when every case succeeded; ``out`` may not lie inside a catalogued data set, and a previous
+export there is moved aside (``<out>.replaced-<UTC time>-<random>``), never deleted.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import io
 import json
 import shutil
 import tempfile
+import warnings
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +45,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import synthmed
+from synthmed.catalogue.importer import CatalogueWarning
 from synthmed.catalogue.models import Dataset, GenerationRun, Sample
+from synthmed.catalogue.provenance import inside_folder, verify_catalogued
 from synthmed.data.readers import DICOM_EXTENSIONS, has_dicom_magic, read_bytes, validate_array
 from synthmed.data.volumes import save_nifti
 from synthmed.errors import SynthmedError
@@ -47,7 +55,7 @@ from synthmed.training.checkpoint import file_sha256
 
 Format = Literal["png", "nifti", "dicom"]
 ENDINGS: dict[str, str] = {"png": ".png", "nifti": ".nii.gz", "dicom": ".dcm"}
-OUTPUTS = ("imagesTr", "labelsTr", "dataset.json", "manifest.csv")  # what --overwrite replaces
+OUTPUTS = ("imagesTr", "labelsTr", "dataset.json", "manifest.csv")  # what --overwrite moves aside
 SETTINGS = (
     "sampler",
     "steps",
@@ -100,7 +108,9 @@ def export_approved(
     samples = _approved(session, dataset)
     dims = _spatial_dims(samples, fmt)
     out = Path(out).absolute()  # "." has no name to put the staging folder beside
-    _check_out(out, overwrite)
+    _check_out(session, out, overwrite)
+    _refuse_copies(samples)
+    verify_catalogued(session, samples)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -173,26 +183,57 @@ def _spatial_dims(samples: list[Sample], fmt: Format) -> int:
     return dims
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(session: Session, out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise SynthmedError("exists and is not a folder; choose a folder for the export", path=out)
+    resolved = out.resolve()
+    for name, root in session.execute(select(Dataset.name, Dataset.root)):
+        folder = Path(root).resolve()
+        # Inside a data set the export would mix with its files; a data set inside what --overwrite moves
+        # aside would lose its files.
+        if resolved.is_relative_to(folder) or any(folder.is_relative_to(resolved / o) for o in OUTPUTS):
+            raise SynthmedError(
+                f"overlaps the catalogued data set {name!r} ({folder}); export to a folder outside every "
+                "catalogued data set",
+                path=out,
+            )
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SynthmedError(
-            "the output folder is not empty; choose an empty or new folder, or pass --overwrite "
-            f"(replaces {', '.join(OUTPUTS)} there and keeps anything else)",
+            "the output folder is not empty; choose an empty or new folder, or pass --overwrite (moves "
+            f"{', '.join(OUTPUTS)} there aside into a timestamped folder beside it and keeps anything else)",
             path=out,
+        )
+
+
+def _refuse_copies(samples: list[Sample]) -> None:
+    copies = [s for s in samples if s.likely_copy]
+    if copies:
+        listing = "; ".join(
+            f"{Path(s.dataset.root) / s.path} (nearest training image {s.copy_check['nearest_train']})"
+            for s in copies[:20]
+        )
+        raise SynthmedError(
+            f"{len(copies)} approved sample(s) are likely copies of the model's training images, so nothing "
+            f"was exported: {listing}. Reject them in the review app (synthmed serve)",
+            field="dataset",
         )
 
 
 def _publish(staging: Path, out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    previous = [out / name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+    if overwrite and previous:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = Path(tempfile.mkdtemp(prefix=f"{out.name}.replaced-{stamp}-", dir=out.parent))
+        for path in previous:
+            path.replace(aside / path.name)
+        warnings.warn(
+            f"{out}: the previous export ({', '.join(p.name for p in previous)}) was moved to {aside}",
+            CatalogueWarning,
+            stacklevel=3,
+        )
     for name in OUTPUTS:
-        target = out / name
-        if overwrite and target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif overwrite and (target.is_file() or target.is_symlink()):
-            target.unlink()
-        (staging / name).replace(target)
+        (staging / name).replace(out / name)
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -200,8 +241,8 @@ def _publish(staging: Path, out: Path, overwrite: bool) -> None:
 
 def _read_case(session: Session, sample: Sample, dims: int) -> Case:
     root = Path(sample.dataset.root)
-    path = _inside(root, sample.path)
-    mask_path = _inside(root, sample.mask_path) if sample.mask_path else None
+    path = inside_folder(root, sample.path)
+    mask_path = inside_folder(root, sample.mask_path) if sample.mask_path else None
     case_id = f"synthmed_{sample.id:06d}"
     model = _model(session, sample)
     if dims == 2:
@@ -222,14 +263,6 @@ def _read_case(session: Session, sample: Sample, dims: int) -> Case:
             )
         label = _label_values(label, mask_path)
     return Case(case_id, sample, model, image, affine, label)
-
-
-def _inside(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing paths that leave the data set's folder (a hostile catalogue row)."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise SynthmedError(f"sample file {relative!r} lies outside its data set folder {root}", field="path")
-    return path
 
 
 def _same_shape(mask: tuple[int, ...], image: tuple[int, ...], path: Path) -> None:
