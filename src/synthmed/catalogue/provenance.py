@@ -152,8 +152,8 @@ def verify_catalogued(
     proof = Proof(regenerate(claims, chosen + [c for c in never if c not in chosen], pipes, refusals))
     refusals.raise_any(what)
     if copy_percentile is not None:
-        unchecked = [
-            c for c, s in zip(claims, samples, strict=True) if c.spatial_dims == 2 and s.copy_check is None
+        unchecked = [  # never checked, or skipped before (e.g. the run's data was away)
+            c for c, s in zip(claims, samples, strict=True) if c.spatial_dims == 2 and s.likely_copy is None
         ]
         proof.copy_checks = copy_checks(unchecked, pipes, copy_percentile)
     now = utcnow()

@@ -97,10 +97,10 @@ def authenticate(
     name, wrong password and locked account look alike (same answer, same argon2 work), so nobody learns
     which names exist. Every attempt is logged.
 
-    Failures lock the account for ``lockout`` after ``max_failures``; while locked no password is even
-    tried, so the lock stops guessing. A browser the user logged in with before is not held up by that
-    lock (an attacker can lock an account but not keep its owner out): its failures count on its own
-    record, and after ``max_failures`` of them it is no longer trusted.
+    Failures lock the account for ``lockout`` after ``max_failures``; while locked even the right password
+    is refused (after the same argon2 work), so the lock stops guessing. A browser the user logged in with
+    before is not held up by that lock (an attacker can lock an account but not keep its owner out): its
+    failures count on its own record, and after ``max_failures`` of them it is no longer trusted.
     """
     user = session.scalar(select(User).where(User.username == attempt.username))
     device = sessions.trusted_device(session, attempt.device_token, user)
