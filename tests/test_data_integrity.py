@@ -188,6 +188,22 @@ def test_catalogue_import_real_refuses_links_out_of_the_folder(
     assert result.exit_code == 0 and "real samples" not in result.output  # nothing catalogued
 
 
+# --- item 4: skipped files counted per class ----------------------------------------------------------
+
+
+def test_skipped_files_are_counted_per_class(
+    kermany_folder, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = kermany_folder(n=6)
+    (root / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8 not a jpeg")
+    (root / "NORMAL" / "notes.txt").write_text("not an image")
+    for _ in range(2):  # the split is made, then re-used (as a resumed run does)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            prepare(DataConfig(source=root), 0, tmp_path / "split.json")
+        assert "NORMAL 6 kept, 2 skipped; PNEUMONIA 6 kept, 0 skipped" in _warnings(caplog)
+
+
 # --- item 5: colour -------------------------------------------------------------------------------
 
 

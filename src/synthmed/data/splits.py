@@ -135,7 +135,9 @@ def read_split_file(path: Path) -> SplitFile:
             Record(str(i["source"]), str(i["label"]), str(i["sha256"]), str(i["split"]), _phash(i))
             for i in doc["items"]
         ]
-        skipped = [Skipped(str(s["source"]), str(s["reason"])) for s in doc.get("skipped", [])]
+        skipped = [
+            Skipped(str(s["source"]), str(s["reason"]), s.get("label")) for s in doc.get("skipped", [])
+        ]
         settings = dict(doc.get("settings", {}))
     except (KeyError, TypeError, ValueError) as exc:
         raise SynthmedError(f"malformed split file ({type(exc).__name__}: {exc})", path=path) from exc

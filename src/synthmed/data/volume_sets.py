@@ -96,7 +96,7 @@ def _pairs(cfg: DataConfig) -> tuple[dict[str, tuple[str, VolumePair]], list[Ski
         prefix = folder.relative_to(root)
         found = discover_volumes(folder, require_labels=True)
         pairs |= {(prefix / p.image.relative_to(folder)).as_posix(): (name, p) for p in found.pairs}
-        skipped += [Skipped((prefix / s.source).as_posix(), s.reason) for s in found.skipped]
+        skipped += [Skipped((prefix / s.source).as_posix(), s.reason, name) for s in found.skipped]
     return pairs, skipped
 
 
