@@ -473,7 +473,9 @@ def _mask_set(
         console.print(f"controlnet {split}: skipped {skipped.source}: {skipped.reason}", highlight=False)
     if pairs.skipped:
         labelled = [replace(s, label=label_of.get(s.source)) for s in pairs.skipped]
-        console.print(f"controlnet {split}: {skip_summary(kept, labelled, data.class_names)}", highlight=False)
+        console.print(
+            f"controlnet {split}: {skip_summary(kept, labelled, data.class_names)}", highlight=False
+        )
     if split == "train" and not pairs.sources:
         raise SynthmedError(
             "no training image has a mask file (<stem>_mask.png beside it or in a sibling mask/ folder); "
