@@ -164,8 +164,8 @@ class DataConfig(Strict):
     )
     skip_empty_classes: bool = Field(
         False,
-        description="Leave out, with a warning, a class whose every image is skipped (unreadable, or without a "
-        "mask for the mask ControlNet) instead of stopping with an error.",
+        description="Leave out, with a warning, a class whose every image is skipped (unreadable, or without "
+        "a mask for the mask ControlNet) instead of stopping with an error.",
     )
     volume: VolumeData | None = Field(
         None,
