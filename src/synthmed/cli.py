@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from synthmed.catalogue.commands import catalogue_app, catalogue_session, db_app, generate_from_requests
 from synthmed.cli_support import command_config, err, user_errors
@@ -434,9 +436,22 @@ def edit_harmonize(
 @user_errors
 def evaluate(
     real: Annotated[
-        Path | None, typer.Option(help="Real training images (class folders, flat folder or NIfTI).")
+        Path | None,
+        typer.Option(
+            help="Real training images (class folders, flat folder or NIfTI); default: the training split of "
+            "the run named by the synthetic folder's manifest."
+        ),
     ] = None,
-    holdout: Annotated[Path | None, typer.Option(help="Real images the generator never saw.")] = None,
+    holdout: Annotated[
+        Path | None,
+        typer.Option(
+            help="Real images the generator never saw; default: that run's holdout split (same "
+            "distribution). Given beside a run, it is a second floor, checked for a shift."
+        ),
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run whose split gives the real sets (default: the manifest's run).")
+    ] = None,
     synthetic: Annotated[
         Path | None, typer.Option(help="Synthetic images, e.g. a `synthmed generate` folder.")
     ] = None,
@@ -464,11 +479,14 @@ def evaluate(
         Path | None, typer.Option("--config", "-c", help="YAML with EvaluateConfig fields.")
     ] = None,
 ) -> None:
-    """Compare synthetic with real images: fidelity, diversity, memorisation, label and mask fidelity.
+    """Compare synthetic with real images: fidelity, texture (FRD), sharpness, a machine Turing test (C2ST),
+    diversity, memorisation, label and mask fidelity.
 
-    Every figure is printed beside its real-vs-real floor (holdout vs training). 3D NIfTI folders get
-    the 2.5D FID over axial, coronal and sagittal slices. Nothing is downloaded: the feature extractor
-    is trained on the real training images (and cached), or read from --extractor.
+    Every figure stands beside its real-vs-real floor (holdout vs training); by default the real sets are
+    the generating run's own train and holdout splits. The summary table and the warnings are printed here
+    and open report.html. 3D NIfTI folders get the 2.5D FID over axial, coronal and sagittal slices. Nothing
+    is downloaded: the feature extractor is trained on the real training images (and cached), or read from
+    --extractor.
     """
     from synthmed.evaluation.run import evaluate as run_evaluation
 
@@ -476,6 +494,7 @@ def evaluate(
         "real": real,
         "holdout": holdout,
         "synthetic": synthetic,
+        "run_dir": run_dir,
         "out": out,
         "masks": masks or None,
         "image_size": image_size,
@@ -487,7 +506,20 @@ def evaluate(
     }
     cfg = command_config(EvaluateConfig, config, given)
     report = run_evaluation(cfg)
+    print_summary(json.loads((report / "report.json").read_text()))
     err.print(f"done: {report / 'report.html'}")
+
+
+def print_summary(report: dict) -> None:
+    """The report's summary table and warnings, on the terminal."""
+    table = Table("measure", "synthetic", "real floor", "rule", "verdict", title="evaluation summary")
+    for row in report["summary"]:
+        style = {"pass": "green", "warn": "red"}.get(row["verdict"], "dim")
+        cells = [f"{v:.3f}" if v is not None else "-" for v in (row["synthetic"], row["floor"])]
+        table.add_row(row["measure"], *cells, row["rule"], f"[{style}]{row['verdict']}[/{style}]")
+    err.print(table)
+    for warning in report["headline"]["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
 
 
 class Task(StrEnum):

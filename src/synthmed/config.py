@@ -468,11 +468,21 @@ class EditConfig(Strict):
 class EvaluateConfig(Strict):
     """Everything `synthmed evaluate` needs: three image folders and the metric settings."""
 
-    real: Path = Field(
-        description="Real training images the generator was trained on (class folders or flat)."
+    real: Path | None = Field(
+        None,
+        description="Real training images the generator was trained on (class folders or flat); default: the "
+        "training split of the run named by the synthetic folder's manifest.",
     )
-    holdout: Path = Field(description="Real images the generator never saw: the real-vs-real reference.")
+    holdout: Path | None = Field(
+        None,
+        description="Real images the generator never saw: the real-vs-real reference; default: the holdout "
+        "split of that run (same distribution). Given beside a run, it is reported as a second floor and "
+        "checked for a shift.",
+    )
     synthetic: Path = Field(description="Synthetic images, e.g. the output folder of `synthmed generate`.")
+    run_dir: Path | None = Field(
+        None, description="Run whose split gives the real sets (default: the one the manifest names)."
+    )
     out: Path = Field(description="Report folder: report.json, report.html and its images.")
     masks: bool = Field(
         False,
@@ -498,6 +508,11 @@ class EvaluateConfig(Strict):
         description="Flag a synthetic image closer to training than this % of holdout.",
     )
     msssim_pairs: int = Field(300, ge=2, description="Random pairs per set for the MS-SSIM diversity.")
+    c2st_folds: int = Field(5, ge=2, le=20, description="C2ST: cross-validation folds.")
+    c2st_steps: int = Field(
+        100, ge=1, description="C2ST: training steps of each fold's CNN (calibrated: real-vs-real and blur)."
+    )
+    c2st_permutations: int = Field(200, ge=10, description="C2ST linear probe: permutations for its p-value.")
     slice_fraction: float = Field(0.5, gt=0.0, le=1.0, description="3D: central fraction of slices per view.")
     volume_size: tuple[int, int, int] = Field(
         (64, 64, 64), description="3D: voxels (x, y, z) after resampling."

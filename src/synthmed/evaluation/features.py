@@ -43,13 +43,17 @@ class ExtractorSettings:
     widths: tuple[int, ...] = (16, 32, 64, 128)
     seed: int = 0
     flip: bool = False  # left-right flips: off for the extractor, on for the downstream classifier
+    jitter: bool = True  # contrast/brightness/noise jitter: off for C2ST, where those are the signal
 
 
 class InHouseExtractor(nn.Module):
     """ResNet backbone (global-average-pooled features) with a rotation head and an optional class head."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...]) -> None:
+    def __init__(self, num_classes: int, widths: tuple[int, ...], full_resolution_stem: bool = False) -> None:
+        """``full_resolution_stem``: a 3x3 stride-1 first convolution and no max-pooling (ResNet's 7x7
+        stride-2 stem and pooling discard the finest detail, which is what tells blurred images apart)."""
         super().__init__()
+        stem = {"conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": True} if full_resolution_stem else {}
         self.backbone = ResNet(
             block="basic",
             layers=[1] * len(widths),
@@ -57,6 +61,7 @@ class InHouseExtractor(nn.Module):
             spatial_dims=2,
             n_input_channels=1,
             feed_forward=False,
+            **stem,
         )
         self.rotation_head = nn.Linear(widths[-1], ROTATIONS)
         self.class_head = nn.Linear(widths[-1], num_classes) if num_classes >= 2 else None
@@ -97,9 +102,11 @@ class LocalExtractor:
         return torch.cat(out).float()
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator, flip: bool, shift: int = 4) -> torch.Tensor:
-    """Random translation (reflect-padded crop), contrast/brightness jitter, a little noise and, with
-    ``flip``, random left-right flips."""
+def _augment(
+    x: torch.Tensor, gen: torch.Generator, flip: bool, jitter: bool = True, shift: int = 4
+) -> torch.Tensor:
+    """Random translation (reflect-padded crop), with ``jitter`` contrast/brightness jitter and a little
+    noise and, with ``flip``, random left-right flips."""
     n, _, h, w = x.shape
     if flip:
         flipped = torch.rand(n, generator=gen) < 0.5
@@ -107,6 +114,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator, flip: bool, shift: int = 4) 
     padded = F.pad(x, (shift, shift, shift, shift), mode="reflect")
     dy, dx = torch.randint(0, 2 * shift + 1, (2, n), generator=gen).tolist()
     x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    if not jitter:
+        return x
     gain = 1 + 0.2 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5)
     bias = 0.1 * (torch.rand(n, 1, 1, 1, generator=gen) - 0.5)
     return (x * gain + bias + 0.02 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
@@ -149,7 +158,7 @@ def train_loop(
     model.train()
     for step in range(settings.steps):
         idx = torch.randint(0, images.shape[0], (min(settings.batch_size, images.shape[0]),), generator=gen)
-        x = _augment(images[idx], gen, settings.flip)
+        x = _augment(images[idx], gen, settings.flip, settings.jitter)
         with torch.autocast("cpu", dtype=torch.bfloat16):  # ~4x faster matmuls on this CPU class
             loss = batch_loss(x, labels[idx] if labels is not None else None, gen)
         opt.zero_grad(set_to_none=True)

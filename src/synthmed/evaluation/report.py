@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from synthmed.evaluation.sets import ImageSet
-from synthmed.reporting.images import save_grid
+from synthmed.reporting.images import save_png
 
 FIDELITY_KEYS = ("fid", "precision", "recall", "density", "coverage")
 
@@ -22,6 +22,8 @@ FIDELITY_KEYS = ("fid", "precision", "recall", "density", "coverage")
 def _fmt(entry: dict[str, Any] | None) -> str:
     if not entry:
         return "-"
+    if "not_computed" in entry:
+        return "not computed: " + html.escape(entry["not_computed"])
     if "se" in entry:
         return f"{entry['value']:.4f} ± {entry['se'] or 0:.4f}"
     ci = entry.get("ci95")
@@ -119,38 +121,48 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def _sample_grids(sets: dict[str, ImageSet], assets: Path, per_row: int = 8) -> str:
-    cells = []
+THUMB_PX = 128  # on screen; each thumbnail links to the image at its native size
+
+
+def _thumb(image: torch.Tensor, assets: Path, name: str, caption: str) -> str:
+    save_png(image, assets / "images" / f"{name}.png")
+    src = f"{assets.name}/images/{name}.png"
+    return (
+        f'<figure><a href="{src}"><img src="{src}" width={THUMB_PX} height={THUMB_PX} '
+        f'alt="{html.escape(caption)}"></a><figcaption>{html.escape(caption)}</figcaption></figure>'
+    )
+
+
+def _sample_grids(sets: dict[str, ImageSet], assets: Path, per_class: int = 6) -> str:
+    """Random images of every set, per class, at 128 px on screen, each opening at native size."""
+    rows = []
     for name in ("train", "holdout", "synthetic"):
-        images = sets[name].images
-        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: per_row * 2]
-        save_grid(images[pick], assets / f"samples_{name}.png", ncols=per_row)
-        cells.append(
-            f'<figure><img src="{assets.name}/samples_{name}.png"><figcaption>{name}</figcaption></figure>'
-        )
-    return "<div class=row>" + "".join(cells) + "</div>"
+        s = sets[name]
+        gen = torch.Generator().manual_seed(0)
+        groups = {c: s.of_class(c) for c in s.class_names} or {"": torch.arange(len(s))}
+        for c, idx in groups.items():
+            pick = idx[torch.randperm(len(idx), generator=gen)[:per_class]].tolist()
+            cells = "".join(_thumb(s.images[i], assets, f"{name}_{i}", c or s.sources[i]) for i in pick)
+            title = f"{name}" + (f": {c}" if c else "")
+            rows.append(f"<h3>{html.escape(title)}</h3><div class=row>{cells}</div>")
+    return "".join(rows)
 
 
 def _pairs_grid(sets: dict[str, ImageSet], pairs: list[dict[str, Any]], assets: Path) -> str:
+    """The synthetic images closest to a training image, each beside that image, at native size on click."""
     if not pairs:
         return ""
-    tiles = torch.stack(
-        [
-            t
-            for p in pairs
-            for t in (sets["synthetic"].images[p["synthetic"]], sets["train"].images[p["train"]])
-        ]
-    )
-    save_grid(tiles, assets / "top_pairs.png", ncols=8)
-    listing = "".join(
-        f"<li>{'<b>flagged</b> ' if p['flagged'] else ''}{html.escape(p['synthetic_file'])} ↔ "
-        f"{html.escape(p['train_file'])} (distance / threshold {p['ratio']:.2f})</li>"
-        for p in pairs
+    cells = "".join(
+        "<div class=pair>"
+        + _thumb(sets["synthetic"].images[p["synthetic"]], assets, f"pair{k}_synthetic", p["synthetic_file"])
+        + _thumb(sets["train"].images[p["train"]], assets, f"pair{k}_train", p["train_file"])
+        + f"<p>{'<b>flagged</b> ' if p['flagged'] else ''}distance / threshold {p['ratio']:.2f}</p></div>"
+        for k, p in enumerate(pairs)
     )
     return (
-        f'<img src="{assets.name}/top_pairs.png" alt="closest pairs">'
-        "<p>The synthetic images closest to a training image, in pairs left to right: synthetic, its nearest "
-        f"training image in pixel space. Ratios below 1 in every space are flagged.</p><ol>{listing}</ol>"
+        "<p>The synthetic images closest to a training image: each synthetic image (left) beside its nearest "
+        "training image in pixel space (right). Ratios below 1 in every space are flagged.</p>"
+        f"<div class=row>{cells}</div>"
     )
 
 
@@ -218,6 +230,99 @@ def _privacy_text(priv: dict[str, Any]) -> str:
     )
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _summary_table(rows: list[dict[str, Any]]) -> str:
+    body = "".join(
+        f"<tr class={r['verdict'].split()[0]}><th>{html.escape(r['measure'])}</th>"
+        f"<td>{_num(r['synthetic'])}</td><td>{_num(r['floor'])}</td><td>{html.escape(r['rule'])}</td><td>{r['verdict']}</td></tr>"
+        for r in rows
+    )
+    return (
+        "<table><tr><th>measure</th><th>synthetic</th><th>real floor</th><th>rule</th><th>verdict</th></tr>"
+        f"{body}</table>"
+    )
+
+
+def _warning_list(items: list[str]) -> str:
+    if not items:
+        return "<p>No warnings.</p>"
+    return "<ul class=warnings>" + "".join(f"<li>{html.escape(w)}</li>" for w in items) + "</ul>"
+
+
+def _accuracy(entry: dict[str, Any]) -> str:
+    if "accuracy" not in entry:
+        return html.escape(entry.get("not_computed", "-"))
+    lo, hi = entry["ci95"]
+    return f"{entry['accuracy']:.3f} [{lo:.3f}, {hi:.3f}], p = {entry['p_value']:.2g} (n={entry['n']})"
+
+
+def _c2st_table(c2st: dict[str, Any]) -> str:
+    cnn, probe = c2st.get("cnn", {}), c2st.get("linear_probe", {})
+    groups = [g for g in cnn if isinstance(cnn[g], dict)] or list(probe)
+    rows = "".join(
+        f"<tr><th>{html.escape(g)}</th><td>{_accuracy(cnn.get(g, {}))}</td>"
+        f"<td>{_accuracy(probe.get(g, {'not_computed': '-'}))}</td></tr>"
+        for g in groups
+    )
+    return (
+        "<p>A classifier trained to tell real holdout images from synthetic ones, scored on images it did "
+        "not train on (cross-validated): 0.5 means it cannot tell them apart, 1.0 that every synthetic image "
+        "gives itself away. Wilson 95% intervals; the CNN's p-value is the binomial test against chance, the "
+        "probe's a permutation test. Read it beside the readers' visual Turing test of the review app.</p>"
+        "<table><tr><th>group</th><th>CNN on pixels</th><th>linear probe on features</th></tr>"
+        f"{rows}</table>"
+    )
+
+
+def _sharpness_table(sharp: dict[str, Any]) -> str:
+    rows = []
+    for group, res in sharp.items():
+        if "not_computed" in res:
+            continue
+        lap, high = res["laplacian"], res["high_frequency_share"]
+        rows.append(
+            f"<tr><th>{html.escape(group)}</th><td>{_fmt(res['sharpness_ratio'])}</td>"
+            + "".join(f"<td>{_fmt(lap[n])}</td>" for n in ("synthetic", "holdout", "train"))
+            + f"<td>{_fmt(high['synthetic'])}</td><td>{_fmt(high['holdout'])}</td></tr>"
+        )
+    return (
+        "<table><tr><th>group</th><th>sharpness ratio (synthetic / holdout)</th><th>mean |Laplacian| "
+        "synthetic</th><th>holdout</th><th>train</th><th>power above half Nyquist, synthetic</th>"
+        "<th>holdout</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def plot_spectrum(sharp: dict[str, Any], path: Path) -> None:
+    groups = [g for g, r in sharp.items() if "spectrum" in r]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
+    for ax, group in zip(axes[0], groups, strict=True):
+        spec = sharp[group]["spectrum"]
+        for name in ("synthetic", "holdout", "train"):
+            ax.semilogy(spec["frequency"], spec[name], label=name)
+        ax.set_title(f"radial power spectrum: {group}", fontsize=9)
+        ax.set_xlabel("frequency (fraction of Nyquist)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    _save(fig, path)
+
+
+def _frd_table(frd: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(g)}</th><td>{_fmt(r['synthetic'])}</td><td>{_fmt(r['real_floor'])}</td></tr>"
+        for g, r in frd.items()
+        if isinstance(r, dict) and "synthetic" in r
+    )
+    return (
+        "<p>Fréchet radiomics distance: the Fréchet distance of standardised texture features (first-order "
+        "statistics, grey-level co-occurrence, local binary patterns, Laplacian energy) to the training "
+        "images; no network, so blur and texture move it.</p><table><tr><th>group</th><th>synthetic</th>"
+        f"<th>floor: holdout</th></tr>{rows}</table>"
+    )
+
+
 def write_html(
     report: dict[str, Any], sets: dict[str, ImageSet], pairs: list[dict[str, Any]], out: Path
 ) -> Path:
@@ -227,8 +332,13 @@ def write_html(
     plot_diversity(report["diversity"], assets / "diversity.png")
     plot_privacy(report["privacy"], assets / "privacy.png")
     priv = report["privacy"]
+    plot_spectrum(report["sharpness"], assets / "spectrum.png")
     body = [
         "<h1>synthmed evaluation</h1>",
+        "<h2>Summary</h2>",
+        _summary_table(report["summary"]),
+        "<h2>Warnings</h2>",
+        _warning_list(report["headline"]["warnings"]),
         "<p>"
         + ", ".join(
             f"{n}: {s['n']} images from <code>{html.escape(s['root'])}</code>"
@@ -241,6 +351,12 @@ def write_html(
         f'<img src="{assets.name}/fidelity.png" alt="fidelity">',
         _fidelity_table(report["fidelity"]),
         _fid_25d(report.get("fid_25d")),
+        _frd_table(report["frd"]),
+        "<h2>Machine Turing test (C2ST)</h2>",
+        _c2st_table(report["c2st"]),
+        "<h2>Sharpness and texture</h2>",
+        _sharpness_table(report["sharpness"]),
+        f'<img src="{assets.name}/spectrum.png" alt="power spectra">',
         "<h2>Diversity</h2>",
         f'<img src="{assets.name}/diversity.png" alt="diversity">',
         "<h2>Privacy: memorisation audit</h2>",
@@ -260,7 +376,12 @@ def write_html(
 _PAGE = """<!doctype html><html lang=en><head><meta charset=utf-8><title>synthmed evaluation</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}}
 img{{image-rendering:pixelated;max-width:100%}} .row{{display:flex;gap:1.5em;flex-wrap:wrap}}
-figure{{margin:0}} figcaption{{text-align:center;color:#555}} table{{border-collapse:collapse;margin:1em 0}}
-th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:.9em}}</style></head><body>
+figure{{margin:0}}
+figcaption{{text-align:center;color:#555;max-width:128px;font-size:.8em;overflow-wrap:anywhere}}
+table{{border-collapse:collapse;margin:1em 0}}
+th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:.9em}}
+tr.warn td{{background:#fde2e1}} tr.pass td{{background:#e3f6e5}} ul.warnings li{{color:#8a1c12}}
+.pair{{display:flex;gap:.3em;align-items:flex-start;flex-wrap:wrap;max-width:300px}}
+.pair p{{flex-basis:100%;margin:.2em 0;font-size:.85em}}</style></head><body>
 {body}
 </body></html>"""

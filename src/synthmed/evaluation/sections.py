@@ -20,6 +20,7 @@ import torch
 
 from synthmed.config import AugmentationConfig, DataConfig, EvaluateConfig
 from synthmed.data.masks import load_image_mask_pairs
+from synthmed.evaluation.c2st import cnn_c2st, probe_c2st
 from synthmed.evaluation.condition import (
     compare_intensity,
     condition_fidelity,
@@ -29,11 +30,16 @@ from synthmed.evaluation.condition import (
 from synthmed.evaluation.diversity import pairwise_ms_ssim
 from synthmed.evaluation.features import InHouseExtractor
 from synthmed.evaluation.fidelity import fidelity
-from synthmed.evaluation.privacy import audit, feature_vectors, pixel_vectors, top_pairs
+from synthmed.evaluation.privacy import audit, feature_vectors, nearest, pixel_vectors, top_pairs
 from synthmed.evaluation.report import write_html
 from synthmed.evaluation.sets import ImageSet
+from synthmed.evaluation.sharpness import sharpness
+from synthmed.evaluation.texture import frd, radiomic_features, standardise
 
 SET_NAMES = ("train", "holdout", "synthetic")
+#: Pixel-space distance (1 - correlation) under which a holdout image counts as a copy of a training image:
+#: re-encoded or resized copies of one scan sit far below it, different scans of one patient far above.
+DUPLICATE_DISTANCE = 1e-3
 Groups = dict[str, dict[str, torch.Tensor] | str]
 
 
@@ -102,12 +108,26 @@ def diversity_section(groups: dict[str, Any], sets: dict[str, ImageSet], cfg: Ev
 def privacy_section(
     sets: dict[str, ImageSet], feats: dict[str, torch.Tensor], cfg: EvaluateConfig
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The memorisation audit, calibrated on the holdout images that are not copies of training images."""
     centre = feats["train"].mean(0)
-    spaces = {
-        "pixel": tuple(pixel_vectors(sets[n].images) for n in SET_NAMES),
-        "feature": tuple(feature_vectors(feats[n], centre) for n in SET_NAMES),
+    vectors = {
+        "pixel": [pixel_vectors(sets[n].images) for n in SET_NAMES],
+        "feature": [feature_vectors(feats[n], centre) for n in SET_NAMES],
     }
-    audits, summary = audit(spaces, cfg.copy_percentile)
+    dup = real_duplicates(sets, vectors["pixel"][0], vectors["pixel"][1])
+    unseen = torch.ones(len(sets["holdout"]), dtype=torch.bool)
+    unseen[[d["holdout"] for d in dup.pop("pairs_all")]] = False
+    if unseen.sum() < 2:  # nothing left to calibrate on: keep every holdout image, the warning says why
+        unseen[:] = True
+    audits, summary = audit(
+        {space: (t, h[unseen], y) for space, (t, h, y) in vectors.items()}, cfg.copy_percentile
+    )
+    if dup["count"]:
+        dup["threshold_with_duplicates"] = audit({"pixel": tuple(vectors["pixel"])}, cfg.copy_percentile)[1][
+            "spaces"
+        ]["pixel"]["threshold"]
+        dup["threshold_without"] = summary["spaces"]["pixel"]["threshold"]
+    summary["real_duplicates"] = dup
     pairs = top_pairs(audits, 16)
     for p in pairs:
         p["synthetic_file"] = sets["synthetic"].sources[p["synthetic"]]
@@ -118,6 +138,88 @@ def privacy_section(
         for space, a in audits.items()
     }
     return summary, pairs
+
+
+def real_duplicates(
+    sets: dict[str, ImageSet], train: torch.Tensor, holdout: torch.Tensor, shown: int = 8
+) -> dict[str, Any]:
+    """Holdout images that are (near-)copies of a training image in pixel space: they are not unseen, so
+    they are left out of the copy threshold's calibration (they would drag it to 0) and reported."""
+    dist, idx = nearest(holdout, train)
+    close = torch.nonzero(dist < DUPLICATE_DISTANCE).flatten()
+    order = close[torch.argsort(dist[close])]
+    pairs = [
+        {
+            "holdout": int(i),
+            "train": int(idx[i]),
+            "distance": round(float(dist[i]), 6),
+            "holdout_file": sets["holdout"].sources[int(i)],
+            "train_file": sets["train"].sources[int(idx[i])],
+        }
+        for i in order
+    ]
+    return {
+        "count": len(pairs),
+        "distance_below": DUPLICATE_DISTANCE,
+        "pairs": pairs[:shown],
+        "pairs_all": pairs,
+    }
+
+
+def c2st_section(
+    groups: dict[str, Any], sets: dict[str, ImageSet], feats: dict[str, torch.Tensor], cfg: EvaluateConfig
+) -> dict[str, Any]:
+    """The machine Turing test, real holdout vs synthetic: a CNN on pixels (one, scored per class too) and a
+    linear probe on the extractor's features per group."""
+    holdout, synthetic = sets["holdout"], sets["synthetic"]
+    classes = {
+        g: (i["holdout"], i["synthetic"]) for g, i in groups.items() if g != "all" and not isinstance(i, str)
+    }
+    cnn = cnn_c2st(
+        holdout.images,
+        synthetic.images,
+        folds=cfg.c2st_folds,
+        steps=cfg.c2st_steps,
+        seed=cfg.seed,
+        groups=classes,
+    )
+    probe = {
+        g: {"not_computed": i}
+        if isinstance(i, str)
+        else probe_c2st(
+            feats["holdout"][i["holdout"]],
+            feats["synthetic"][i["synthetic"]],
+            folds=cfg.c2st_folds,
+            permutations=cfg.c2st_permutations,
+            seed=cfg.seed,
+        )
+        for g, i in groups.items()
+    }
+    return {"cnn": cnn, "linear_probe": probe}
+
+
+def sharpness_section(groups: dict[str, Any], sets: dict[str, ImageSet], cfg: EvaluateConfig) -> dict:
+    def compute(s: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return sharpness({n: sets[n].images[s[n]] for n in SET_NAMES}, max(cfg.bootstrap, 100), cfg.seed)
+
+    return per_group(groups, cfg.seed, compute)
+
+
+def frd_section(groups: dict[str, Any], sets: dict[str, ImageSet], cfg: EvaluateConfig) -> dict:
+    """Fréchet radiomics distance of synthetic and (floor) holdout images to the training images."""
+    raw = {n: radiomic_features(sets[n].images) for n in SET_NAMES}
+    feats = dict(zip(SET_NAMES, standardise(*(raw[n] for n in SET_NAMES)), strict=True))
+
+    def compute(s: dict[str, torch.Tensor]) -> dict[str, Any]:
+        ref = feats["train"][s["train"]]
+        kw = {"n_boot": cfg.bootstrap, "seed": cfg.seed}
+        return {
+            "n_per_set": len(ref),
+            "synthetic": frd(ref, feats["synthetic"][s["synthetic"]], **kw),
+            "real_floor": frd(ref, feats["holdout"][s["holdout"]], **kw),
+        }
+
+    return per_group(groups, cfg.seed, compute) | {"features": int(feats["train"].shape[1])}
 
 
 def label_section(sets: dict[str, ImageSet], classifier: InHouseExtractor, classes: list[str]) -> dict:

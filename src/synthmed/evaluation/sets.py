@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
-from synthmed.config import DataConfig
+from synthmed.config import DataConfig, build_train_config, read_yaml
 from synthmed.data import Record, Skipped, discover
-from synthmed.data.loading import load_cached
+from synthmed.data.loading import Loaded, load_cached, load_real_split
 from synthmed.data.readers import is_image_file
-from synthmed.data.sources import hash_file
+from synthmed.data.sources import hash_file, source_root
+from synthmed.data.splits import read_split_file
 from synthmed.errors import SynthmedError
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,14 @@ def load_set(
     max_images: int | None = None,
     seed: int = 0,
 ) -> ImageSet:
-    """Read one set; unreadable files are skipped and listed. ``max_images`` keeps a seeded random subset."""
+    """Read one set; unreadable files are skipped and listed. ``max_images`` keeps a seeded random subset.
+
+    A real set may also be an .npz (or a CSV manifest with splits): its train split for ``train``, its
+    holdout (test) split for a holdout."""
+    if Path(root).is_file() and name != "synthetic":
+        dcfg = DataConfig(image_size=image_size, resize_mode=resize_mode, clip_percentiles=clip_percentiles)
+        real = load_real_split(Path(root), "train" if name == "train" else "holdout", dcfg, cache_dir)
+        return _image_set(name, real.root, real.loaded, real.class_names, real.skipped)
     cfg = DataConfig(
         source=root,
         image_size=image_size,
@@ -95,16 +103,26 @@ def load_set(
         holdout_fraction=0.0,
     )
     records, class_names, skipped = _records(cfg)
-    if max_images is not None and len(records) > max_images:
-        keep = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[:max_images]
-        records = [records[i] for i in sorted(keep.tolist())]
-    loaded = load_cached(records, cfg, f"eval-{name}", cache_dir, class_names)
+    loaded = load_cached(_subset(records, max_images, seed), cfg, f"eval-{name}", cache_dir, class_names)
+    return _image_set(name, Path(root), loaded, class_names, skipped)
+
+
+def _subset(records: list[Record], max_images: int | None, seed: int) -> list[Record]:
+    if max_images is None or len(records) <= max_images:
+        return records
+    keep = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))[:max_images]
+    return [records[i] for i in sorted(keep.tolist())]
+
+
+def _image_set(
+    name: str, root: Path, loaded: Loaded, class_names: list[str], skipped: list[Skipped]
+) -> ImageSet:
     if len(loaded.images) == 0:
         raise SynthmedError(f"no readable images in the {name} set", path=root)
     unlabelled = class_names == [UNLABELLED]
     return ImageSet(
         name=name,
-        root=Path(root),
+        root=root,
         images=loaded.images,
         labels=None if unlabelled else loaded.labels,
         class_names=[] if unlabelled else class_names,
@@ -112,3 +130,49 @@ def load_set(
         skipped=skipped + loaded.skipped,
         sha256=[r.sha256 for r in loaded.records],
     )
+
+
+def manifest_run(synthetic: Path) -> Path | None:
+    """The run directory a generated folder's manifest names, when there is exactly one and it still holds
+    its split.json; None for folders without a manifest (e.g. images from another tool)."""
+    from synthmed.sampling.pipeline import MANIFEST, read_manifest  # torch-heavy: only when evaluating
+
+    runs = {str(row["run_dir"]) for row in read_manifest(Path(synthetic) / MANIFEST) if row.get("run_dir")}
+    if len(runs) > 1:
+        raise SynthmedError(
+            f"the manifest names {len(runs)} runs ({sorted(runs)}); evaluate one run's images at a time or "
+            "give --run-dir",
+            path=Path(synthetic) / MANIFEST,
+        )
+    run = Path(runs.pop()) if runs else None
+    return run if run is not None and (run / "split.json").is_file() else None
+
+
+def load_run_split(
+    name: str,
+    run_dir: Path,
+    split: str,
+    *,
+    image_size: int,
+    resize_mode: str,
+    clip_percentiles: tuple[float, float],
+    cache_dir: Path | None = None,
+    max_images: int | None = None,
+    seed: int = 0,
+) -> ImageSet:
+    """The images of one split of a run's own data set (train or holdout), preprocessed like every other
+    evaluation set (the run's contrast enhancement, if any, included: the generator learned it)."""
+    split_file = read_split_file(run_dir / "split.json")
+    run_cfg = build_train_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+    if run_cfg.data.source is None or run_cfg.data.volume is not None:
+        raise SynthmedError("only 2D runs with a data source give evaluation sets", path=run_dir)
+    cfg = run_cfg.data.model_copy(
+        update={"image_size": image_size, "resize_mode": resize_mode, "clip_percentiles": clip_percentiles}
+    )
+    records = [r for r in split_file.records if r.split == split]
+    if not records:
+        raise SynthmedError(f"the run's {split} split is empty; give --real and --holdout", path=run_dir)
+    loaded = load_cached(
+        _subset(records, max_images, seed), cfg, f"eval-{name}", cache_dir, split_file.class_names
+    )
+    return _image_set(name, source_root(Path(run_cfg.data.source)), loaded, split_file.class_names, [])

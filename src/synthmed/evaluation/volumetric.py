@@ -16,6 +16,8 @@ import torch
 
 from synthmed.config import EvaluateConfig
 from synthmed.data.volumes import NIFTI_SUFFIXES, VolumeConfig, load_volumes
+from synthmed.errors import SynthmedError
+from synthmed.evaluation.c2st import cnn_c2st, pooled_accuracy
 from synthmed.evaluation.condition import (
     compare_intensity,
     condition_fidelity,
@@ -28,11 +30,14 @@ from synthmed.evaluation.sections import (
     default_cache_dir,
     diversity_section,
     fidelity_section,
+    frd_section,
     privacy_section,
     set_summary,
+    sharpness_section,
     write_report,
 )
 from synthmed.evaluation.sets import ImageSet
+from synthmed.evaluation.verdict import finish
 from synthmed.evaluation.views import VIEWS, three_view_slices, view_slices
 
 
@@ -47,6 +52,8 @@ def is_volume_folder(root: Path) -> bool:
 def load_volume_sets(cfg: EvaluateConfig) -> tuple[dict[str, ImageSet], dict[str, torch.Tensor | None]]:
     """The three sets as (N, 1, X, Y, Z) volumes, and their label maps (None where a set has none)."""
     vcfg = VolumeConfig(size=cfg.volume_size, spacing=cfg.volume_spacing, modality=cfg.modality)
+    if cfg.real is None or cfg.holdout is None:
+        raise SynthmedError("3D evaluation needs --real and --holdout folders of volumes", field="real")
     roots = {"train": cfg.real, "holdout": cfg.holdout, "synthetic": cfg.synthetic}
     sets, label_maps = {}, {}
     for name, root in roots.items():
@@ -99,11 +106,11 @@ def view_extractor(
     return trained_extractor(images, labels, list(VIEWS), settings, default_cache_dir(cfg))
 
 
-def fid_25d(fidelity: dict[str, Any]) -> dict[str, Any]:
-    """Mean FID over the three views (MAISI's 2.5D FID), for the synthetic set and the real floor."""
+def view_mean(fidelity: dict[str, Any], key: str = "fid") -> dict[str, Any]:
+    """Mean of a figure over the three views (for FID: MAISI's 2.5D FID), synthetic and real floor."""
     out: dict[str, Any] = {}
     for side in ("synthetic", "real_floor"):
-        values = [fidelity[v][side]["fid"]["value"] for v in VIEWS if "fid" in fidelity[v].get(side, {})]
+        values = [fidelity[v][side][key]["value"] for v in VIEWS if key in fidelity[v].get(side, {})]
         out[side] = float(np.mean(values)) if len(values) == len(VIEWS) else None
     return out
 
@@ -117,6 +124,30 @@ def volume_features(extractor: InHouseExtractor, slices: dict[str, torch.Tensor]
 
 def extractor_dim(extractor: InHouseExtractor) -> int:
     return extractor.rotation_head.in_features
+
+
+def central_views(sets: dict[str, ImageSet], size: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Per view, each set's central slice of every volume (one per volume: slices of one volume are not
+    independent samples, which the C2ST's cross-validation needs)."""
+    return {v: {n: view_slices(s.images, v, size=size, slices=1) for n, s in sets.items()} for v in VIEWS}
+
+
+def view_measures(views: dict[str, dict[str, torch.Tensor]], cfg: EvaluateConfig) -> dict[str, Any]:
+    """The C2ST (a CNN per view, pooled over the views), sharpness and FRD on the three central views;
+    sharpness and FRD also on the three views together ("all")."""
+    names = views[VIEWS[0]].keys()
+    together = {n: torch.cat([views[v][n] for v in VIEWS]) for n in names}
+    c2st, sharp, frd_views = {}, {}, {}
+    for v, images in (views | {"all": together}).items():
+        sets = {n: ImageSet(n, Path(), x, None, [], []) for n, x in images.items()}
+        groups = {"all": {n: torch.arange(len(x)) for n, x in images.items()}}
+        sharp[v] = sharpness_section(groups, sets, cfg)["all"]
+        frd_views[v] = frd_section(groups, sets, cfg)["all"]
+        if v != "all":
+            args = {"folds": cfg.c2st_folds, "steps": cfg.c2st_steps, "seed": cfg.seed}
+            c2st[v] = cnn_c2st(images["holdout"], images["synthetic"], **args)
+    pooled = pooled_accuracy([c2st[v].get("all", {}) for v in VIEWS])
+    return {"c2st": {"cnn": {"all": pooled} | c2st}, "sharpness": sharp, "frd": frd_views}
 
 
 def evaluate_volumes(cfg: EvaluateConfig) -> Path:
@@ -136,11 +167,14 @@ def evaluate_volumes(cfg: EvaluateConfig) -> Path:
     all_volumes = {"all": {n: torch.arange(len(s)) for n, s in sets.items()}}
     report = {
         "settings": cfg.model_dump(mode="json"),
+        "reference": {"kind": "given folders", "real": str(cfg.real), "holdout": str(cfg.holdout)},
         "sets": {n: set_summary(s) for n, s in sets.items()},
         "extractor": info
         | {"kind": "in-house ResNet on slices of all three views", "feature_dim": extractor_dim(extractor)},
         "fidelity": fidelity,
-        "fid_25d": fid_25d(fidelity),
+        "fid_25d": view_mean(fidelity, "fid"),
+        "recall_25d": view_mean(fidelity, "recall"),
+        **view_measures(central_views(sets, cfg.image_size), cfg),
         "diversity": diversity_section(all_volumes, sets, cfg),
         "privacy": privacy,
         "label_fidelity": {"not_computed": "volumes carry no class labels"},
@@ -154,4 +188,4 @@ def evaluate_volumes(cfg: EvaluateConfig) -> Path:
         )
         for n, s in sets.items()
     }
-    return write_report(report, shown, pairs, cfg.out)
+    return write_report(finish(report), shown, pairs, cfg.out)
