@@ -10,8 +10,9 @@ import math
 from statistics import mean, median
 
 import pytest
+from scipy.stats import mannwhitneyu
 
-from synthmed.review.stats import AnswerRow, statistics_csv, study_statistics
+from synthmed.review.stats import MIN_SHARED, AnswerRow, statistics_csv, study_statistics
 
 Z95 = 1.959963984540054
 
@@ -113,7 +114,7 @@ def test_accuracy_sensitivity_specificity_wilson_binomial_and_auc_by_hand() -> N
     wins = sum((a > b) + 0.5 * (a == b) for a in syn for b in real)
     assert reader["auc"] == pytest.approx(wins / (len(syn) * len(real)))
     assert result["pooled"]["accuracy"] == reader["accuracy"]  # one reader: pooled is the same
-    assert result["inter_reader"] == {"method": None, "readers": 1, "items": 0, "kappa": None}
+    assert result["inter_reader"] == {"method": None, "readers": 1, "shared_items": 0, "kappa": None}
 
 
 def test_pooled_uses_every_readers_first_showings() -> None:
@@ -142,7 +143,7 @@ def test_cohens_kappa_for_two_readers_on_common_items() -> None:
     rows += [answer("b", i, truth[i], b[i]) for i in range(8)]
     rows += [answer("a", 99, "real", "real")]  # only one reader saw it: not a common item
     inter = study_statistics(rows)["inter_reader"]
-    assert inter["method"] == "Cohen's kappa" and inter["readers"] == 2 and inter["items"] == 8
+    assert inter["method"] == "Cohen's kappa" and inter["readers"] == 2 and inter["shared_items"] == 8
     assert inter["kappa"] == pytest.approx(cohen(a, b))  # 0.5
 
 
@@ -164,8 +165,98 @@ def test_fleiss_kappa_for_four_readers_by_hand() -> None:
     ]
     counts = [[letters.count("R"), letters.count("S")] for letters in choices.values()]
     inter = study_statistics(rows)["inter_reader"]
-    assert inter["method"] == "Fleiss' kappa" and inter["readers"] == 4 and inter["items"] == 7
+    assert inter["method"] == "Fleiss' kappa" and inter["readers"] == 4 and inter["shared_items"] == 7
     assert inter["kappa"] == pytest.approx(fleiss(counts))
+
+
+def quadratic_kappa(a: list[int], b: list[int], k: int = 5) -> float:
+    """Cohen's weighted kappa, weights (i - j)^2 / (k - 1)^2, from the observed and chance tables."""
+    n = len(a)
+    observed = [
+        [sum(x == i and y == j for x, y in zip(a, b, strict=True)) / n for j in range(1, k + 1)]
+        for i in range(1, k + 1)
+    ]
+    expected = [[a.count(i) / n * b.count(j) / n for j in range(1, k + 1)] for i in range(1, k + 1)]
+    weight = [[(i - j) ** 2 / (k - 1) ** 2 for j in range(k)] for i in range(k)]
+    disagree = sum(weight[i][j] * observed[i][j] for i in range(k) for j in range(k))
+    chance = sum(weight[i][j] * expected[i][j] for i in range(k) for j in range(k))
+    return 1 - disagree / chance
+
+
+def test_likert_agreement_weighted_kappa_for_two_readers_by_hand() -> None:
+    a = [5, 4, 4, 3, 2, 1, 3, 5]
+    b = [4, 4, 5, 3, 1, 2, 2, 5]
+    rows = [answer("a", i, "real", None, None, realism=v) for i, v in enumerate(a)]
+    rows += [answer("b", i, "real", None, None, realism=v) for i, v in enumerate(b)]
+    rows += [answer("b", 50, "real", None, None, realism=1)]  # one rating only: no pair
+    agreement = study_statistics(rows)["likert_agreement"]
+    realism = agreement["realism"]
+    assert realism["readers"] == 2 and realism["shared_items"] == 8 and realism["rated_items"] == 8
+    assert realism["weighted_kappa"] == pytest.approx(quadratic_kappa(a, b))
+    assert agreement["anatomy"] == {
+        "readers": 0,
+        "rated_items": 0,
+        "shared_items": 0,
+        "alpha": None,
+        "weighted_kappa": None,
+    }
+
+
+# Krippendorff (2011), "Computing Krippendorff's alpha-reliability", the worked example with missing values:
+# four observers, twelve units, values 1..5; published alpha: nominal 0.743, ordinal 0.815, interval 0.849.
+KRIPPENDORFF_2011 = {
+    "A": [1, 2, 3, 3, 2, 1, 4, 1, 2, None, None, None],
+    "B": [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, None, 3],
+    "C": [None, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, None],
+    "D": [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, None],
+}
+
+
+def test_likert_agreement_krippendorff_alpha_matches_the_published_example() -> None:
+    rows = [
+        answer(reader, unit, "synthetic", None, None, anatomy=value)
+        for reader, values in KRIPPENDORFF_2011.items()
+        for unit, value in enumerate(values)
+        if value is not None
+    ]
+    anatomy = study_statistics(rows)["likert_agreement"]["anatomy"]
+    assert anatomy["readers"] == 4 and anatomy["rated_items"] == 11  # unit 12 has one value: unpairable
+    assert anatomy["alpha"] == pytest.approx(0.815, abs=5e-4)
+    assert anatomy["weighted_kappa"] is None  # two readers only
+    assert anatomy["shared_items"] == 8  # units 2 to 9 have all four values
+
+
+def test_verdict_reads_the_pooled_accuracy_and_likert_tests() -> None:
+    # 29 of 50 correct: 58% of trials, Wilson [44, 71], two-sided binomial p = 0.32.
+    rows = [answer("a", i, "synthetic", "synthetic" if i < 29 else "real") for i in range(50)]
+    low, high = wilson(29, 50)
+    p = binomial_two_sided(29, 50)
+    (line,) = study_statistics(rows)["verdict"]
+    assert line == (
+        f"Readers told real from synthetic in 58% of trials [{low * 100:.0f}, {high * 100:.0f}]: "
+        f"not better than chance at p = {p:.2g}."
+    )
+    assert study_statistics([answer("a", i, "real", "real") for i in range(12)])["verdict"] == [
+        "Readers told real from synthetic in 100% of trials [76, 100]: better than chance at p < 0.001; "
+        "the synthetic images are recognisable."
+    ]
+    rated = [answer("a", i, "real", None, None, realism=5) for i in range(6)]
+    rated += [answer("a", 10 + i, "synthetic", None, None, realism=1 + i % 2) for i in range(6)]
+    (line,) = study_statistics(rated)["verdict"]
+    assert line.startswith("Realism: synthetic images rated a median 1.5 (mean 1.5), real ones 5 (5.0)")
+    p = mannwhitneyu([5] * 6, [1, 2] * 3, alternative="two-sided").pvalue  # the rank-sum test's own figure
+    assert line.endswith(f"synthetic rated lower at p = {p:.2g}.")
+
+
+def test_warnings_for_few_answers_and_few_shared_items() -> None:
+    rows = [answer("a", i, "real", "real", realism=3) for i in range(5)]
+    rows += [answer("b", i, "real", "synthetic", realism=4) for i in range(3, 8)]
+    found = study_statistics(rows)["warnings"]
+    assert found[0].startswith("Only 10 first showings were answered")
+    assert found[1].startswith("Only 2 items were answered by every reader")
+    assert found[2].startswith("Only 2 items were rated for realism by two or more readers")
+    many = [answer(r, i, "real", "real") for r in "ab" for i in range(MIN_SHARED)]
+    assert study_statistics(many)["warnings"] == []
 
 
 def test_intra_reader_consistency_from_repeats() -> None:
@@ -291,6 +382,8 @@ def test_csv_parses_back_with_one_row_per_reader_plus_pooled() -> None:
     assert float(parsed[2]["inter_kappa"]) == pytest.approx(result["inter_reader"]["kappa"])
     assert parsed[0]["sensitivity"] == "1.0" and parsed[0]["specificity"] == "0.0"
     assert parsed[2]["slice_consistency_p"] == "n/a"
+    assert float(parsed[2]["realism_alpha"]) == pytest.approx(result["likert_agreement"]["realism"]["alpha"])
+    assert bob["realism_alpha"] == "n/a"
 
 
 def test_csv_text_cells_cannot_start_a_spreadsheet_formula() -> None:
