@@ -6,10 +6,16 @@ another folder, made later. Readers work through it with the TestClient, as a br
 records every URL, status, header, page, image byte length, PNG chunk and the position in the order, then
 tries to predict the origin from them: feature by feature, and with a cross-validated classifier on all of
 them. Both must do no better than chance; a positive control shows the same attack finds a real leak.
+
+The pixels themselves must not give the origin away through resolution either: a study mixing 224 px real
+images with 64 px synthetic ones is rendered at one common native resolution, so a classifier on image
+sharpness alone is at chance, where the same classifier tells the origin from sharpness on the images
+rendered without it.
 """
 
 from __future__ import annotations
 
+import io
 import random
 import re
 from collections import Counter, defaultdict
@@ -17,17 +23,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 from scipy.stats import binomtest
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sqlalchemy import select
 from web_support import build_catalogue, csrf_of, fast_hasher, make_client, make_study, png_chunks
 
 from synthmed.catalogue.db import make_engine, session_factory
 from synthmed.catalogue.models import Trial
 from synthmed.config import ServeConfig
+from synthmed.evaluation.sharpness import high_frequency_share, laplacian_energy
+from synthmed.review.render import render_image
 from synthmed.web import auth
 from synthmed.web.app import create_app
 
@@ -204,3 +215,75 @@ def test_the_attack_finds_a_leak_when_there_is_one(observations) -> None:
     ]
     assert chance_p(leave_one_out_lookup([r["leak"] for r in leaky], truth), len(rows)) < 1e-9
     assert chance_p(classifier_correct(leaky, truth), len(rows)) < 1e-9
+
+
+MISMATCH_N = 30  # real and synthetic items of the resolution-mismatch study
+SHOWN = 128  # on screen: both origins enlarged, the 64 px ones twice as much as the 224 px ones at 64
+
+
+def sharpness_features(planes: list[np.ndarray]) -> np.ndarray:
+    """Per image: mean |Laplacian| and the share of spectral power above half Nyquist, what blur changes."""
+    x = torch.tensor(np.stack(planes), dtype=torch.float32)[:, None] / 255
+    return np.stack([laplacian_energy(x).numpy(), high_frequency_share(x)], axis=1)
+
+
+def sharpness_classifier_correct(features: np.ndarray, truth: list[str]) -> int:
+    model = make_pipeline(StandardScaler(), LogisticRegression())
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
+    predicted = cross_val_predict(model, features, np.array(truth), cv=folds)
+    return int((predicted == np.array(truth)).sum())
+
+
+@pytest.fixture(scope="module")
+def mismatch(kermany: Path, tmp_path_factory: pytest.TempPathFactory):
+    """224 px real chest X-rays and 64 px synthetic stand-ins, shown at 128 px: the images one reader was
+    served, their origins, and their source files. The stand-ins are downsized by area averaging, as
+    training images are, so a model trained at 64 px makes images of this sharpness."""
+    tmp = tmp_path_factory.mktemp("mismatch")
+    url = f"sqlite:///{tmp / 'catalogue.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auth, "hasher", fast_hasher)
+        n = MISMATCH_N
+        build_catalogue(
+            url, kermany, tmp, n_real=n, n_synthetic=n, readers=["r1"], resample=Image.Resampling.BOX
+        )
+        study = make_study(
+            url, tmp / "cache", n_real=n, n_synthetic=n, readers=["r1"], repeat_fraction=0, image_size=SHOWN
+        )
+        client = make_client(create_app(url, ServeConfig(cache_dir=tmp / "cache")), "r1")
+        served, tokens = [], []
+        for _ in range(2 * n):
+            html = client.get(f"/studies/{study}").text
+            token = TOKEN.search(html).group(1)
+            image = client.get(f"/images/{token}/0").content
+            served.append(np.asarray(Image.open(io.BytesIO(image))))
+            form = {"csrf_token": csrf_of(html), "token": token, "choice": "real", "confidence": "3"}
+            client.post(f"/studies/{study}/answer", data=form | {"realism": "3", "anatomy": "3"})
+            tokens.append(token)
+        admin_page = make_client(create_app(url, ServeConfig(cache_dir=tmp / "cache")), "admin").get(
+            f"/admin/studies/{study}"
+        )
+    engine = make_engine(url)
+    with session_factory(engine)() as session:
+        trials = {t.token: t.item.sample for t in session.scalars(select(Trial))}
+        origins = [trials[t].origin for t in tokens]
+        files = [Path(trials[t].dataset.root) / trials[t].path for t in tokens]
+    engine.dispose()
+    return served, origins, files, admin_page.text
+
+
+def test_a_resolution_mismatch_is_rendered_away(mismatch) -> None:
+    served, truth, _, admin_page = mismatch
+    assert Counter(truth) == {"real": MISMATCH_N, "synthetic": MISMATCH_N}
+    assert "native resolution of 64 px" in admin_page and "Native resolutions differ" in admin_page
+    correct = sharpness_classifier_correct(sharpness_features(served), truth)
+    assert chance_p(correct, len(truth)) > ALPHA, f"sharpness tells the origin: {correct}/{len(truth)}"
+
+
+def test_sharpness_gives_the_origin_away_without_a_common_resolution(mismatch) -> None:
+    """Positive control: the same images rendered straight to the screen size, each from its own native
+    resolution (as before), are told apart by the same classifier."""
+    _, truth, files, _ = mismatch
+    planes = [render_image(path, SHOWN) for path in files]
+    correct = sharpness_classifier_correct(sharpness_features(planes), truth)
+    assert chance_p(correct, len(truth)) < 1e-6, f"{correct}/{len(truth)}"

@@ -103,6 +103,12 @@ def test_admin_creates_a_study_through_the_form(site) -> None:
     admin = make_client(site.app, "admin")
     page = admin.get("/admin/studies/new")
     assert page.status_code == 200 and 'value="r1"' in page.text and "kermany-syn" in page.text
+    # 224 px JPEGs beside 64 px PNGs: the form says so, and how the study will show them.
+    assert "kermany (2D, 224 px, 8-bit)" in page.text and "kermany-syn (2D, 64 px, 8-bit)" in page.text
+    assert "Native resolutions differ" in page.text and "every image is shown at 64 px" in page.text
+    check = admin.get("/admin/studies/new/resolution?real_dataset=kermany&synthetic_dataset=kermany-syn")
+    assert check.json()["warnings"][0].startswith("Native resolutions differ")
+    assert admin.get("/admin/studies/new/resolution?real_dataset=kermany").json() == {"warnings": []}
     form = {
         "csrf_token": csrf_of(page.text),
         "name": "pilot",

@@ -52,9 +52,12 @@ def kermany_files(kermany: Path, n: int) -> list[Path]:
     return [per_class[i % 2][i // 2] for i in range(n)]
 
 
-def write_synthetic(sources: list[Path], out: Path, size: int = 64) -> list[Path]:
+def write_synthetic(
+    sources: list[Path], out: Path, size: int = 64, resample: int = Image.Resampling.LANCZOS
+) -> list[Path]:
     """Synthetic stand-ins written as `synthmed generate` writes them: OUT/<label>/syn_<seed:08d>.png, 64 px
-    8-bit PNGs with a text chunk, made from real images (downsized), so pixels alone are hard to tell."""
+    8-bit PNGs with a text chunk, made from real images (downsized with ``resample``), so pixels alone are
+    hard to tell."""
     written = []
     for seed, src in enumerate(sources):
         label = src.parent.name
@@ -62,7 +65,7 @@ def write_synthetic(sources: list[Path], out: Path, size: int = 64) -> list[Path
         path.parent.mkdir(parents=True, exist_ok=True)
         info = PngImagePlugin.PngInfo()
         info.add_text("Software", "synthmed 0.1 (latent diffusion)")
-        Image.open(src).convert("L").resize((size, size), Image.Resampling.LANCZOS).save(path, pnginfo=info)
+        Image.open(src).convert("L").resize((size, size), resample).save(path, pnginfo=info)
         written.append(path)
     return written
 
@@ -85,8 +88,10 @@ def build_catalogue(
     n_synthetic: int,
     readers: list[str],
     admin: str = "admin",
+    resample: int = Image.Resampling.LANCZOS,
 ) -> Catalogue:
-    """Upgrade an empty database and add an admin, readers, a real and a synthetic 2D data set."""
+    """Upgrade an empty database and add an admin, readers, a real and a synthetic 2D data set (its images
+    downsized from real ones with ``resample``)."""
     from synthmed.catalogue.db import make_engine, session_factory, transaction
     from synthmed.catalogue.migrate import upgrade
     from synthmed.catalogue.models import Dataset, Sample, User
@@ -96,7 +101,9 @@ def build_catalogue(
     real_files = kermany_files(kermany, n_real)
     syn_root = tmp / "synthetic"
     # Different real images than the real set, so no synthetic image is a copy of a real item.
-    syn_files = write_synthetic(kermany_files(kermany, n_real + n_synthetic)[n_real:], syn_root)
+    syn_files = write_synthetic(
+        kermany_files(kermany, n_real + n_synthetic)[n_real:], syn_root, resample=resample
+    )
     engine = make_engine(url)
     with transaction(session_factory(engine)) as session:
         for name in [admin, *readers]:

@@ -2,6 +2,10 @@
 windowed, resized and written the same way, so nothing but its pixels can tell where it came from.
 
 - windowing: the 0.5th-99.5th intensity percentiles of the whole image (3D: the whole volume) -> [0, 255];
+- resolution: every image is first brought to the study's common native resolution (its longest side, 3D:
+  in-plane voxels), by default the lowest native resolution among the study's images, with one filter
+  (area averaging) for real and synthetic alike; otherwise a 224 px real image beside a 64 px synthetic
+  one, both enlarged to the screen, is told apart by its sharpness alone;
 - geometry: the study's square ``size``, aspect ratio kept (3D: from the voxel spacing), zero padding;
   3D volumes are reoriented to RAS and resampled to the study's common number of axial slices;
 - encoding: 8-bit greyscale PNG, no ancillary chunks (no text, time, gamma, resolution), zlib level 0
@@ -14,9 +18,11 @@ app serves those bytes, so serving time depends neither on the origin nor on the
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +32,31 @@ from PIL import Image
 
 from synthmed.catalogue.db import database_url
 from synthmed.data.preprocess import FitResize, PercentileScale
-from synthmed.data.readers import read_image
+from synthmed.data.readers import DICOM_EXTENSIONS, has_dicom_magic, read_image
 from synthmed.errors import SynthmedError
 
 WINDOW = (0.5, 99.5)
 #: Largest volume rendered (voxels): far above any CT or MRI series, far below what exhausts memory.
 MAX_VOXELS = 1 << 28
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
+STUDY_INFO = "study.json"  # beside the items' folders: how the study was rendered
+# Bits per sample of Pillow's image modes; every other mode (L, P, RGB, RGBA, LA...) has 8 per channel.
+PIL_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
+HEADER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF")
+
+
+@dataclass(frozen=True)
+class Native:
+    """An image's stored resolution, from its header: rows and columns (3D: in-plane voxels) and bits per
+    sample."""
+
+    height: int
+    width: int
+    bits: int
+
+    @property
+    def side(self) -> int:
+        return max(self.height, self.width)
 
 
 def default_cache_dir(
@@ -75,11 +99,35 @@ def _to_uint8(arr: torch.Tensor) -> np.ndarray:
     return np.round(np.clip(np.asarray(arr, dtype=np.float32), 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def render_image(path: Path, size: int) -> np.ndarray:
-    """A 2D image file (PNG, JPEG, DICOM...) as one (size, size) uint8 plane."""
+def native_geometry(path: Path, spatial_dims: int) -> Native:
+    """The stored resolution of an image or volume, read from its header only (fast on large files)."""
+    if spatial_dims == 3:
+        img = _open_volume(path)
+        return Native(
+            height=int(img.shape[1]), width=int(img.shape[0]), bits=img.get_data_dtype().itemsize * 8
+        )
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        if has_dicom_magic(head) or path.suffix.lower() in DICOM_EXTENSIONS:
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return Native(int(ds.Rows), int(ds.Columns), int(ds.get("BitsStored", ds.BitsAllocated)))
+        with Image.open(path, formats=HEADER_FORMATS) as im:
+            return Native(im.height, im.width, PIL_BITS.get(im.mode, 8))
+    except Exception as exc:  # OS, Pillow and pydicom errors on missing or damaged files
+        raise SynthmedError(f"cannot read the image header ({type(exc).__name__}: {exc})", path=path) from exc
+
+
+def render_image(path: Path, size: int, native: int | None = None) -> np.ndarray:
+    """A 2D image file (PNG, JPEG, DICOM...) as one (size, size) uint8 plane, first brought down to a longest
+    side of ``native`` pixels when it is larger."""
     windowed = _window(read_image(path))[None]  # (1, H, W)
     # MONAI's MetaTensor switch is process-wide: web request threads must not turn it off (a job's volume
     # loading in another thread needs it), so these few transforms keep their bookkeeping.
+    if native is not None and max(windowed.shape[-2:]) > native:
+        windowed = FitResize(native, "longest")(windowed)  # area averaging, as training data are resized
     fitted = SpatialPad((size, size), mode="constant", value=0.0)(FitResize(size, "longest")(windowed))
     return _to_uint8(torch.as_tensor(fitted))[0]
 
@@ -106,9 +154,10 @@ def axial_slices(path: Path) -> int:
     return int(_open_volume(path).shape[2])
 
 
-def render_volume(path: Path, size: int, slices: int) -> np.ndarray:
+def render_volume(path: Path, size: int, slices: int, native: int | None = None) -> np.ndarray:
     """A NIfTI volume as (slices, size, size) uint8 axial planes, radiological display (patient's right on
-    the viewer's left, anterior up), in-plane aspect ratio from the voxel spacing."""
+    the viewer's left, anterior up), in-plane aspect ratio from the voxel spacing; first brought down to
+    ``native`` voxels along the longest in-plane side when it is larger."""
     img = _open_volume(path)
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
@@ -122,15 +171,28 @@ def render_volume(path: Path, size: int, slices: int) -> np.ndarray:
     height, width = planes.shape[1] * zooms[1], planes.shape[2] * zooms[0]
     scale = size / max(height, width)
     target = (slices, max(1, round(height * scale)), max(1, round(width * scale)))
-    resized = Resize(target, mode="trilinear", anti_aliasing=True)(_window(planes)[None])
+    windowed = _window(planes)[None]
+    if native is not None and max(planes.shape[1:]) > native:
+        ratio = native / max(planes.shape[1:])
+        shape = (planes.shape[0], *(max(1, round(n * ratio)) for n in planes.shape[1:]))
+        windowed = Resize(shape, mode="area")(windowed)  # in-plane only, the same filter for every volume
+    resized = Resize(target, mode="trilinear", anti_aliasing=True)(windowed)
     padded = SpatialPad((slices, size, size), mode="constant", value=0.0)(resized)
     return _to_uint8(torch.as_tensor(padded))[0]
 
 
 def render_study(
-    cache: Path, study_id: int, items: Iterable[tuple[int, Path]], spatial_dims: int, size: int
+    cache: Path,
+    study_id: int,
+    items: Iterable[tuple[int, Path]],
+    spatial_dims: int,
+    size: int,
+    native: int | None = None,
+    info: dict | None = None,
 ) -> int:
-    """Render every (item id, file) of a study into the cache; returns the slices per item (1 for 2D).
+    """Render every (item id, file) of a study into the cache, each brought to the common ``native``
+    resolution first; returns the slices per item (1 for 2D). ``info`` (how the study was rendered, for
+    its admin page) is kept beside the items, never served to readers.
 
     Written to a temporary folder first and moved into place at the end, so a failure (a damaged file,
     named in the error) leaves no half-rendered study behind.
@@ -145,18 +207,27 @@ def render_study(
     try:
         for item_id, path in items:
             planes = (
-                render_volume(path, size, slices) if spatial_dims == 3 else render_image(path, size)[None]
+                render_volume(path, size, slices, native)
+                if spatial_dims == 3
+                else render_image(path, size, native)[None]
             )
             folder = tmp / str(item_id)
             folder.mkdir(parents=True)
             for index, plane in enumerate(planes):
                 (folder / f"{index}.png").write_bytes(encode_png(plane))
+        (tmp / STUDY_INFO).write_text(json.dumps(info or {}))
         shutil.rmtree(final, ignore_errors=True)  # a stale folder of a rolled-back study with this id
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return slices
+
+
+def study_info(cache: Path, study_id: int) -> dict:
+    """What render_study kept about a study's rendering ({} for a study rendered before it kept any)."""
+    path = study_dir(cache, study_id) / STUDY_INFO
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def slice_count(cache: Path, study_id: int, item_id: int) -> int:

@@ -3,13 +3,15 @@ serve the next one, record answers, and collect them for the statistics.
 
 Blinding starts here: the browser only ever sees a trial's token (random, fresh per reader and position),
 and items, trials and rendered images are created in a shuffled order, so no id, timestamp or file order
-follows the origin.
+follows the origin. Every image of a study is rendered at one common native resolution (the lowest among
+its images), so sharpness does not tell a 64 px synthetic image from a 224 px real one either.
 """
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +32,13 @@ from synthmed.catalogue.models import (
 )
 from synthmed.config import StudyConfig
 from synthmed.errors import SynthmedError
-from synthmed.review.render import render_study
+from synthmed.review.render import Native, native_geometry, render_study
 from synthmed.review.stats import AnswerRow
 from synthmed.review.times import as_utc
 
 TOKEN_BYTES = 24  # token_urlsafe(24): always 32 characters, so its length says nothing either
 LIKERT = range(1, 6)
+HEADERS_PER_SET = 16  # images whose headers describe a data set on the study form
 
 
 class TrialNotFound(SynthmedError):
@@ -76,6 +79,55 @@ def _readers(session: Session, names: list[str]) -> list[User]:
     return [users[n] for n in names]
 
 
+@dataclass(frozen=True)
+class SetResolution:
+    """The native resolutions (longest side; 3D: in-plane voxels) and bit depths of a data set's images."""
+
+    name: str
+    side_min: int
+    side_max: int
+    bits: tuple[int, ...]
+
+    def describe(self) -> str:
+        sides = f"{self.side_min}" if self.side_min == self.side_max else f"{self.side_min}-{self.side_max}"
+        return f"{sides} px, {'/'.join(map(str, self.bits))}-bit"
+
+
+def set_resolution(name: str, natives: Sequence[Native]) -> SetResolution:
+    sides = [n.side for n in natives]
+    return SetResolution(name, min(sides), max(sides), tuple(sorted({n.bits for n in natives})))
+
+
+def dataset_resolution(session: Session, dataset: Dataset) -> SetResolution | None:
+    """From the headers of a data set's first images (the study form's hint); None when unreadable."""
+    paths = session.scalars(
+        select(Sample.path).where(Sample.dataset_id == dataset.id).order_by(Sample.id).limit(HEADERS_PER_SET)
+    ).all()
+    try:
+        natives = [native_geometry(Path(dataset.root) / path, dataset.spatial_dims) for path in paths]
+    except SynthmedError:
+        return None
+    return set_resolution(dataset.name, natives) if natives else None
+
+
+def resolution_warnings(real: SetResolution, synthetic: SetResolution, size: int) -> list[str]:
+    """What differs between two sets' native resolutions or bit depths, and what the study does about it."""
+    found = []
+    sets = f"{real.name} is {real.describe()}, {synthetic.name} {synthetic.describe()}"
+    common = min(real.side_min, synthetic.side_min, size)
+    if (real.side_min, real.side_max) != (synthetic.side_min, synthetic.side_max):
+        found.append(
+            f"Native resolutions differ ({sets}): every image is shown at {common} px, the lowest, larger "
+            "ones downsampled with the same filter, so that sharpness alone does not give the origin away."
+        )
+    if real.bits != synthetic.bits:
+        found.append(
+            f"Bit depths differ ({sets}): both are windowed to 8 bits for display; look at a few items for "
+            "banding in the shallower set before inviting readers."
+        )
+    return found
+
+
 def create_study(session: Session, cfg: StudyConfig, created_by: int, cache: Path) -> Study:
     """Draw the samples with the study seed, render their blinded images and give every reader an order."""
     if session.scalar(select(Study.id).where(Study.name == cfg.name)) is not None:
@@ -89,9 +141,11 @@ def create_study(session: Session, cfg: StudyConfig, created_by: int, cache: Pat
         )
     readers = _readers(session, cfg.readers)
     rng = np.random.default_rng(cfg.seed)
-    samples = _draw(session, real, cfg.n_real, rng, "n_real") + _draw(
-        session, synthetic, cfg.n_synthetic, rng, "n_synthetic"
-    )
+    drawn = {
+        real: _draw(session, real, cfg.n_real, rng, "n_real"),
+        synthetic: _draw(session, synthetic, cfg.n_synthetic, rng, "n_synthetic"),
+    }
+    samples = [sample for found in drawn.values() for sample in found]
     study = Study(
         name=cfg.name,
         kind=cfg.kind,
@@ -107,11 +161,28 @@ def create_study(session: Session, cfg: StudyConfig, created_by: int, cache: Pat
     session.add_all(items)
     session.add_all(StudyReader(study=study, user=user) for user in readers)
     session.flush()
-    files = [(item.id, Path(item.sample.dataset.root) / item.sample.path) for item in items]
-    render_study(cache, study.id, files, real.spatial_dims, cfg.image_size)
+    files = [(item.id, _sample_file(item.sample)) for item in items]
+    native, info = _common_resolution(drawn, cfg.image_size)
+    render_study(cache, study.id, files, real.spatial_dims, cfg.image_size, native, info)
     for user in readers:
         add_trials(session, study, items, user.id)
     return study
+
+
+def _sample_file(sample: Sample) -> Path:
+    return Path(sample.dataset.root) / sample.path
+
+
+def _common_resolution(drawn: dict[Dataset, list[Sample]], size: int) -> tuple[int, dict]:
+    """The native resolution every image of the study is brought to (the lowest among the drawn images,
+    at most the display size), and what the admin's study page says about it."""
+    real, synthetic = (
+        set_resolution(d.name, [native_geometry(_sample_file(s), d.spatial_dims) for s in samples])
+        for d, samples in drawn.items()
+    )
+    native = min(size, real.side_min, synthetic.side_min)
+    sets = [asdict(r) | {"text": r.describe()} for r in (real, synthetic)]
+    return native, {"native": native, "sets": sets, "warnings": resolution_warnings(real, synthetic, size)}
 
 
 def reader_order(study: Study, n_items: int, user_id: int) -> list[tuple[int, int | None]]:

@@ -19,9 +19,16 @@ from synthmed.catalogue.models import REVIEW_STATES, Dataset, Sample, Study, Stu
 from synthmed.config import StudyConfig, format_validation_error
 from synthmed.errors import SynthmedError
 from synthmed.review.decisions import decide
-from synthmed.review.render import preview_png
+from synthmed.review.render import preview_png, study_info
 from synthmed.review.stats import AnswerRow, statistics_csv, study_statistics
-from synthmed.review.studies import answers_for_stats, create_study, progress
+from synthmed.review.studies import (
+    SetResolution,
+    answers_for_stats,
+    create_study,
+    dataset_resolution,
+    progress,
+    resolution_warnings,
+)
 from synthmed.web.auth import CSRF, Admin
 from synthmed.web.deps import DB, get_or_404
 from synthmed.web.pages import render
@@ -47,18 +54,60 @@ def overview(request: Request, session: DB, user: Admin) -> HTMLResponse:
 
 
 def _study_form(
-    request: Request, session: DB, user: User, status: int = 200, **values: object
+    request: Request, session: DB, user: User, form: dict, status: int = 200, **values: object
 ) -> HTMLResponse:
     datasets = session.scalars(select(Dataset).order_by(Dataset.name)).all()
     readers = session.scalars(
         select(User).where(User.role == "reader", User.active.is_(True)).order_by(User.username)
     ).all()
-    return render(request, "study_new.html", status, user=user, datasets=datasets, readers=readers, **values)
+    resolutions = {d.name: dataset_resolution(session, d) for d in datasets}
+    picked = [
+        form.get(field) or next((d.name for d in datasets if d.origin == origin), None)
+        for field, origin in (("real_dataset", "real"), ("synthetic_dataset", "synthetic"))
+    ]
+    warnings = _resolution_warnings(resolutions, picked, form.get("image_size"))
+    return render(
+        request,
+        "study_new.html",
+        status,
+        user=user,
+        datasets=datasets,
+        readers=readers,
+        resolutions=resolutions,
+        resolution_warnings=warnings,
+        form=form,
+        **values,
+    )
+
+
+def _resolution_warnings(
+    resolutions: dict[str, SetResolution | None], picked: list[str | None], size: object
+) -> list[str]:
+    found = [resolutions.get(name) for name in picked if name]
+    if len(found) != 2 or None in found:
+        return []
+    image_size = int(size) if str(size).isdigit() else StudyConfig.model_fields["image_size"].default
+    return resolution_warnings(*found, image_size)  # type: ignore[arg-type]
+
+
+@router.get("/studies/new/resolution")
+def resolution_check(
+    session: DB,
+    user: Admin,
+    real_dataset: Annotated[str, Query(max_length=200)] = "",
+    synthetic_dataset: Annotated[str, Query(max_length=200)] = "",
+    image_size: Annotated[str, Query(max_length=10)] = "",
+) -> dict[str, list[str]]:
+    """The study form's warnings for a pair of data sets (its script asks when the choice changes)."""
+    names = [real_dataset, synthetic_dataset]
+    datasets = session.scalars(select(Dataset).where(Dataset.name.in_(names))).all()
+    resolutions = {d.name: dataset_resolution(session, d) for d in datasets}
+    return {"warnings": _resolution_warnings(resolutions, names, image_size)}
 
 
 @router.get("/studies/new")
 def new_study(request: Request, session: DB, user: Admin) -> HTMLResponse:
-    return _study_form(request, session, user, form={})
+    return _study_form(request, session, user, {})
 
 
 @router.post("/studies/new", dependencies=[CSRF], response_model=None)
@@ -97,9 +146,9 @@ def create(
         with transaction(request.app.state.sessions) as writer:
             study_id = create_study(writer, cfg, user.id, request.app.state.cache).id
     except ValidationError as exc:
-        return _study_form(request, session, user, 400, form=form, error=format_validation_error(exc, "form"))
+        return _study_form(request, session, user, form, 400, error=format_validation_error(exc, "form"))
     except SynthmedError as exc:
-        return _study_form(request, session, user, 400, form=form, error=str(exc))
+        return _study_form(request, session, user, form, 400, error=str(exc))
     return RedirectResponse(f"/admin/studies/{study_id}", status_code=303)
 
 
@@ -116,7 +165,10 @@ def study_page(request: Request, session: DB, user: Admin, study_id: int) -> HTM
         ).all()
     )
     readers = [(r.user, progress(session, study.id, r.user_id)) for r in study.readers]
-    return render(request, "study.html", user=user, study=study, origins=origins, readers=readers)
+    rendering = study_info(request.app.state.cache, study.id)
+    return render(
+        request, "study.html", user=user, study=study, origins=origins, readers=readers, rendering=rendering
+    )
 
 
 @router.get("/studies/{study_id}/statistics")
