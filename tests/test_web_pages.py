@@ -74,7 +74,9 @@ def test_reader_works_through_a_study_without_feedback_and_resumes(site) -> None
     page = again.get(f"/studies/{study}")
     form = {"csrf_token": csrf_of(page.text), "token": TOKEN.search(page.text).group(1)} | ANSWER
     assert again.post(f"/studies/{study}/answer", data=form).status_code == 303
-    assert again.post(f"/studies/{study}/answer", data=form | {"choice": "real"}).status_code == 303
+    resent = again.post(f"/studies/{study}/answer", data=form | {"choice": "real"})
+    assert resent.status_code == 303 and resent.headers["location"] == f"/studies/{study}?kept=1"
+    assert "your first answer is kept" in again.get(resent.headers["location"]).text
     with site.db() as session:
         assert session.scalar(select(func.count(Answer.id))) == 4
     seen = set()

@@ -271,6 +271,18 @@ def trial_for(session: Session, token: str, user_id: int, study_id: int | None =
     return trial
 
 
+def is_answered(session: Session, study_id: int, user_id: int, token: str) -> bool:
+    """Whether the reader's trial with this token has its answer already (False for an unknown token)."""
+    return (
+        session.scalar(
+            select(Answer.id)
+            .join(Trial, Answer.trial_id == Trial.id)
+            .where(Trial.token == token, Trial.user_id == user_id, Trial.study_id == study_id)
+        )
+        is not None
+    )
+
+
 @dataclass(frozen=True)
 class AnswerInput:
     choice: str | None = None

@@ -15,7 +15,15 @@ from sqlalchemy import select
 from synthmed.catalogue.models import Study, StudyReader
 from synthmed.errors import SynthmedError
 from synthmed.review import render as blinded
-from synthmed.review.studies import AnswerInput, is_3d, next_trial, progress, record_answer, trial_for
+from synthmed.review.studies import (
+    AnswerInput,
+    is_3d,
+    is_answered,
+    next_trial,
+    progress,
+    record_answer,
+    trial_for,
+)
 from synthmed.web.auth import CSRF, Reader
 from synthmed.web.deps import DB
 from synthmed.web.pages import render
@@ -44,7 +52,9 @@ def studies(request: Request, session: DB, user: Reader) -> HTMLResponse:
 
 
 @router.get("/studies/{study_id}")
-def trial_page(request: Request, session: DB, user: Reader, study_id: int) -> HTMLResponse:
+def trial_page(
+    request: Request, session: DB, user: Reader, study_id: int, kept: bool = False
+) -> HTMLResponse:
     study = _assigned(session, study_id, user.id)
     done = progress(session, study.id, user.id)
     trial = next_trial(session, study.id, user.id)
@@ -60,6 +70,7 @@ def trial_page(request: Request, session: DB, user: Reader, study_id: int) -> HT
         total=done.total,
         slices=blinded.slice_count(request.app.state.cache, study.id, trial.item_id),
         three_d=is_3d(session, study.id),
+        kept=kept,
     )
 
 
@@ -91,8 +102,11 @@ def answer(
         anatomy=_score(anatomy, "anatomy"),
         slice_consistency=_score(slice_consistency, "slice_consistency"),
     )
+    # A form sent again (a double submit, or one the browser restored after Back) never answers another
+    # item: its token names the item it showed, whose first answer stands; the reader is told.
+    kept = is_answered(session, study.id, user.id, token)
     record_answer(session, study.id, user.id, token, values)
-    return RedirectResponse(f"/studies/{study.id}", status_code=303)
+    return RedirectResponse(f"/studies/{study.id}{'?kept=1' if kept else ''}", status_code=303)
 
 
 @router.get("/images/{token}/{index}")
