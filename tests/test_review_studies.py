@@ -29,7 +29,7 @@ from synthmed.catalogue.models import (
 from synthmed.config import StudyConfig
 from synthmed.errors import SynthmedError
 from synthmed.review import render
-from synthmed.review.decisions import decide
+from synthmed.review.decisions import decide, undo_last
 from synthmed.review.studies import (
     AnswerInput,
     TrialNotFound,
@@ -313,6 +313,36 @@ def test_decisions_and_regeneration_requests(catalogue) -> None:
     assert states[synthetic[0].id] == "approved" and states[synthetic[1].id] == "rejected"
     assert states[synthetic[2].id] == "approved"
     assert [(r.sample_id, r.status) for r in requests] == [(synthetic[1].id, "open")]
+
+
+def test_undo_restores_the_state_and_request_before_the_last_decision(catalogue) -> None:
+    _, factory, _ = catalogue
+    with transaction(factory) as session:
+        admin = session.scalar(select(User.id).where(User.role == "admin"))
+        other = User(username="admin2", role="admin", password_hash="x")
+        session.add(other)
+        session.flush()
+        first, second = session.scalars(
+            select(Sample).where(Sample.seed.is_not(None)).order_by(Sample.id)
+        ).all()[:2]
+        with pytest.raises(SynthmedError, match="no decision of yours"):
+            undo_last(session, first.id, admin)
+        decide(session, first.id, admin, "reject", "blurred")
+        decide(session, first.id, admin, "approve")  # drops the open request
+        assert undo_last(session, first.id, admin) == "rejected"  # ... which the undo asks for again
+        open_requests = session.scalars(
+            select(RegenerationRequest).where(RegenerationRequest.status == "open")
+        )
+        assert [r.sample_id for r in open_requests] == [first.id]
+        assert undo_last(session, first.id, admin) == "pending"
+        assert session.scalars(select(RegenerationRequest)).all() == []
+        decide(session, second.id, admin, "reject", "noise")
+        with pytest.raises(SynthmedError, match="no decision of yours"):
+            undo_last(session, second.id, other.id)  # another admin's decision stands
+        session.scalars(select(RegenerationRequest)).one().status = "fulfilled"
+        with pytest.raises(SynthmedError, match="replacement was generated"):
+            undo_last(session, second.id, admin)
+        assert session.get(Sample, second.id).review_state == "rejected"
 
 
 def test_concurrent_readers_lose_and_duplicate_nothing(

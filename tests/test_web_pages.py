@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 from web_support import (
@@ -172,13 +173,20 @@ def test_review_gallery_approves_and_rejects(site) -> None:
     with site.db() as session:
         synthetic = session.scalars(select(Sample).where(Sample.seed.is_not(None)).order_by(Sample.id)).all()
     assert f"/admin/samples/{synthetic[0].id}/preview.png" in gallery.text
+    assert gallery.text.count('<span class="tag">kermany-syn</span>') == len(synthetic)  # "all": named
     preview = admin.get(f"/admin/samples/{synthetic[0].id}/preview.png")
     assert preview.status_code == 200 and preview.content[:4] == b"\x89PNG"
+    full = admin.get(f"/admin/samples/{synthetic[0].id}/image.png")
+    assert Image.open(io.BytesIO(full.content)).size == (64, 64)  # the native resolution
     token = csrf_of(gallery.text)
+    # Without script: a reject without a reason shows the gallery again with the error at the sample.
     missing = admin.post(f"/admin/review/{synthetic[0].id}", data={"csrf_token": token, "decision": "reject"})
-    assert missing.status_code == 400 and "reason" in missing.text
+    assert missing.status_code == 400 and "Review synthetic samples" in missing.text
+    assert 'aria-invalid="true"' in missing.text and "say why the sample is rejected" in missing.text
     reject = {"csrf_token": token, "decision": "reject", "reason": "blurred lung fields"}
-    assert admin.post(f"/admin/review/{synthetic[0].id}", data=reject).status_code == 303
+    rejected = admin.post(f"/admin/review/{synthetic[0].id}", data=reject)
+    assert rejected.status_code == 303 and f"last={synthetic[0].id}" in rejected.headers["location"]
+    assert "Undo" in admin.get(rejected.headers["location"]).text
     approve = {"csrf_token": token, "decision": "approve", "state": "pending", "page": "1"}
     back = admin.post(f"/admin/review/{synthetic[1].id}", data=approve)
     assert back.status_code == 303 and back.headers["location"].startswith("/admin/review?state=pending")
@@ -187,8 +195,25 @@ def test_review_gallery_approves_and_rejects(site) -> None:
         requests = session.scalars(select(RegenerationRequest)).all()
     assert states[synthetic[0].id] == "rejected" and states[synthetic[1].id] == "approved"
     assert [(r.sample_id, r.status) for r in requests] == [(synthetic[0].id, "open")]
-    assert f"/admin/samples/{synthetic[0].id}/" in admin.get("/admin/review?state=rejected").text
+    listed = admin.get("/admin/review?state=rejected").text
+    assert f"/admin/samples/{synthetic[0].id}/" in listed and "rejected: blurred lung fields" in listed
     assert f"/admin/samples/{synthetic[0].id}/" not in admin.get("/admin/review").text
+    # Undo: the sample is pending again and its regeneration request gone.
+    undone = admin.post(f"/admin/review/{synthetic[0].id}/undo", data={"csrf_token": token})
+    assert undone.status_code == 303
+    # The script's requests get JSON; a batch decides every selected sample, or none.
+    batch = {"csrf_token": token, "decision": "approve", "sample_ids": [synthetic[2].id, synthetic[3].id]}
+    decided = admin.post("/admin/review", data=batch, headers={"Accept": "application/json"})
+    assert {s["state"] for s in decided.json()["samples"]} == {"approved"}
+    refused = admin.post(
+        "/admin/review", data=batch | {"decision": "reject"}, headers={"Accept": "application/json"}
+    )
+    assert refused.status_code == 400 and "say why" in refused.json()["error"]
+    with site.db() as session:
+        states = {s.id: s.review_state for s in session.scalars(select(Sample))}
+        assert session.scalars(select(RegenerationRequest)).all() == []
+    assert states[synthetic[0].id] == "pending"
+    assert states[synthetic[2].id] == states[synthetic[3].id] == "approved"
 
 
 def test_3d_trials_scroll_through_slices(site, hippocampus: Path, tmp_path: Path) -> None:

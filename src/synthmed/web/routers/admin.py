@@ -10,16 +10,17 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 
 from synthmed.catalogue.db import transaction
 from synthmed.catalogue.models import REVIEW_STATES, Dataset, Sample, Study, StudyItem, User
 from synthmed.config import StudyConfig, format_validation_error
 from synthmed.errors import SynthmedError
-from synthmed.review.decisions import decide
-from synthmed.review.render import preview_png, study_info
+from synthmed.review.decisions import check_decision, decide, latest_decisions, undo_last
+from synthmed.review.render import native_geometry, preview_png, study_info
 from synthmed.review.stats import AnswerRow, statistics_csv, study_statistics
 from synthmed.review.studies import (
     SetResolution,
@@ -34,7 +35,8 @@ from synthmed.web.deps import DB, get_or_404
 from synthmed.web.pages import render
 
 router = APIRouter(prefix="/admin")
-PAGE_SIZE = 24
+PAGE_SIZE = 48
+MAX_FULL_SIZE = 2048  # the full-size viewer's largest side: beyond a screen, the browser only shrinks it
 Text = Annotated[str, Form(max_length=200)]
 
 
@@ -206,15 +208,33 @@ def answers_download(session: DB, user: Admin, study_id: int) -> Response:
     return _csv(out.getvalue(), f"study_{study.id}_answers.csv")
 
 
+ReviewState = Annotated[str, Query(max_length=16)]
+
+
 @router.get("/review")
 def review(
     request: Request,
     session: DB,
     user: Admin,
     dataset_id: Annotated[str, Query(max_length=20)] = "",
-    state: Annotated[str, Query(max_length=16)] = "pending",
+    state: ReviewState = "pending",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    last: Annotated[int | None, Query(ge=1)] = None,
 ) -> HTMLResponse:
+    return _review_page(request, session, user, dataset_id, state, page, last=session.get(Sample, last or 0))
+
+
+def _review_page(
+    request: Request,
+    session: DB,
+    user: User,
+    dataset_id: str,
+    state: str,
+    page: int,
+    status: int = 200,
+    **extra: object,
+) -> HTMLResponse:
+    """The gallery of one review state; ``extra``: the last decision (its undo) or a refused one's error."""
     if state not in REVIEW_STATES:
         raise HTTPException(400, f"state must be one of {', '.join(REVIEW_STATES)}")
     datasets = session.scalars(
@@ -223,6 +243,7 @@ def review(
     query = (
         select(Sample)
         .join(Dataset)
+        .options(selectinload(Sample.dataset))
         .where(Dataset.origin == "synthetic", Sample.review_state == state)
         .order_by(Sample.id)
     )
@@ -230,36 +251,145 @@ def review(
     if selected is not None:
         query = query.where(Sample.dataset_id == selected)
     samples = session.scalars(query.offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE + 1)).all()
+    shown = samples[:PAGE_SIZE]
     return render(
         request,
         "review.html",
+        status,
         user=user,
         datasets=datasets,
-        samples=samples[:PAGE_SIZE],
+        samples=shown,
+        decisions=latest_decisions(session, [s.id for s in shown]),
         more=len(samples) > PAGE_SIZE,
         dataset_id=selected,
         state=state,
         page=page,
         states=REVIEW_STATES,
+        **extra,
     )
 
 
-@router.post("/review/{sample_id}", dependencies=[CSRF])
+def _wants_json(request: Request) -> bool:
+    """The gallery's script asks for JSON (no page reload); a plain form post gets pages and redirects."""
+    return request.headers.get("accept", "").startswith("application/json")
+
+
+def _back(state: str, page: int, dataset_id: str, last: int | None = None) -> RedirectResponse:
+    back = f"/admin/review?state={state if state in REVIEW_STATES else 'pending'}&page={page}"
+    if dataset_id.isdigit():
+        back += f"&dataset_id={dataset_id}"
+    if last is not None:
+        back += f"&last={last}"
+    return RedirectResponse(back, status_code=303)
+
+
+def _decided(session: DB, sample_ids: list[int]) -> dict[str, object]:
+    samples = [session.get_one(Sample, i) for i in sample_ids]
+    decisions = latest_decisions(session, sample_ids)
+    return {
+        "samples": [
+            {"id": s.id, "state": s.review_state, "reason": getattr(decisions.get(s.id), "reason", "")}
+            for s in samples
+        ]
+    }
+
+
+Filter = Annotated[str, Form(max_length=20)]
+PageField = Annotated[int, Form(ge=1, le=100_000)]
+
+
+@router.post("/review/{sample_id}", dependencies=[CSRF], response_model=None)
 def review_decision(
+    request: Request,
     session: DB,
     user: Admin,
     sample_id: int,
     decision: Annotated[str, Form(max_length=16)],
     reason: Annotated[str, Form(max_length=2000)] = "",
-    dataset_id: Annotated[str, Form(max_length=20)] = "",
+    dataset_id: Filter = "",
     state: Annotated[str, Form(max_length=16)] = "pending",
-    page: Annotated[int, Form(ge=1, le=100_000)] = 1,
-) -> RedirectResponse:
-    decide(session, sample_id, user.id, decision, reason)
-    back = f"/admin/review?state={state if state in REVIEW_STATES else 'pending'}&page={page}"
-    if dataset_id.isdigit():
-        back += f"&dataset_id={dataset_id}"
-    return RedirectResponse(back, status_code=303)
+    page: PageField = 1,
+) -> Response:
+    try:
+        decide(session, sample_id, user.id, decision, reason)
+    except SynthmedError as exc:
+        return _refused(request, session, user, exc, sample_id, (dataset_id, state, page))
+    if _wants_json(request):
+        return JSONResponse(_decided(session, [sample_id]))
+    return _back(state, page, dataset_id, last=sample_id)
+
+
+def _refused(
+    request: Request,
+    session: DB,
+    user: User,
+    exc: SynthmedError,
+    sample_id: int | None,
+    where: tuple[str, str, int],
+) -> Response:
+    """A refused decision: JSON for the script, else the gallery again with the error at the sample."""
+    if _wants_json(request):
+        return JSONResponse({"error": str(exc), "field": exc.field, "sample_id": sample_id}, status_code=400)
+    dataset_id, state, page = where
+    state = state if state in REVIEW_STATES else "pending"
+    return _review_page(request, session, user, dataset_id, state, page, 400, error=(sample_id, str(exc)))
+
+
+@router.post("/review/{sample_id}/undo", dependencies=[CSRF], response_model=None)
+def review_undo(
+    request: Request,
+    session: DB,
+    user: Admin,
+    sample_id: int,
+    dataset_id: Filter = "",
+    state: Annotated[str, Form(max_length=16)] = "pending",
+    page: PageField = 1,
+) -> Response:
+    """Take back the admin's latest decision on a sample (the gallery's Undo)."""
+    try:
+        undo_last(session, sample_id, user.id)
+    except SynthmedError as exc:
+        return _refused(request, session, user, exc, sample_id, (dataset_id, state, page))
+    if _wants_json(request):
+        return JSONResponse(_decided(session, [sample_id]))
+    return _back(state, page, dataset_id)
+
+
+@router.post("/review", dependencies=[CSRF], response_model=None)
+def review_batch(
+    request: Request,
+    session: DB,
+    user: Admin,
+    decision: Annotated[str, Form(max_length=16)],
+    sample_ids: Annotated[list[int] | None, Form()] = None,
+    reason: Annotated[str, Form(max_length=2000)] = "",
+    dataset_id: Filter = "",
+    state: Annotated[str, Form(max_length=16)] = "pending",
+    page: PageField = 1,
+) -> Response:
+    """One decision for every selected sample of the page, all or none."""
+    ids = sorted(set(sample_ids or []))
+    try:
+        if not ids:
+            raise SynthmedError("select the samples first (their check boxes)", field="sample_ids")
+        for sample_id in ids:
+            check_decision(session, sample_id, decision, reason)
+        for sample_id in ids:
+            decide(session, sample_id, user.id, decision, reason)
+    except SynthmedError as exc:
+        return _refused(request, session, user, exc, None, (dataset_id, state, page))
+    if _wants_json(request):
+        return JSONResponse(_decided(session, ids))
+    return _back(state, page, dataset_id)
+
+
+@router.get("/samples/{sample_id}/image.png")
+def sample_image(session: DB, user: Admin, sample_id: int) -> Response:
+    """A sample at its native resolution (3D: the middle axial slice), for the review's full-size viewer."""
+    sample = get_or_404(session, Sample, sample_id)
+    path = Path(sample.dataset.root) / sample.path
+    side = min(native_geometry(path, sample.dataset.spatial_dims).side, MAX_FULL_SIZE)
+    return Response(preview_png(path, sample.dataset.spatial_dims, side), media_type="image/png")
 
 
 @router.get("/samples/{sample_id}/preview.png")
