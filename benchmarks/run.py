@@ -21,6 +21,8 @@ UniPC on the train64 model; the default sampler; images/s and FLOP/s against MON
 training (benchmarks/training.py): steps/s, peak memory and FLOP/s of synthmed's trainer (autoencoder and
 diffusion stages, bf16) against MONAI's tutorial training loops (fp32, latents encoded every step) on train64.
 
+eval_controls (benchmarks/eval_controls.py): evaluate on known answers (unseen real, blurred, copies).
+
 controlnet64 (benchmarks/controlnet64.py): BUSI 64 px mask ControlNet: Dice between the conditioning masks
 and a real-trained segmenter's output on the generated images, against scale 0 and the real ceiling; s/image.
 
@@ -44,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import controlnet64, decode3d, sampling, training, volume64
+from benchmarks import controlnet64, decode3d, eval_controls, sampling, training, volume64
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(os.environ.get("SYNTHMED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -416,6 +418,9 @@ def main() -> None:
     volume64.add_arguments(
         sub.add_parser("volume64", help="3D 64^3 with label map: rflow 30 vs DDPM 1000 steps")
     )
+    eval_controls.add_arguments(
+        sub.add_parser("eval_controls", help="evaluate on known answers: unseen real, blurred, copies")
+    )
     sampling.add_arguments(sub.add_parser("sampling", help="FID vs network evaluations per sampler; speed"))
     training.add_arguments(sub.add_parser("training", help="trainer throughput vs MONAI's tutorial loops"))
     controlnet64.add_arguments(
@@ -436,6 +441,8 @@ def main() -> None:
         result = {"machine": machine(), **volume64.run(args, DATA)}
     elif args.name == "training":
         result = {"machine": machine(), **training.run(args)}
+    elif args.name == "eval_controls":
+        result = {"machine": machine(), **eval_controls.run(args, DATA)}
     elif args.name == "sampling":
         result = {"machine": machine(), **sampling.run(args, DATA)}
     elif args.name == "controlnet64":
