@@ -118,9 +118,14 @@ def test_the_configurator_follows_the_model_and_enqueues_a_generation_job(site) 
         assert (job.config["label"], job.config["count"], job.config["seed"]) == ("NORMAL", 3, 7)
     listing = admin.get("/jobs").text
     assert f"/jobs/{job_id}" in listing and "queued" in listing
-    assert "waiting for a worker" in admin.get(f"/jobs/{job_id}").text
-    # Cancel: a queued job ends at once.
     job_page = admin.get(f"/jobs/{job_id}").text
+    assert "waiting for a worker" in job_page
+    # Settings by name, not server paths, and only those chosen (not every default of the command).
+    settings = job_page[job_page.index('id="settings"') :]
+    assert "<th>run dir</th><td>tiny</td>" in settings and f"<td>job-{job_id}</td>" in settings
+    assert "<th>guidance</th><td>2.5</td>" in settings and "<th>precision</th>" not in settings
+    assert str(site.tmp) not in job_page
+    # Cancel: a queued job ends at once.
     assert admin.post(f"/jobs/{job_id}/cancel", data={"csrf_token": csrf_of(job_page)}).status_code == 303
     with site.db() as session:
         assert session.get(Job, job_id).state == "cancelled"
@@ -143,6 +148,9 @@ def test_invalid_settings_are_shown_in_the_form(site, values: dict, message: str
     assert response.status_code == 400
     assert 'role="alert"' in response.text and message in response.text
     assert 'action="/dashboard/generate"' in response.text  # the form again, with what was typed
+    field = next(iter(values))  # and the field is marked, with its own message, where the form has it
+    marked = f'aria-invalid="true" aria-describedby="{field}-error"' in response.text
+    assert marked == (f'name="{field}"' in response.text)
     with site.db() as session:
         assert session.scalar(select(Job.id)) is None
 
@@ -317,22 +325,30 @@ def test_gallery_filters_overlays_masks_and_links_provenance(site) -> None:
     assert admin.get("/gallery/samples/99999").status_code == 404
 
 
-def test_an_evaluation_job_is_enqueued_from_catalogue_sets(site) -> None:
+def test_an_evaluation_job_is_enqueued_from_catalogue_sets(site, kermany: Path) -> None:
     admin = make_client(site.app, "admin")
+    with transaction(site.db) as session:
+        session.add(Dataset(name="kermany-test", origin="real", root=str(kermany / "test")))
     with site.db() as session:
-        ids = {d.origin: d.id for d in session.scalars(select(Dataset))}
+        ids = {d.name: d.id for d in session.scalars(select(Dataset))}
+    real, holdout, synthetic = ids["kermany"], ids["kermany-test"], ids["kermany-syn"]
     page = admin.get("/dashboard/evaluate").text
+    # The holdout is never preselected: a form sent as it comes cannot evaluate against the training set.
+    assert '<option value="">pick a set the model never saw</option>' in page
     form = {
         "csrf_token": csrf_of(page),
-        "real": ids["real"],
-        "holdout": ids["real"],
-        "synthetic": ids["synthetic"],
+        "real": real,
+        "holdout": holdout,
+        "synthetic": synthetic,
     }
-    assert admin.post("/dashboard/evaluate", data=form | {"synthetic": ids["real"]}).status_code == 400
+    assert admin.post("/dashboard/evaluate", data=form | {"synthetic": real}).status_code == 400
+    same = admin.post("/dashboard/evaluate", data=form | {"holdout": real})
+    assert same.status_code == 400 and "never saw, not its training set" in same.text
+    assert 'aria-invalid="true"' in same.text
     response = admin.post("/dashboard/evaluate", data=form)
     assert response.status_code == 303
     with site.db() as session:
         job = session.scalars(select(Job)).one()
-        real_root = session.get(Dataset, ids["real"]).root
+        real_root = session.get(Dataset, real).root
     assert job.kind == "evaluate" and job.config["real"] == real_root
     assert job.config["out"] == str(site.config.outputs_dir / f"job-{job.id}")

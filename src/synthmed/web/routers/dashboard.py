@@ -141,15 +141,29 @@ def generate(
         cfg = _generate_config(run, form, staged, outputs_dir)
         job = enqueue(session, "generate", cfg, user.id, out_root=outputs_dir)
         _store_structure(job, cfg, jobs_dir, staged)
-    except ValidationError as exc:
-        error = format_validation_error(exc, "form")
-    except SynthmedError as exc:
-        error = str(exc)
+    except (ValidationError, SynthmedError) as exc:
+        error, errors = _errors(exc)
     else:
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
     if staged is not None:
         staged.unlink(missing_ok=True)
-    return _configure_page(request, session, user, run, form, 400, error=error)
+    return _configure_page(request, session, user, run, form, 400, error=error, errors=errors)
+
+
+# Fields named by the checks that the form calls otherwise.
+FORM_FIELDS = {"upload": "condition_upload", "structure map": "condition_upload", "label_map": "mask_sample"}
+
+
+def _errors(exc: ValidationError | SynthmedError) -> tuple[str, dict[str, str]]:
+    """The whole message (shown above the form) and each form field's own (shown at the field)."""
+    if isinstance(exc, ValidationError):
+        errors: dict[str, str] = {}
+        for e in exc.errors():
+            field = str(e["loc"][0]) if e["loc"] else ""
+            errors.setdefault(FORM_FIELDS.get(field, field), e["msg"])
+        return format_validation_error(exc, "form"), errors
+    field = FORM_FIELDS.get(exc.field or "", exc.field or "")
+    return str(exc), {field: str(exc).removeprefix(f"{exc.field}: ")} if field else {}
 
 
 def _blank_to_none(value: str) -> str | None:
@@ -310,14 +324,19 @@ def evaluate(
             field: _dataset_root(session, form[field], origin, field)
             for field, origin in (("real", "real"), ("holdout", "real"), ("synthetic", "synthetic"))
         }
+        if form["holdout"] == form["real"]:
+            raise SynthmedError(
+                "the holdout must be images the model never saw, not its training set: import a held-out "
+                "set (synthmed catalogue import-real) and pick it",
+                field="holdout",
+            )
         values = folders | {"out": outputs_dir / "job-new", "masks": form["masks"], "image_size": image_size}
         cfg = EvaluateConfig.model_validate(values)
         job = enqueue(session, "evaluate", cfg, user.id)
         job.config = job.config | {"out": str(output_dir(outputs_dir, job.id))}  # its id is known now
-    except ValidationError as exc:
-        return _evaluate_page(request, session, user, form, 400, error=format_validation_error(exc, "form"))
-    except SynthmedError as exc:
-        return _evaluate_page(request, session, user, form, 400, error=str(exc))
+    except (ValidationError, SynthmedError) as exc:
+        error, errors = _errors(exc)
+        return _evaluate_page(request, session, user, form, 400, error=error, errors=errors)
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 

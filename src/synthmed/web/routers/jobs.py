@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,11 +14,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, StreamingResponse
+from pydantic_core import PydanticUndefined, to_jsonable_python
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from synthmed.catalogue.models import GenerationRun, Job
+from synthmed.catalogue.models import Dataset, GenerationRun, Job
 from synthmed.jobs.files import preview_path
-from synthmed.jobs.queue import list_jobs, request_cancel
+from synthmed.jobs.queue import CONFIGS, list_jobs, request_cancel
 from synthmed.web.auth import CSRF, Admin
 from synthmed.web.deps import DB, get_or_404
 from synthmed.web.pages import render
@@ -31,6 +34,8 @@ REPORT_CSP = (
     "frame-ancestors 'none'"
 )
 JobId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
+SHA256 = re.compile(r"[0-9a-f]{64}")
+SHORT_HASH = 12
 
 
 @router.get("")
@@ -42,9 +47,41 @@ def job_list(request: Request, session: DB, user: Admin) -> HTMLResponse:
 def job_page(request: Request, session: DB, user: Admin, job_id: JobId) -> HTMLResponse:
     job = get_or_404(session, Job, job_id)
     run = session.get(GenerationRun, job.generation_run_id) if job.generation_run_id else None
+    names = {d.root.rstrip("/"): d.name for d in session.scalars(select(Dataset))}
     return render(
-        request, "job.html", user=user, job=job, dataset_id=run.dataset_id if run else None, terminal=TERMINAL
+        request,
+        "job.html",
+        user=user,
+        job=job,
+        dataset_id=run.dataset_id if run else None,
+        terminal=TERMINAL,
+        settings=chosen_settings(job, names),
+        result=[(key, shown(value, names)) for key, value in sorted(job.result.items())],
     )
+
+
+def chosen_settings(job: Job, names: dict[str, str]) -> list[tuple[str, str]]:
+    """The settings the job was given that differ from the command's defaults, as people read them."""
+    fields = CONFIGS[job.kind].model_fields if job.kind in CONFIGS else {}
+    rows = []
+    for key, value in sorted(job.config.items()):
+        field = fields.get(key)
+        default = field.get_default(call_default_factory=True) if field else PydanticUndefined
+        if value is not None and (default is PydanticUndefined or to_jsonable_python(default) != value):
+            rows.append((key, shown(value, names)))
+    return rows
+
+
+def shown(value: Any, names: dict[str, str]) -> str:
+    """A setting as the page shows it: a server path by its data set's name (else its last part), a
+    checksum by its first characters, a list joined."""
+    if isinstance(value, list):
+        return ", ".join(shown(v, names) for v in value)
+    if isinstance(value, str) and value.startswith("/"):
+        return names.get(value.rstrip("/"), Path(value).name)
+    if isinstance(value, str) and SHA256.fullmatch(value):
+        return value[:SHORT_HASH]
+    return str(value)
 
 
 @router.post("/{job_id}/cancel", dependencies=[CSRF])
