@@ -216,6 +216,18 @@ def test_review_gallery_approves_and_rejects(site) -> None:
     assert states[synthetic[2].id] == states[synthetic[3].id] == "approved"
 
 
+def test_provenance_names_server_paths_and_shortens_checksums(site) -> None:
+    with site.db() as session:
+        sample = session.scalars(select(Sample).where(Sample.seed.is_not(None))).first()
+        sample.provenance = sample.provenance | {"run_dir": "/srv/runs/xray-ldm", "unet_sha256": "ab" * 32}
+        session.commit()
+        root, sha256 = sample.dataset.root, sample.sha256
+    page = make_client(site.app, "admin").get(f"/gallery/samples/{sample.id}").text
+    assert "/srv/runs" not in page and root not in page
+    assert "&#34;xray-ldm&#34;" in page and f"&#34;{'ab' * 6}&#34;" in page and "ab" * 32 not in page
+    assert f'<code title="{sha256}">{sha256[:12]}</code>' in page
+
+
 def test_3d_trials_scroll_through_slices(site, hippocampus: Path, tmp_path: Path) -> None:
     real, syn = add_volume_datasets(site.url, hippocampus, tmp_path, 2)
     study = make_study(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from synthmed.web.auth import csrf_token
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+SHORT_HASH = 12
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -24,6 +27,21 @@ def _pct(value: float | None) -> str:
 
 
 templates.env.filters |= {"num": _num, "pct": _pct}
+
+
+def readable(value: Any, names: dict[str, str]) -> Any:
+    """A stored setting or manifest value as pages show it: a server path by the name of the data set at
+    it (``names``: root -> name), else by its last part; a SHA-256 by its first characters; lists and
+    mappings item by item."""
+    if isinstance(value, dict):
+        return {key: readable(item, names) for key, item in value.items()}
+    if isinstance(value, list):
+        return [readable(item, names) for item in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return names.get(value.rstrip("/"), Path(value).name)
+    if isinstance(value, str) and SHA256.fullmatch(value):
+        return value[:SHORT_HASH]
+    return value
 
 
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:

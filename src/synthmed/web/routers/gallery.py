@@ -22,7 +22,7 @@ from synthmed.errors import SynthmedError
 from synthmed.review.render import axial_slices, render_image, render_volume
 from synthmed.web.auth import Admin
 from synthmed.web.deps import DB, get_or_404
-from synthmed.web.pages import render
+from synthmed.web.pages import readable, render
 
 router = APIRouter(prefix="/gallery")
 PAGE_SIZE = 24
@@ -71,12 +71,13 @@ def gallery(
 
 @router.get("/samples/{sample_id}")
 def sample_page(request: Request, session: DB, user: Admin, sample_id: int) -> HTMLResponse:
-    """Provenance: the manifest row as written, the generation run and trained model, and whether the file
-    still has the checksum it was catalogued with."""
+    """Provenance: the manifest row as written (server paths by name, checksums short), the generation run
+    and trained model, and whether the file still has the checksum it was catalogued with."""
     sample = get_or_404(session, Sample, sample_id)
     path = Path(sample.dataset.root) / sample.path
     current = hash_file(path) if path.is_file() else None
     run = session.get(GenerationRun, sample.generation_run_id) if sample.generation_run_id else None
+    names = {d.root.rstrip("/"): d.name for d in session.scalars(select(Dataset))}
     return render(
         request,
         "sample.html",
@@ -84,7 +85,7 @@ def sample_page(request: Request, session: DB, user: Admin, sample_id: int) -> H
         sample=sample,
         run=run,
         current_sha256=current,
-        provenance=json.dumps(sample.provenance, indent=2, sort_keys=True),
+        provenance=json.dumps(readable(sample.provenance, names), indent=2, sort_keys=True),
     )
 
 

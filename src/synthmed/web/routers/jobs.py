@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +22,7 @@ from synthmed.jobs.files import preview_path
 from synthmed.jobs.queue import CONFIGS, list_jobs, request_cancel
 from synthmed.web.auth import CSRF, Admin
 from synthmed.web.deps import DB, get_or_404
-from synthmed.web.pages import render
+from synthmed.web.pages import readable, render
 
 router = APIRouter(prefix="/jobs")
 TERMINAL = ("done", "failed", "cancelled")
@@ -34,8 +33,6 @@ REPORT_CSP = (
     "frame-ancestors 'none'"
 )
 JobId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]
-SHA256 = re.compile(r"[0-9a-f]{64}")
-SHORT_HASH = 12
 
 
 @router.get("")
@@ -73,15 +70,9 @@ def chosen_settings(job: Job, names: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def shown(value: Any, names: dict[str, str]) -> str:
-    """A setting as the page shows it: a server path by its data set's name (else its last part), a
-    checksum by its first characters, a list joined."""
-    if isinstance(value, list):
-        return ", ".join(shown(v, names) for v in value)
-    if isinstance(value, str) and value.startswith("/"):
-        return names.get(value.rstrip("/"), Path(value).name)
-    if isinstance(value, str) and SHA256.fullmatch(value):
-        return value[:SHORT_HASH]
-    return str(value)
+    """A setting as one table cell: names for paths, short checksums, a list joined."""
+    value = readable(value, names)
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 @router.post("/{job_id}/cancel", dependencies=[CSRF])
