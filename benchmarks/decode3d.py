@@ -2,7 +2,7 @@
 
 The ``small3d`` autoencoder (channels 32/64/64, 4x compression, 4 latent channels; random weights, since
 memory does not depend on them) decodes a random latent of ``size/4`` voxels per axis in float32 under
-``torch.inference_mode()``: once with `synthmed.sampling.tiled.decode_latents` (tiles of 16 latent = 64
+``torch.inference_mode()``: once with `synthmed.diffusion.tiled.decode_latents` (tiles of 16 latent = 64
 output voxels, overlap 0.25, stitched on the CPU) and once in a single ``decode`` call.
 
 Each measurement is a fresh subprocess (``--child tiled|untiled --size N``), so its peak RSS (ru_maxrss)
@@ -27,8 +27,8 @@ import torch
 
 from benchmarks.run import RESULTS, machine, peak_rss_mib
 from synthmed.config import AutoencoderArch
+from synthmed.diffusion.tiled import decode_latents
 from synthmed.models.builders import build_autoencoder
-from synthmed.sampling.tiled import decode_latents
 
 SMALL3D = AutoencoderArch(
     channels=[32, 64, 64],

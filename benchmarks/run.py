@@ -174,7 +174,7 @@ def generate64(args: argparse.Namespace) -> dict:
 def _synthetic_set(args: argparse.Namespace, root: Path, pool: list[Path]) -> str:
     """1,000 synthetic images from the train64 run (500 per class), or real stand-ins from ``pool``."""
     from synthmed.config import GenerateConfig
-    from synthmed.sampling.pipeline import generate_to_folder
+    from synthmed.sampling.generate import generate_to_folder
 
     run_dir = Path(args.run_dir)
     if (run_dir / "diffusion" / "model.pt").is_file():
@@ -299,7 +299,7 @@ def _reduced_kermany(root: Path, prevalence: float, seed: int) -> dict[str, int]
 def augment64(args: argparse.Namespace) -> dict:
     from synthmed.config import AugmentationConfig, GenerateConfig, build_train_config
     from synthmed.downstream.run import benchmark
-    from synthmed.sampling.pipeline import generate_to_folder
+    from synthmed.sampling.generate import generate_to_folder
     from synthmed.training.run import train
 
     work = Path(args.work_dir)

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import torch
 
+from synthmed.artifacts import checkpoint as ckpt
+from synthmed.artifacts.run import RunDir
 from synthmed.config import build_train_config
+from synthmed.diffusion.sampler import denoise, initial_noise
+from synthmed.diffusion.tiled import decode_latents
 from synthmed.models.builders import build_scheduler
 from synthmed.sampling.pipeline import Pipeline, VolumeCondition
-from synthmed.sampling.sampler import denoise, initial_noise
-from synthmed.sampling.tiled import decode_latents
-from synthmed.training import checkpoint as ckpt
-from synthmed.training.run import CANDIDATES, train
+from synthmed.training.run import train
 
 SPACING = (0.7, 0.7, 0.7)
 RESULTS = Path(__file__).parent / "results"
@@ -98,7 +99,7 @@ def _one_volume(pipe: Pipeline, sampler: str, steps: int, labels: torch.Tensor) 
 def run(args: argparse.Namespace, data: Path) -> dict:
     training = _train(args, data / "hippocampus")
     pipe = Pipeline.load(args.run_dir)
-    labels = ckpt.load(Path(args.run_dir) / "controlnet" / CANDIDATES)["label_maps"][:1].long()
+    labels = ckpt.load(RunDir(Path(args.run_dir)).candidates)["label_maps"][:1].long()
     _one_volume(pipe, "rflow", 2, labels)  # warm-up: allocations, oneDNN kernel choice
     rflow = [_one_volume(pipe, "rflow", 30, labels) for _ in range(args.repeats)]
     ddpm = _one_volume(pipe, "ddpm", 1000, labels)

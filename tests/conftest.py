@@ -253,7 +253,7 @@ def generate_tiny(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> C
     """Makes a real `synthmed generate` folder from the tiny chest X-ray run: 2 NORMAL and 1 PNEUMONIA
     image (2 steps); keyword arguments are further GenerateConfig fields."""
     from synthmed.config import GenerateConfig
-    from synthmed.sampling.pipeline import generate_to_folder
+    from synthmed.sampling.generate import generate_to_folder
 
     def make(**fields) -> Path:
         out = tmp_path_factory.mktemp("generated") / "cxr-syn"

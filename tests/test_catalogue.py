@@ -16,6 +16,8 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
+from synthmed.artifacts.files import file_sha256
+from synthmed.artifacts.manifest import read_manifest
 from synthmed.catalogue.db import make_engine, session_factory, transaction
 from synthmed.catalogue.importer import CatalogueWarning, import_generation, import_real
 from synthmed.catalogue.migrate import current_revision, head_revision, upgrade
@@ -23,8 +25,7 @@ from synthmed.catalogue.models import Base, Dataset, GenerationRun, Sample, Trai
 from synthmed.cli import app
 from synthmed.config import GenerateConfig
 from synthmed.errors import SynthmedError
-from synthmed.sampling.pipeline import generate_to_folder, read_manifest
-from synthmed.training.checkpoint import file_sha256
+from synthmed.sampling.generate import generate_to_folder
 
 runner = CliRunner()
 

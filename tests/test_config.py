@@ -8,10 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from synthmed.cli import app
-from synthmed.config import build_train_config, load_train_config
+from synthmed.config import PRESETS, build_train_config, load_train_config
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import build_autoencoder, build_scheduler, build_unet
-from synthmed.models.presets import PRESETS
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

@@ -14,6 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import synthmed
+from synthmed.artifacts import checkpoint as ckpt
+from synthmed.artifacts.manifest import read_manifest
 from synthmed.cli import app
 from synthmed.config import DataConfig, GenerateConfig, build_train_config
 from synthmed.data.masks import resize_mask
@@ -22,8 +24,8 @@ from synthmed.data.sources import discover
 from synthmed.data.structure import read_condition_file, structure_map
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import build_controlnet, build_unet, init_controlnet_from_unet
-from synthmed.sampling.pipeline import ImageCondition, generate_to_folder, read_manifest
-from synthmed.training import checkpoint as ckpt
+from synthmed.sampling.generate import generate_to_folder
+from synthmed.sampling.pipeline import ImageCondition
 from synthmed.training.run import train
 
 pytestmark = pytest.mark.slow

@@ -18,6 +18,7 @@ from PIL import Image
 from sqlalchemy import select
 from web_support import build_catalogue, csrf_of, fast_hasher, make_client
 
+from synthmed.artifacts.run import RunDir
 from synthmed.catalogue.db import make_engine, session_factory, transaction
 from synthmed.catalogue.models import Dataset, Job, Sample
 from synthmed.config import ServeConfig
@@ -45,6 +46,7 @@ def site(tmp_path: Path, kermany: Path, tiny_run: Path):
     shutil.copytree(tiny_run, runs / "tiny-mask", symlinks=True)
     (runs / "tiny-mask" / "controlnet").mkdir(exist_ok=True)
     shutil.copy(tiny_run / "diffusion" / "model.pt", runs / "tiny-mask" / "controlnet" / "model.pt")
+    RunDir(runs / "tiny-mask").write_metadata()  # as training a ControlNet records it in metadata.json
     config = ServeConfig(
         worker=False, runs_dir=runs, jobs_dir=tmp_path / "jobs", outputs_dir=tmp_path / "outputs"
     )

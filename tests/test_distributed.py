@@ -21,11 +21,12 @@ import pytest
 import torch
 from PIL import Image
 
+from synthmed.artifacts.manifest import read_manifest
 from synthmed.config import GenerateConfig, TrainConfig, build_train_config
 from synthmed.errors import SynthmedError
 from synthmed.runtime import torchrun_command
-from synthmed.sampling import pipeline
-from synthmed.sampling.pipeline import generate_to_folder, read_manifest
+from synthmed.sampling import generate as generation
+from synthmed.sampling.generate import generate_to_folder
 from synthmed.training import trainer as trainer_module
 from synthmed.training.run import train
 
@@ -200,7 +201,7 @@ def test_batch_size_must_divide_among_processes(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_privacy_filter_refused_under_torchrun(runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "world_size", lambda: 2)
+    monkeypatch.setattr(generation, "world_size", lambda: 2)
     cfg = _generate_cfg(runs / "single", runs / "filtered").model_copy(update={"privacy_filter": True})
     with pytest.raises(SynthmedError, match=r"privacy filter .* torchrun"):
         generate_to_folder(cfg, progress=False)

@@ -19,6 +19,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
+from synthmed.artifacts.files import file_sha256
 from synthmed.catalogue import export
 from synthmed.catalogue.db import make_engine, session_factory, transaction
 from synthmed.catalogue.export import export_approved
@@ -27,7 +28,6 @@ from synthmed.catalogue.migrate import upgrade
 from synthmed.catalogue.models import Dataset, GenerationRun, Sample, TrainedModel
 from synthmed.cli import app
 from synthmed.errors import SynthmedError
-from synthmed.training.checkpoint import file_sha256
 
 RUN_2D, RUN_3D = "/runs/busi64", "/runs/hippo3d"
 DIFF_2D, DIFF_3D = "d2" * 32, "e3" * 32

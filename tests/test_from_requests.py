@@ -13,6 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
+from synthmed.artifacts.files import file_sha256
+from synthmed.artifacts.manifest import CONDITION_SETTINGS, SETTINGS, read_manifest
 from synthmed.catalogue.db import make_engine, session_factory, transaction
 from synthmed.catalogue.importer import import_generation, import_real
 from synthmed.catalogue.migrate import upgrade
@@ -20,9 +22,8 @@ from synthmed.catalogue.models import Dataset, Decision, RegenerationRequest, Sa
 from synthmed.catalogue.requests import _config
 from synthmed.cli import app
 from synthmed.config import GenerateConfig, build_train_config
-from synthmed.sampling.pipeline import CONDITION_SETTINGS, SETTINGS, generate_to_folder, read_manifest
+from synthmed.sampling.generate import generate_to_folder
 from synthmed.sampling.volumes import RESUME_SETTINGS
-from synthmed.training.checkpoint import file_sha256
 from synthmed.training.run import train
 
 pytestmark = pytest.mark.slow

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import synthmed
+from synthmed.artifacts.images import to_uint
 from synthmed.cli import app
 from synthmed.errors import SynthmedError
 
@@ -47,7 +48,7 @@ def test_each_image_depends_on_its_own_seed_alone(pipe, sampler: str) -> None:
 
 def test_step_noise_is_independent_of_starting_noise() -> None:
     """The first ancestral step must not re-add an image's own starting noise (the broken-first-image bug)."""
-    from synthmed.sampling.sampler import batch_randn, initial_noise, step_generators
+    from synthmed.diffusion.sampler import batch_randn, initial_noise, step_generators
 
     seeds = [3, 4]
     start = initial_noise(seeds, (3, 8, 8), torch.device("cpu"))
@@ -104,7 +105,7 @@ def test_cli_generate_manifest_rows_regenerate_identical_images(tiny_run: Path, 
     for row in rows:
         png = np.asarray(Image.open(out / row["file"]))
         assert png.dtype == np.uint8 and png.shape == (32, 32)
-        again = synthmed.reporting.images.to_uint(pipe.regenerate(row), 8)
+        again = to_uint(pipe.regenerate(row), 8)
         assert np.array_equal(png, again), f"{row['file']} was not regenerated bit for bit"
     # The CLI replay command writes the same pixels.
     result = runner.invoke(
@@ -188,7 +189,7 @@ def test_missing_checkpoint_is_a_clear_error(tiny_run: Path, tmp_path: Path) -> 
 
 
 def test_privacy_filter_records_its_verdict(tiny_run: Path, tmp_path: Path) -> None:
-    from synthmed.sampling.pipeline import read_manifest
+    from synthmed.artifacts.manifest import read_manifest
 
     out = tmp_path / "filtered"
     args = ["generate", "--run", str(tiny_run), "--label", "NORMAL", "--count", "3", "--steps", "3"]
@@ -207,9 +208,10 @@ def test_privacy_filter_replaces_dropped_images_and_resumes(
     tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The guard's verdict is forced (even seeds are 'copies') to test the replacement bookkeeping."""
+    from synthmed.artifacts.manifest import read_manifest
     from synthmed.config import GenerateConfig
     from synthmed.evaluation.privacy import CopyGuard
-    from synthmed.sampling import pipeline
+    from synthmed.sampling.generate import generate_to_folder
 
     real_check = CopyGuard.check
     calls: list[int] = []
@@ -225,15 +227,15 @@ def test_privacy_filter_replaces_dropped_images_and_resumes(
     cfg = GenerateConfig(
         run_dir=tiny_run, out=out, label="NORMAL", count=3, steps=3, batch_size=2, privacy_filter=True
     )
-    pipeline.generate_to_folder(cfg, progress=False)
-    rows = pipeline.read_manifest(out / "manifest.jsonl")
+    generate_to_folder(cfg, progress=False)
+    rows = read_manifest(out / "manifest.jsonl")
     assert sorted(p.name for p in (out / "NORMAL").glob("*.png")) == [
         "syn_00000001.png",
         "syn_00000003.png",
         "syn_00000005.png",
     ]
     assert [r["seed"] for r in rows if r.get("dropped")] == [0, 2, 4]
-    pipeline.generate_to_folder(cfg, progress=False)  # nothing left to do: no new rows
-    assert len(pipeline.read_manifest(out / "manifest.jsonl")) == len(rows)
+    generate_to_folder(cfg, progress=False)  # nothing left to do: no new rows
+    assert len(read_manifest(out / "manifest.jsonl")) == len(rows)
     with pytest.raises(SynthmedError, match="privacy_filter"):
-        pipeline.generate_to_folder(cfg.model_copy(update={"privacy_filter": False}), progress=False)
+        generate_to_folder(cfg.model_copy(update={"privacy_filter": False}), progress=False)

@@ -14,11 +14,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from synthmed.artifacts.manifest import read_manifest
 from synthmed.cli import app
 from synthmed.config import GenerateConfig, build_train_config
 from synthmed.data.volumes import VolumeConfig, discover_volumes, load_label_map
 from synthmed.errors import SynthmedError
-from synthmed.sampling.pipeline import Pipeline, VolumeCondition, generate_to_folder, read_manifest
+from synthmed.sampling.generate import generate_to_folder
+from synthmed.sampling.pipeline import Pipeline, VolumeCondition
 from synthmed.training.run import train
 
 KEYS = [f"hippocampus_{n:03d}" for n in (1, 3, 4, 6, 7, 8, 11, 14, 15, 17)]

@@ -23,13 +23,8 @@ from synthmed.data.volumes import (
     save_nifti,
 )
 from synthmed.errors import SynthmedError
-from synthmed.sampling.label_maps import (
-    CandidateLabelMaps,
-    decode_labels,
-    encode_labels,
-    encoding_channels,
-    fit,
-)
+from synthmed.models.conditioning import decode_labels, encode_labels, encoding_channels
+from synthmed.sampling.label_maps import CandidateLabelMaps, fit
 
 KEYS = ("hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006", "hippocampus_007")
 CFG = VolumeConfig(size=(32, 48, 32))

@@ -18,6 +18,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
+from synthmed.artifacts.files import file_sha256
+from synthmed.artifacts.manifest import MANIFEST, read_manifest
 from synthmed.catalogue import provenance
 from synthmed.catalogue.db import make_engine, session_factory, transaction
 from synthmed.catalogue.export import export_approved
@@ -29,8 +31,7 @@ from synthmed.config import GenerateConfig
 from synthmed.data.splits import read_split_file
 from synthmed.errors import SynthmedError
 from synthmed.review.decisions import decide
-from synthmed.sampling.pipeline import MANIFEST, generate_to_folder, read_manifest
-from synthmed.training.checkpoint import file_sha256
+from synthmed.sampling.generate import generate_to_folder
 
 runner = CliRunner()
 

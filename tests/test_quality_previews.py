@@ -13,9 +13,9 @@ from PIL import Image
 
 from synthmed.data.volumes import LoadedVolumes, VolumeConfig, load_volumes
 from synthmed.errors import SynthmedError
+from synthmed.evaluation.previews import ALPHA, GUTTER, PALETTE, save_three_view_preview, three_view_preview
+from synthmed.evaluation.quality import check_volume, intensity_bounds
 from synthmed.evaluation.views import VIEWS, view_slices
-from synthmed.reporting.previews import ALPHA, GUTTER, PALETTE, save_three_view_preview, three_view_preview
-from synthmed.sampling.quality import check_volume, intensity_bounds
 
 N_TRAIN = 12  # the first 12 complete pairs; the 13th (hippocampus_023) is held out
 CFG = VolumeConfig(size=(32, 48, 32))

@@ -11,9 +11,9 @@ from torch import nn
 from torch.export import Dim
 
 import synthmed
+from synthmed.artifacts import checkpoint as ckpt
 from synthmed.config import build_train_config
 from synthmed.errors import SynthmedError
-from synthmed.training import checkpoint as ckpt
 from synthmed.training.run import train
 
 pytestmark = pytest.mark.slow

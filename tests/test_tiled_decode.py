@@ -16,9 +16,9 @@ from monai.networks.nets import AutoencoderKL
 
 from synthmed.config import AutoencoderArch
 from synthmed.data.volumes import VolumeConfig, load_volumes
+from synthmed.diffusion.tiled import decode_latents
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import build_autoencoder
-from synthmed.sampling.tiled import decode_latents
 
 ARCH = AutoencoderArch(
     channels=[8, 16, 16], attention_levels=[False] * 3, latent_channels=4, norm_num_groups=4

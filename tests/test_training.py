@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
+from synthmed.artifacts import checkpoint as ckpt
 from synthmed.config import build_train_config
 from synthmed.errors import SynthmedError
-from synthmed.training import checkpoint as ckpt
 from synthmed.training.run import resolve_run_config, train
 
 pytestmark = pytest.mark.slow

@@ -21,6 +21,7 @@ import yaml
 from PIL import Image
 from sqlalchemy import func, select
 
+from synthmed.artifacts.manifest import MANIFEST, read_manifest
 from synthmed.catalogue.db import session_factory, transaction
 from synthmed.catalogue.migrate import upgrade
 from synthmed.catalogue.models import Job, Sample
@@ -28,7 +29,6 @@ from synthmed.config import EvaluateConfig, GenerateConfig, ServeConfig, WorkerC
 from synthmed.jobs import queue
 from synthmed.jobs.files import count_previews, preview_path
 from synthmed.jobs.worker import Worker
-from synthmed.sampling.pipeline import MANIFEST, read_manifest
 
 WAIT_S = 120  # generous: the machine is shared; the tests wait for states, never for durations
 

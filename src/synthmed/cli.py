@@ -15,6 +15,7 @@ from rich.table import Table
 from synthmed.catalogue.commands import catalogue_app, catalogue_session, db_app, generate_from_requests
 from synthmed.cli_support import command_config, err, user_errors
 from synthmed.config import (
+    PRESETS,
     AugmentationConfig,
     EvaluateConfig,
     ExportConfig,
@@ -23,7 +24,6 @@ from synthmed.config import (
 )
 from synthmed.errors import SynthmedError
 from synthmed.jobs.commands import worker
-from synthmed.models.presets import PRESETS
 from synthmed.web.commands import serve, users_app
 
 app = typer.Typer(
@@ -265,7 +265,7 @@ def generate(
     Re-running the same command continues an interrupted job: images already written are kept.
     """
     from synthmed.runtime import torchrun_command
-    from synthmed.sampling.pipeline import generate_to_folder
+    from synthmed.sampling.generate import generate_to_folder
 
     given = {
         "run_dir": run,
@@ -616,9 +616,10 @@ def regenerate(
     ] = None,
 ) -> None:
     """Re-create one image (PNG) or volume (NIfTI) of a manifest from its recorded seed and settings."""
+    from synthmed.artifacts.images import save_png
+    from synthmed.artifacts.manifest import read_manifest
     from synthmed.data.volumes import save_nifti
-    from synthmed.reporting.images import save_png
-    from synthmed.sampling.pipeline import Pipeline, read_manifest
+    from synthmed.sampling.pipeline import Pipeline
     from synthmed.sampling.volumes import regenerate_volume
 
     rows = [r for r in read_manifest(manifest) if r.get("file") == file]

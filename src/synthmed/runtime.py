@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -177,3 +178,9 @@ def main_first(fn: Callable[[], T]) -> T:
     if failed is not None:
         raise SynthmedError(f"rank 0 failed: {failed}")
     return fn()
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A seed derived from ``seed`` for step ``step`` (a training step, a generation retry): independent
+    streams for every pair, reproducible from the pair alone."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])

@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from synthmed.artifacts.manifest import MANIFEST, ManifestRow, read_manifest
+from synthmed.artifacts.run import RunDir
 from synthmed.catalogue.db import insert_or_ignore
 from synthmed.catalogue.models import Dataset, GenerationRun, Sample, TrainedModel, utcnow
 from synthmed.catalogue.provenance import COPY_PERCENTILE, Claim, Proof, mark_copy_check, prove
@@ -28,7 +30,6 @@ from synthmed.data.sources import Skipped, discover, hash_file, refuse_links_lea
 from synthmed.data.volume_sets import _content_hash, class_roots
 from synthmed.data.volumes import NIFTI_SUFFIXES, discover_volumes
 from synthmed.errors import SynthmedError
-from synthmed.sampling.pipeline import MANIFEST, read_manifest
 
 # Generation settings summarised on the GenerationRun (one value, or the list of values seen).
 RUN_SETTINGS = (
@@ -49,22 +50,6 @@ RUN_SETTINGS = (
 
 class CatalogueWarning(UserWarning):
     """A file the import left out or could not update (changed since it was catalogued, unreadable)."""
-
-
-class ManifestRow(BaseModel):
-    """The manifest fields the catalogue reads; the whole row is kept as the sample's provenance."""
-
-    model_config = ConfigDict(extra="allow")
-
-    file: str | None = None  # None: dropped by the privacy filter, no image written
-    label: str | None = None  # None: unconditional
-    seed: int = Field(ge=0, le=2**31 - 1)  # the catalogue stores 32-bit seeds
-    run_dir: str
-    autoencoder_sha256: str
-    diffusion_sha256: str
-    annotation: str | None = None  # 2D: the condition map written beside the image
-    condition: str | None = None  # 2D: mask, edges or sobel
-    label_file: str | None = None  # 3D: the label map the volume was generated for
 
 
 @dataclass
@@ -217,7 +202,7 @@ def _trained_model(session: Session, run_dir: str, ae_sha: str, diffusion_sha: s
     )
     model = session.scalar(query)
     if model is None:
-        config = Path(run_dir) / "config.yaml"
+        config = RunDir(Path(run_dir)).config
         settings = read_yaml(config) if config.is_file() else {}
         # Two workers importing outputs of one model at once: one row wins, both use it.
         row = {"run_dir": run_dir, "autoencoder_sha256": ae_sha, "diffusion_sha256": diffusion_sha}
@@ -227,7 +212,7 @@ def _trained_model(session: Session, run_dir: str, ae_sha: str, diffusion_sha: s
         raise SynthmedError(
             f"the catalogue knows this model with autoencoder sha256 {model.autoencoder_sha256[:12]}..., the "
             f"manifest names {ae_sha[:12]}...: these images were not made with the catalogued weights",
-            path=Path(run_dir) / "autoencoder" / "model.pt",
+            path=RunDir(Path(run_dir)).weights("autoencoder"),
         )
     return model
 

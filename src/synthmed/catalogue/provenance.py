@@ -31,12 +31,14 @@ import torch
 from PIL import Image
 from sqlalchemy.orm import Session
 
+from synthmed.artifacts.files import file_sha256
+from synthmed.artifacts.images import to_uint
+from synthmed.artifacts.manifest import file_name
+from synthmed.artifacts.run import RunDir
 from synthmed.catalogue.models import GenerationRun, Sample, utcnow
 from synthmed.errors import SynthmedError
-from synthmed.reporting.images import to_uint
-from synthmed.sampling.pipeline import Pipeline, file_name
+from synthmed.sampling.pipeline import Pipeline
 from synthmed.sampling.privacy_filter import copy_guard_for_run
-from synthmed.training.checkpoint import file_sha256
 
 REGENERATE_AT_LEAST = 20
 COPY_PERCENTILE = 99.0  # as synthmed generate --privacy-filter
@@ -281,7 +283,7 @@ def check_weights(claims: Iterable[Claim], refusals: Refusals) -> None:
     hashes: dict[Path, str | None] = {}
     for claim in claims:
         for stage, key in WEIGHTS:
-            path = Path(str(claim.row.get("run_dir"))) / stage / "model.pt"
+            path = RunDir(Path(str(claim.row.get("run_dir")))).weights(stage)
             if path not in hashes:
                 hashes[path] = file_sha256(path) if path.is_file() else None
             if hashes[path] != claim.row.get(key):

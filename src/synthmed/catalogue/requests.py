@@ -17,14 +17,15 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from synthmed.artifacts.files import file_sha256
+from synthmed.artifacts.manifest import MANIFEST, drop_cut_last_line, read_manifest
+from synthmed.artifacts.run import RunDir
 from synthmed.catalogue.db import make_engine, session_factory, transaction
 from synthmed.catalogue.importer import import_generation
 from synthmed.catalogue.models import RegenerationRequest, Sample, utcnow
 from synthmed.config import GenerateConfig, format_validation_error
 from synthmed.errors import SynthmedError
-from synthmed.sampling.pipeline import MANIFEST, drop_cut_last_line, generate_to_folder, read_manifest
-from synthmed.training.checkpoint import file_sha256
-from synthmed.training.tasks import controlnet_stage_dir
+from synthmed.sampling.generate import generate_to_folder
 
 
 @dataclass
@@ -141,13 +142,13 @@ def _volume_settings(row: dict[str, Any]) -> dict[str, Any]:
 
 def _check_inputs(row: dict[str, Any], hashes: dict[Path, str]) -> None:
     """Same weights and condition files as the rejected sample had (their checksums in its row)."""
-    run = Path(row["run_dir"])
+    run = RunDir(Path(row["run_dir"]))
     inputs = [
-        (run / "autoencoder" / "model.pt", row["autoencoder_sha256"]),
-        (run / "diffusion" / "model.pt", row["diffusion_sha256"]),
+        (run.weights("autoencoder"), row["autoencoder_sha256"]),
+        (run.weights("diffusion"), row["diffusion_sha256"]),
     ]
     if row.get("controlnet_sha256"):  # 2D: the condition's ControlNet; 3D: the label-map one ("mask")
-        controlnet = run / controlnet_stage_dir(row.get("condition") or "mask") / "model.pt"
+        controlnet = run.controlnet(row.get("condition") or "mask") / "model.pt"
         inputs.append((controlnet, row["controlnet_sha256"]))
     if row.get("condition_file"):
         inputs.append((Path(row["condition_file"]), row["condition_sha256"]))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from synthmed.artifacts.files import atomic_write
 from synthmed.config import DataConfig
 from synthmed.data.integrity import (
     check_class_sizes,
@@ -27,7 +27,6 @@ from synthmed.data.integrity import (
     warn_cross_split,
 )
 from synthmed.data.preprocess import preprocess
-from synthmed.data.progress import track
 from synthmed.data.readers import Pixels, decode_pixels, read_bytes, validate_pixels
 from synthmed.data.sources import (
     SPLITS,
@@ -46,6 +45,7 @@ from synthmed.data.sources import (
 )
 from synthmed.data.splits import assign_splits, read_split_file, write_split
 from synthmed.errors import SynthmedError
+from synthmed.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +201,6 @@ def _read_cache(path: Path, records: Sequence[Record]) -> Loaded | None:
 
 
 def _write_cache(path: Path, loaded: Loaded) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     blob = {
         "images": loaded.images,
         "labels": loaded.labels,
@@ -211,8 +209,8 @@ def _write_cache(path: Path, loaded: Loaded) -> None:
         "skipped": [[s.source, s.reason, s.label] for s in loaded.skipped],
         "colour": loaded.colour,
     }
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def check_readable(discovery: Discovery, cfg: DataConfig) -> Discovery:

@@ -21,9 +21,9 @@ from typing import Literal
 import numpy as np
 
 from synthmed.config import DataConfig
-from synthmed.data.progress import track
 from synthmed.data.readers import IMAGE_EXTENSIONS, is_image_file, validate_array
 from synthmed.errors import SynthmedError
+from synthmed.progress import track
 
 SourceKind = Literal["folder", "npz", "csv"]
 #: Split names used everywhere (records, split.json, loading).

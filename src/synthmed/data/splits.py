@@ -8,7 +8,6 @@ never sit in holdout and train at once. Copies that a data set's own split puts 
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from synthmed.artifacts.files import atomic_write
 from synthmed.data.integrity import Duplicate, content_groups
 from synthmed.data.sources import SPLITS, Record, Skipped
 from synthmed.errors import SynthmedError
@@ -106,11 +106,8 @@ def write_split(
         "skipped": [asdict(s) for s in skipped],
         "duplicates": [d.as_dict() for d in duplicates],
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(Path(path)) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _item(r: Record) -> dict[str, str | None]:

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthmed.artifacts import checkpoint as ckpt
+from synthmed.artifacts.files import file_sha256
 from synthmed.config import DataConfig
 from synthmed.data.integrity import content_groups, duplicates, warn_cross_split
 from synthmed.data.loading import Prepared, report_split
-from synthmed.data.progress import track
 from synthmed.data.sources import Record, Skipped
 from synthmed.data.splits import assign_splits, read_split_file, write_split
 from synthmed.data.volumes import (
@@ -29,7 +30,7 @@ from synthmed.data.volumes import (
     load_volume_pair,
 )
 from synthmed.errors import SynthmedError
-from synthmed.training import checkpoint as ckpt
+from synthmed.progress import track
 
 CACHE_VERSION = 1
 
@@ -83,7 +84,7 @@ def _content_hash(path: Path) -> str:
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for f in files:
-        digest.update(ckpt.file_sha256(f).encode())
+        digest.update(file_sha256(f).encode())
     return digest.hexdigest()
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,13 +42,14 @@ from monai.transforms import (
     Spacingd,
 )
 
+from synthmed.artifacts.files import atomic_write
 from synthmed.config import VolumeConfig
 from synthmed.data.integrity import pixel_hash
 from synthmed.data.preprocess import PercentileScale
-from synthmed.data.progress import track
 from synthmed.data.readers import DICOM_EXTENSIONS, has_dicom_magic
 from synthmed.data.sources import Skipped
 from synthmed.errors import SynthmedError
+from synthmed.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -464,10 +464,8 @@ def save_nifti(
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
     img.header.set_xyzt_units(xyz="mm")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp{os.getpid()}{suffix}")  # suffix: gzip or not
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, suffix) as tmp:  # the suffix tells nibabel whether to compress
+        nib.save(img, tmp)
 
 
 def _cast(arr: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from synthmed.config import AugmentationConfig, DataConfig, build_train_config, read_yaml
+from synthmed.artifacts.manifest import MANIFEST, read_manifest
+from synthmed.config import AugmentationConfig, DataConfig, read_run_config
 from synthmed.data.integrity import near_pairs, pixel_hash, skip_summary
 from synthmed.data.loading import ItemReader, load_real_split
 from synthmed.data.masks import load_image_mask_pairs
@@ -26,7 +27,6 @@ from synthmed.errors import SynthmedError
 from synthmed.evaluation.sections import default_cache_dir
 from synthmed.evaluation.sets import ImageSet, load_set
 from synthmed.evaluation.volumetric import is_volume_folder
-from synthmed.sampling.pipeline import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def leak_check(test: Hashed, synthetic_root: Path) -> dict[str, Any]:
     """Refuse a test image whose bytes, or decoded and normalised pixels, match an image of the generator's
     train or val split (per the synthetic folder's manifest), so exported or re-encoded copies are caught
     too. When that cannot be checked the result says "not checked" and why."""
-    rows = read_manifest(Path(synthetic_root) / "manifest.jsonl")
+    rows = read_manifest(Path(synthetic_root) / MANIFEST)
     run_dirs = sorted({str(r["run_dir"]) for r in rows if r.get("run_dir")})
     if not run_dirs:
         return _not_checked("the synthetic folder has no manifest.jsonl naming the generator's run (run_dir)")
@@ -276,7 +276,7 @@ def _with_pixel_hashes(run_dir: Path, seen: list[Record]) -> tuple[list[Record],
     if all(r.phash for r in seen):
         return seen, None
     try:
-        cfg = build_train_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+        cfg = read_run_config(run_dir)
         if cfg.data.volume is not None:
             return [], "its split.json predates pixel hashes (3D); make the split again to check"
         reader = ItemReader(cfg.data)

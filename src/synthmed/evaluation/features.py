@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from monai.networks.nets import ResNet
 from torch import nn
 
+from synthmed.artifacts.checkpoint import atomic_save
 from synthmed.errors import SynthmedError
 from synthmed.models.local import load_local_network
 
@@ -224,8 +224,5 @@ def trained_extractor(
     model, history = fit_extractor(images, labels, num_classes, settings)
     info: dict[str, Any] = {"cache": str(path) if path else None, "cached": False, "history": history}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        torch.save({"state": model.state_dict(), "history": history}, tmp)
-        os.replace(tmp, path)
+        atomic_save({"state": model.state_dict(), "history": history}, path)
     return model, info

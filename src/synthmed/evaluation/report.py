@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from synthmed.artifacts.images import save_png
 from synthmed.evaluation.sets import ImageSet
-from synthmed.reporting.images import save_png
 
 FIDELITY_KEYS = ("fid", "precision", "recall", "density", "coverage")
 

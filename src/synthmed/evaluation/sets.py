@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from synthmed.config import DataConfig, build_train_config, read_yaml
+from synthmed.artifacts.manifest import MANIFEST, read_manifest
+from synthmed.artifacts.run import RunDir
+from synthmed.config import DataConfig, read_run_config
 from synthmed.data import Record, Skipped, discover
 from synthmed.data.loading import Loaded, load_cached, load_real_split
 from synthmed.data.readers import is_image_file
@@ -135,8 +137,6 @@ def _image_set(
 def manifest_run(synthetic: Path) -> Path | None:
     """The run directory a generated folder's manifest names, when there is exactly one and it still holds
     its split.json; None for folders without a manifest (e.g. images from another tool)."""
-    from synthmed.sampling.pipeline import MANIFEST, read_manifest  # torch-heavy: only when evaluating
-
     runs = {str(row["run_dir"]) for row in read_manifest(Path(synthetic) / MANIFEST) if row.get("run_dir")}
     if len(runs) > 1:
         raise SynthmedError(
@@ -145,7 +145,7 @@ def manifest_run(synthetic: Path) -> Path | None:
             path=Path(synthetic) / MANIFEST,
         )
     run = Path(runs.pop()) if runs else None
-    return run if run is not None and (run / "split.json").is_file() else None
+    return run if run is not None and RunDir(run).split.is_file() else None
 
 
 def load_run_split(
@@ -162,8 +162,8 @@ def load_run_split(
 ) -> ImageSet:
     """The images of one split of a run's own data set (train or holdout), preprocessed like every other
     evaluation set (the run's contrast enhancement, if any, included: the generator learned it)."""
-    split_file = read_split_file(run_dir / "split.json")
-    run_cfg = build_train_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+    split_file = read_split_file(RunDir(run_dir).split)
+    run_cfg = read_run_config(run_dir)
     if run_cfg.data.source is None or run_cfg.data.volume is not None:
         raise SynthmedError("only 2D runs with a data source give evaluation sets", path=run_dir)
     cfg = run_cfg.data.model_copy(

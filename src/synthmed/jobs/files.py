@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from synthmed.reporting.images import save_grid
+from synthmed.artifacts.images import save_grid
 from synthmed.review.render import default_cache_dir
 
 PREVIEW_MIN_SIDE = 128  # small models' images are scaled up (nearest neighbour) to at least this

@@ -24,25 +24,21 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from synthmed.artifacts.manifest import MANIFEST, drop_cut_last_line, read_manifest
 from synthmed.catalogue.db import transaction
 from synthmed.catalogue.importer import import_generation
 from synthmed.catalogue.models import Sample
 from synthmed.config import EvaluateConfig, GenerateConfig, TrainConfig, WorkerConfig
+from synthmed.diffusion.sampler import StepCallback
+from synthmed.diffusion.tiled import decode_latents
 from synthmed.evaluation.run import evaluate
 from synthmed.evaluation.views import view_slices
 from synthmed.jobs import queue
 from synthmed.jobs.files import count_previews, preview_path, write_preview
 from synthmed.jobs.queue import Lease, Status
 from synthmed.runtime import autocast
-from synthmed.sampling.pipeline import (
-    MANIFEST,
-    Pipeline,
-    drop_cut_last_line,
-    generate_to_folder,
-    read_manifest,
-)
-from synthmed.sampling.sampler import StepCallback
-from synthmed.sampling.tiled import decode_latents
+from synthmed.sampling.generate import generate_to_folder
+from synthmed.sampling.pipeline import Pipeline
 from synthmed.training.run import default_stages, train
 
 log = logging.getLogger("synthmed.jobs")

@@ -15,11 +15,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from synthmed.artifacts.images import save_png
 from synthmed.config import GenerateConfig, TrainConfig, build_train_config
 from synthmed.errors import SynthmedError
-from synthmed.reporting.images import save_png
 from synthmed.reporting.report import write_report
-from synthmed.sampling.pipeline import generate_to_folder
+from synthmed.sampling.generate import generate_to_folder
 from synthmed.training.run import train
 
 TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from synthmed import data as data_stage
+from synthmed.artifacts.images import save_grid
+from synthmed.artifacts.manifest import MANIFEST, read_manifest
 from synthmed.config import TrainConfig
-from synthmed.reporting.images import save_grid
-from synthmed.sampling.pipeline import MANIFEST, read_manifest
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

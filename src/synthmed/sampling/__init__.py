@@ -1,0 +1,1 @@
+"""Sampling a trained run: the Pipeline, folder generation with its manifest, editing, and 3D volumes."""

@@ -18,7 +18,6 @@ resolution, enlarged back to the input's size).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from monai.transforms import Resize
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
+from synthmed.artifacts.files import atomic_write, file_sha256
 from synthmed.config import DataConfig, EditConfig
 from synthmed.data.masks import check_binary_mask, resize_mask
 from synthmed.data.preprocess import FitResize, preprocess
@@ -36,7 +36,6 @@ from synthmed.data.readers import read_image
 from synthmed.errors import SynthmedError
 from synthmed.models.solvers import MULTISTEP
 from synthmed.sampling.pipeline import EditTarget, ImageCondition, Pipeline
-from synthmed.training import checkpoint as ckpt
 
 DEFAULT_STRENGTH = {"insert": 1.0, "remove": 1.0, "harmonize": 0.5}
 
@@ -100,7 +99,7 @@ def _read(source: Path | np.ndarray, what: str) -> tuple[np.ndarray, str | None]
         if source.ndim != 2 or not np.isfinite(source).all():
             raise SynthmedError(f"{what} must be a finite (H, W) array, got shape {source.shape}", field=what)
         return source.astype(np.float32), None
-    return read_image(Path(source)), ckpt.file_sha256(Path(source))
+    return read_image(Path(source)), file_sha256(Path(source))
 
 
 def _read_region(
@@ -255,9 +254,18 @@ def _write_image(image: np.ndarray, out: Path, suffix: str) -> None:
 
 
 def _atomic_save(img: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    img.save(tmp, format="TIFF" if path.suffix.lower() in (".tif", ".tiff") else "PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        img.save(tmp, format="TIFF" if path.suffix.lower() in (".tif", ".tiff") else "PNG")
+
+
+class EditingPipeline(Pipeline):
+    """The Pipeline that ``synthmed.load`` returns: generation, plus :func:`edit_image` as a method."""
+
+    def edit(
+        self, operation: str, image: Path | np.ndarray, region: Any = None, **options: Any
+    ) -> EditResult:
+        """`synthmed edit` in Python: insert / remove / harmonize, see :func:`edit_image`."""
+        return edit_image(self, operation, image, region, **options)
 
 
 def edit_from_config(cfg: EditConfig) -> list[Path]:

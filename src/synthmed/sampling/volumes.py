@@ -17,7 +17,6 @@ Output layout (readable back by `synthmed.data.volumes.discover_volumes`, flat l
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,24 +27,20 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Spacing
 
+from synthmed.artifacts import checkpoint as ckpt
+from synthmed.artifacts.files import file_sha256
+from synthmed.artifacts.manifest import MANIFEST, SETTINGS, append_rows, drop_cut_last_line, read_manifest
+from synthmed.artifacts.run import RunDir
 from synthmed.config import GenerateConfig
 from synthmed.data.volumes import VolumeConfig, load_label_map, save_nifti
 from synthmed.errors import SynthmedError
-from synthmed.reporting.previews import save_three_view_preview
-from synthmed.sampling.label_maps import CandidateLabelMaps, check_label_range, fit
-from synthmed.sampling.pipeline import (
-    MANIFEST,
-    SETTINGS,
-    Pipeline,
-    VolumeCondition,
-    drop_cut_last_line,
-    progress_bar,
-    read_manifest,
-)
-from synthmed.sampling.quality import check_volume
-from synthmed.training import checkpoint as ckpt
-from synthmed.training.run import CANDIDATES
-from synthmed.training.trainer import step_seed
+from synthmed.evaluation.previews import save_three_view_preview
+from synthmed.evaluation.quality import check_volume
+from synthmed.models.conditioning import check_label_range
+from synthmed.progress import progress_bar
+from synthmed.runtime import step_seed
+from synthmed.sampling.label_maps import CandidateLabelMaps, fit
+from synthmed.sampling.pipeline import Pipeline, VolumeCondition
 
 # Settings that must agree for an existing volume in an output folder to count as already generated.
 RESUME_SETTINGS = (
@@ -59,7 +54,7 @@ RESUME_SETTINGS = (
 
 
 @dataclass
-class Condition:
+class VolumeLabelMap:
     """One output's label map on the output grid, its affine and where it came from."""
 
     label_map: torch.Tensor | None  # (1, X, Y, Z) int64
@@ -81,18 +76,18 @@ class LabelMaps:
         self, pipe: Pipeline, cfg: GenerateConfig, size: tuple[int, int, int], spacing: tuple
     ) -> None:
         self.size, self.spacing, self.augment = size, spacing, cfg.augment_label_maps
-        self.fixed: Condition | None = None
+        self.fixed: VolumeLabelMap | None = None
         self.candidates: CandidateLabelMaps | None = None
         self.source = "none"  # for the manifest: file sha256, "candidates" or "none"
         if cfg.label_map is not None:
             cn = pipe.require_controlnet()
             label, affine = load_label_map(cfg.label_map, VolumeConfig(size=size, spacing=spacing))
-            check_label_range(label, cn.num_labels)
-            info = {"file": str(cfg.label_map), "sha256": ckpt.file_sha256(cfg.label_map)}
-            self.fixed = Condition(label, affine, info)
+            check_label_range(label, cn.meta.num_labels)
+            info = {"file": str(cfg.label_map), "sha256": file_sha256(cfg.label_map)}
+            self.fixed = VolumeLabelMap(label, affine, info)
             self.source = info["sha256"]
         elif pipe.controlnet is not None:
-            state = ckpt.load(pipe.run_dir / "controlnet" / CANDIDATES)
+            state = ckpt.load(RunDir(pipe.run_dir).candidates)
             keep = torch.ones(len(state["keys"]), dtype=torch.bool)
             if cfg.label is not None:  # the label maps of the class being generated
                 keep = state["classes"] == pipe.label_index(cfg.label)
@@ -100,15 +95,15 @@ class LabelMaps:
             self.candidates = CandidateLabelMaps(state["label_maps"][keep].long(), keys, state["spacing"])
             self.source = "candidates"
 
-    def for_seed(self, seed: int) -> Condition:
+    def for_seed(self, seed: int) -> VolumeLabelMap:
         if self.fixed is not None:
             return self.fixed
         affine = centred_affine(self.spacing, self.size)
         if self.candidates is None:
-            return Condition(None, affine, {"none": "this run has no ControlNet: image only"})
+            return VolumeLabelMap(None, affine, {"none": "this run has no ControlNet: image only"})
         label, info = self.candidates.sample(seed, augment=self.augment)
         label = fit(_resample(label, self.candidates.spacing, self.spacing), self.size)
-        return Condition(label, affine, {"candidate": info})
+        return VolumeLabelMap(label, affine, {"candidate": info})
 
 
 def _resample(label: torch.Tensor, source: tuple[float, ...], target: tuple[float, ...]) -> torch.Tensor:
@@ -133,7 +128,7 @@ def generate_volumes(pipe: Pipeline, cfg: GenerateConfig, progress: bool = True)
     maps = LabelMaps(pipe, cfg, size, spacing)
     settings = _settings(pipe, cfg, size, spacing, maps)
     todo = _pending(cfg, settings)
-    with progress_bar(progress, cfg.count, cfg.count - len(todo)) as advance:
+    with progress_bar("generate", cfg.count, completed=cfg.count - len(todo), enabled=progress) as bar:
         for i in range(0, len(todo), cfg.batch_size):
             batch = todo[i : i + cfg.batch_size]
             conditions = [maps.for_seed(s) for s in batch]
@@ -141,7 +136,7 @@ def generate_volumes(pipe: Pipeline, cfg: GenerateConfig, progress: bool = True)
             for seed, image, cond in zip(batch, images, conditions, strict=True):
                 image, attempts = _quality_checked(pipe, cfg, seed, image, cond, size, spacing)
                 _write(cfg, seed, image, cond, settings | {"batch_seeds": batch, "attempts": attempts})
-                advance(1)
+                bar.advance()
     return cfg.out
 
 
@@ -206,7 +201,7 @@ def _sample(
     pipe: Pipeline,
     cfg: GenerateConfig,
     seeds: list[int],
-    conditions: list[Condition],
+    conditions: list[VolumeLabelMap],
     size: tuple[int, int, int],
     spacing: tuple,
 ) -> torch.Tensor:
@@ -224,14 +219,14 @@ def _quality_checked(
     cfg: GenerateConfig,
     seed: int,
     image: torch.Tensor,
-    cond: Condition,
+    cond: VolumeLabelMap,
     size: tuple[int, int, int],
     spacing: tuple,
 ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """The first image (this one, then retries with derived seeds) that passes, else the last tried."""
     if cond.label_map is None or pipe.controlnet is None:
         return image, [{"seed": seed, "quality": None}]
-    bounds = pipe.controlnet.quality_bounds
+    bounds = pipe.controlnet.meta.quality_bounds
     attempts = [{"seed": seed, "quality": check_volume(image, cond.label_map, bounds)}]
     for k in range(1, cfg.qc_retries + 1):
         if attempts[-1]["quality"]["passed"]:
@@ -255,7 +250,9 @@ def _settings(
     return row | extra
 
 
-def _write(cfg: GenerateConfig, seed: int, image: torch.Tensor, cond: Condition, row: dict[str, Any]) -> None:
+def _write(
+    cfg: GenerateConfig, seed: int, image: torch.Tensor, cond: VolumeLabelMap, row: dict[str, Any]
+) -> None:
     stem = f"syn_{seed:08d}"
     row = row | {"seed": seed, "file": f"{stem}_image.nii.gz", "label_file": None}
     row |= {"image_seed": row["attempts"][-1]["seed"], "label_map": cond.provenance}
@@ -263,7 +260,7 @@ def _write(cfg: GenerateConfig, seed: int, image: torch.Tensor, cond: Condition,
         row["batch_seeds"] = [row["image_seed"]]
     row["quality"] = row["attempts"][-1]["quality"]
     save_nifti(image, cond.affine, cfg.out / row["file"], dtype=np.float32)
-    row["sha256"] = ckpt.file_sha256(cfg.out / row["file"])  # the catalogue checks the file by it
+    row["sha256"] = file_sha256(cfg.out / row["file"])  # the catalogue checks the file by it
     if cond.label_map is not None:
         row["label_file"] = f"{stem}_label.nii.gz"
         dtype = np.uint8 if int(cond.label_map.max()) < 256 else np.int16
@@ -271,5 +268,4 @@ def _write(cfg: GenerateConfig, seed: int, image: torch.Tensor, cond: Condition,
     row["preview"] = f"previews/{stem}.png"
     save_three_view_preview(image, cond.label_map, cfg.out / row["preview"])
     row["created"] = datetime.now(UTC).isoformat(timespec="seconds")
-    with open(cfg.out / MANIFEST, "a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    append_rows(cfg.out / MANIFEST, [row])

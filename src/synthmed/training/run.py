@@ -1,14 +1,5 @@
-"""`synthmed train`: prepare the data split, then train the autoencoder and the diffusion UNet in a run dir.
-
-Run directory layout (self-describing, nnU-Net style)::
-
-    config.yaml            resolved config (preset + overrides)
-    split.json             every file with its label, content hash and split (train / val / holdout)
-    cache/                 preprocessed arrays, keyed by content and settings
-    autoencoder/           last.pt, step_*.pt, model.pt (EMA + raw weights), log.jsonl, previews/
-    diffusion/             the same, plus latents.pt; model.pt holds the latent scale factor and class names
-    controlnet/            3D: the label-map ControlNet (model.pt also holds the label encoding and the
-                           intensity bounds of the generation quality check)
+"""`synthmed train`: prepare the data split, then train the autoencoder and the diffusion UNet in a run dir
+(its layout: synthmed.artifacts.run). After each stage metadata.json is written from the exported weights.
 
 Under torchrun (several processes, see runtime.join_process_group) rank 0 prepares the data and caches first
 and the other ranks then read them; rank 0 alone writes config.yaml and every file of the stages.
@@ -25,14 +16,25 @@ import torch
 from rich.console import Console
 
 from synthmed import data as data_stage
-from synthmed.config import ControlNetConfig, TrainConfig, build_train_config, read_yaml, save_yaml
+from synthmed.artifacts import checkpoint as ckpt
+from synthmed.artifacts.files import file_sha256
+from synthmed.artifacts.run import STAGE_CONFIG, RunDir, controlnet_stage_dir
+from synthmed.config import (
+    ControlNetConfig,
+    TrainConfig,
+    read_run_config,
+    read_yaml,
+    save_yaml,
+)
 from synthmed.data.integrity import require_kept_classes, skip_summary
 from synthmed.data.masks import load_image_mask_pairs
 from synthmed.data.sources import Record, require_source, source_kind, source_root
 from synthmed.data.structure import structure_maps
 from synthmed.data.volume_sets import load_volume_split, prepare_volumes
 from synthmed.errors import SynthmedError
-from synthmed.models.builders import build_autoencoder, build_unet
+from synthmed.evaluation.quality import intensity_bounds
+from synthmed.models.builders import build_autoencoder
+from synthmed.models.trained import load_autoencoder, load_unet
 from synthmed.runtime import (
     is_main,
     join_process_group,
@@ -41,26 +43,21 @@ from synthmed.runtime import (
     resolve_precision,
     set_threads,
 )
-from synthmed.sampling.quality import intensity_bounds
-from synthmed.training import checkpoint as ckpt
 from synthmed.training.tasks import (
     AutoencoderTask,
     ControlNetTask,
     DiffusionTask,
     LatentSet,
-    controlnet_stage_dir,
     encode_dataset,
     latent_scale_factor,
 )
 from synthmed.training.trainer import Trainer
 
 STAGES = ("autoencoder", "diffusion", "controlnet")
-CANDIDATES = "candidates.pt"  # controlnet/: the training label maps 3D generation draws from
 # Fields that may change in a resumed run (and runtime.*); any other change would train a different model.
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "preview_every", "log_every"}
 # A run may hold several ControlNets (one per condition), each trained later with its own settings: these are
 # checked against the stage folder's own copy (STAGE_CONFIG), not the run's config.yaml.
-STAGE_CONFIG = "controlnet.yaml"
 
 console = Console(stderr=True)
 
@@ -104,14 +101,11 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def check_against_saved(cfg: TrainConfig, resume: bool) -> None:
     """Refuse a config that would silently train a different model in an existing run directory."""
-    saved_path = cfg.run_dir / "config.yaml"
+    saved_path = RunDir(cfg.run_dir).config
     if not saved_path.exists():
         return
-    saved = build_train_config(read_yaml(saved_path), source=str(saved_path))
-    changed = _diff(
-        saved.model_dump(mode="json"),
-        cfg.model_copy(update={"run_dir": saved.run_dir}).model_dump(mode="json"),
-    )
+    saved = read_run_config(cfg.run_dir)
+    changed = _diff(saved.model_dump(mode="json"), cfg.model_dump(mode="json"))
     if changed:
         fix = "resume with the saved config" if resume else "choose a new run_dir"
         raise SynthmedError(
@@ -125,11 +119,10 @@ def resolve_run_config(cfg: TrainConfig | None, run_dir: Path | None, resume: bo
     run_dir = Path(run_dir) if run_dir else (cfg.run_dir if cfg else None)
     if run_dir is None:
         raise SynthmedError("give --config or --run", field="run_dir")
-    saved_path = run_dir / "config.yaml"
     if cfg is None:
-        if not saved_path.exists():
+        if not RunDir(run_dir).config.exists():
             raise SynthmedError("no config.yaml in this run directory; give --config", path=run_dir)
-        return build_train_config(read_yaml(saved_path), source=str(saved_path))
+        return read_run_config(run_dir)
     cfg = cfg.model_copy(update={"run_dir": run_dir})
     check_against_saved(cfg, resume)
     return cfg
@@ -200,7 +193,9 @@ def _load_volume_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
 
 def stage_dir(cfg: TrainConfig, stage: str) -> Path:
     """A stage's folder in the run; each ControlNet condition has its own."""
-    return cfg.run_dir / (controlnet_stage_dir(cfg.controlnet.condition) if stage == "controlnet" else stage)
+    return RunDir(cfg.run_dir).stage(
+        controlnet_stage_dir(cfg.controlnet.condition) if stage == "controlnet" else stage
+    )
 
 
 def _stage_done(folder: Path, steps: int) -> bool:
@@ -230,18 +225,12 @@ def _trainer(
     )
 
 
-def load_autoencoder(cfg: TrainConfig, device: torch.device, which: str = "ema") -> torch.nn.Module:
-    model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(device)
-    ckpt.load_exported(model, cfg.run_dir / "autoencoder" / "model.pt", which)
-    return model.eval()
-
-
 def _latents(
     cfg: TrainConfig, autoencoder: torch.nn.Module, data: TrainingData
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode the training and validation images once; cached beside the diffusion stage by AE weights."""
-    key = ckpt.file_sha256(cfg.run_dir / "autoencoder" / "model.pt")[:16]
-    path = cfg.run_dir / "diffusion" / f"latents-{key}.pt"
+    run = RunDir(cfg.run_dir)
+    path = run.latents(file_sha256(run.weights("autoencoder")))
     if path.exists():
         cached = ckpt.load(path)
         return cached["train"].to(data.train_images.device), cached["val"].to(data.train_images.device)
@@ -290,7 +279,7 @@ def _prepare_run(cfg: TrainConfig, device: torch.device) -> TrainingData:
     """Write config.yaml (rank 0) and load the data (rank 0 first: it writes split.json and caches)."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     if is_main():
-        save_yaml(cfg, cfg.run_dir / "config.yaml")
+        save_yaml(cfg, RunDir(cfg.run_dir).config)
     return load_training_data(cfg, device)
 
 
@@ -319,6 +308,8 @@ def _train_stages(
         # Rank 0 first: it writes the latent cache (and 3D label-map candidates) the others then read.
         task = main_first(lambda stage=stage: _stage_task(cfg, stage, data, device))
         _trainer(task, stage_cfg, cfg, device, progress, on_step).run(resume=resume)
+        if is_main() and stage != "autoencoder":
+            RunDir(cfg.run_dir).write_metadata()
 
 
 def _stage_task(
@@ -368,18 +359,6 @@ def _diffusion_task(cfg: TrainConfig, data: TrainingData, device: torch.device) 
     return DiffusionTask(cfg.diffusion, autoencoder, train, val, data.class_names, scale)
 
 
-def load_unet(cfg: TrainConfig, device: torch.device, which: str = "ema") -> tuple[torch.nn.Module, dict]:
-    """The trained diffusion UNet and its exported file's contents (scale factor, class names)."""
-    path = cfg.run_dir / "diffusion" / "model.pt"
-    state = ckpt.load(path, device)
-    class_names = list(state["extra"]["class_names"])
-    unet = build_unet(
-        cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, len(class_names), cfg.data.spatial_dims
-    ).to(device)
-    ckpt.load_exported(unet, path, which, state)
-    return unet.eval(), state
-
-
 def _save_candidates(cfg: TrainConfig, data: TrainingData) -> None:
     """The training label maps at the data's own spacing (spacing-augmented copies come after them), with
     their classes, so generation draws a label map of the class it generates."""
@@ -392,12 +371,13 @@ def _save_candidates(cfg: TrainConfig, data: TrainingData) -> None:
     classes = data.train_labels[:n].cpu()
     state = {"label_maps": maps, "keys": data.train_keys[:n], "spacing": spacing, "classes": classes}
     if is_main():
-        ckpt.atomic_save(state, cfg.run_dir / "controlnet" / CANDIDATES)
+        ckpt.atomic_save(state, RunDir(cfg.run_dir).candidates)
 
 
 def _controlnet_task(cfg: TrainConfig, data: TrainingData, device: torch.device) -> ControlNetTask:
     autoencoder, train, val, _ = _latent_sets(cfg, data, device)
-    unet, state = load_unet(cfg, device)
+    meta = RunDir(cfg.run_dir).metadata()
+    unet = load_unet(cfg, meta, device)
     if cfg.data.volume is None:
         train, val = _structure_sets(cfg, data, autoencoder, device)
         extra: dict = {"edge_sigma": cfg.controlnet.edge_sigma}
@@ -420,7 +400,7 @@ def _controlnet_task(cfg: TrainConfig, data: TrainingData, device: torch.device)
         train,
         val,
         data.class_names,
-        float(state["extra"]["scale_factor"]),
+        meta.scale_factor,
         extra,
     )
 

@@ -12,7 +12,10 @@ from monai.losses import JukeboxLoss, PatchAdversarialLoss
 from monai.networks.nets import AutoencoderKL
 from torch import nn
 
+from synthmed.artifacts.images import save_grid
+from synthmed.artifacts.run import controlnet_stage_dir
 from synthmed.config import AutoencoderConfig, ControlNetConfig, DiffusionConfig
+from synthmed.diffusion.sampler import denoise, initial_noise
 from synthmed.evaluation.sharpness import laplacian_energy
 from synthmed.evaluation.views import view_slices
 from synthmed.models.builders import (
@@ -22,11 +25,8 @@ from synthmed.models.builders import (
     build_unet,
     init_controlnet_from_unet,
 )
-from synthmed.models.conditioning import ConditionedUNet
+from synthmed.models.conditioning import ConditionedUNet, encode_labels, encoding_channels
 from synthmed.models.local import load_local_network
-from synthmed.reporting.images import save_grid
-from synthmed.sampling.label_maps import encode_labels, encoding_channels
-from synthmed.sampling.sampler import denoise, initial_noise
 
 VAL_ITEMS = 64  # validation batch: enough for a stable curve, cheap on a CPU
 VAL_VOLUMES = 8  # 3D: full-resolution autoencoder activations of 64 volumes would take gigabytes
@@ -386,8 +386,3 @@ class ControlNetTask(DiffusionTask):
 
     def extra_state(self) -> dict[str, Any]:
         return super().extra_state() | self.extra | {"condition": self.cn_cfg.condition}
-
-
-def controlnet_stage_dir(condition: str) -> str:
-    """The run sub-folder of the ControlNet following ``condition`` (mask: the historical 'controlnet')."""
-    return "controlnet" if condition == "mask" else f"controlnet-{condition}"

@@ -23,24 +23,18 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
 from synthmed import runtime
+from synthmed.artifacts import checkpoint as ckpt
 from synthmed.config import StageConfig
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import use_sdpa
-from synthmed.runtime import autocast
-from synthmed.training import checkpoint as ckpt
+from synthmed.progress import progress_bar
+from synthmed.runtime import autocast, step_seed
+from synthmed.training.rng import rng_state, set_rng_state
 
 
 class Task(Protocol):
@@ -72,10 +66,6 @@ class Task(Protocol):
 
     def extra_state(self) -> dict[str, Any]:
         """Task state beyond the weights (e.g. the latent scale factor), saved with every checkpoint."""
-
-
-def step_seed(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -217,7 +207,7 @@ class Trainer:
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "lr_schedulers": {n: s.state_dict() for n, s in self.lr_schedulers.items()},
             "scaler": self.scaler.state_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": rng_state(),
             "extra": self.task.extra_state(),
         }
 
@@ -248,7 +238,7 @@ class Trainer:
                 path=path,
             ) from exc
         self.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         self.step = int(state["step"])
         return state
 
@@ -340,15 +330,14 @@ class Trainer:
             if self.main:
                 self._clean_after_kill()
         total = self.cfg.steps
-        with _progress(self.show_progress) as bar:
-            task_id = bar.add_task(self.task.name, total=total, completed=self.step, loss="")
+        with progress_bar(self.task.name, total, completed=self.step, enabled=self.show_progress) as bar:
             t0, done = time.perf_counter(), 0
             while self.step < total:
                 logs = self.train_step()
                 done += 1
                 rate = done / (time.perf_counter() - t0)
                 loss_txt = " ".join(f"{k[5:]}={v:.4f}" for k, v in logs.items() if k.startswith("loss_"))
-                bar.update(task_id, completed=self.step, loss=loss_txt)
+                bar.show(self.step, loss_txt)
                 if self.step % self.cfg.log_every == 0 or self.step == total:
                     lr = self.lr_schedulers[next(iter(self.lr_schedulers))].get_last_lr()[0]
                     self._log({"step": self.step, **logs, "lr": lr, "steps_per_s": rate})
@@ -370,19 +359,6 @@ def _row_step(line: str) -> float:
         return json.loads(line)["step"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return float("inf")
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
 
 
 def _tensorboard(log_dir: Path) -> Any:

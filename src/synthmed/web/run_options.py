@@ -1,5 +1,6 @@
 """The trained models a dashboard user may pick, and what each one offers (labels, ControlNets, samplers,
-sizes), read from the run folder itself so the configurator's form follows the model."""
+sizes), read from the run folder itself (config.yaml and metadata.json) so the configurator's form follows the
+model."""
 
 from __future__ import annotations
 
@@ -7,19 +8,16 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import get_args
 
-import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from synthmed.artifacts.run import RunDir
 from synthmed.catalogue.models import TrainedModel
-from synthmed.config import Condition, TrainConfig, build_train_config, read_yaml
+from synthmed.config import TrainConfig, read_run_config
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import SAMPLERS_FOR
-from synthmed.sampling.pipeline import Pipeline
-from synthmed.training import checkpoint as ckpt
-from synthmed.training.tasks import controlnet_stage_dir
+from synthmed.sampling.rules import RunRules
 
 
 @dataclass(frozen=True)
@@ -50,46 +48,31 @@ class RunOptions:
         """Trained with label dropout: it can sample without a label and use classifier-free guidance."""
         return self.cfg.diffusion.label_dropout > 0
 
-    def checks(self) -> Pipeline:
-        """The run's Pipeline without weights: only its checks of labels, guidance and sizes are used, so the
+    def checks(self) -> RunRules:
+        """The rules the run's Pipeline checks labels, guidance and sizes by, without its weights, so the
         form refuses exactly what generation would refuse."""
-        return Pipeline(
-            self.run_dir,
-            self.cfg,
-            None,  # type: ignore[arg-type]  # no autoencoder
-            None,  # type: ignore[arg-type]  # no UNet
-            1.0,
-            list(self.class_names),
-            {},
-            torch.device("cpu"),
-            torch.float32,
-            "ema",
-            self.spacing,
-        )
-
-
-def _is_run(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file() and (folder / "diffusion" / "model.pt").is_file()
+        return RunRules(self.cfg, list(self.class_names))
 
 
 @lru_cache(maxsize=64)
-def _read(run_dir: Path, _stamp: float) -> tuple[TrainConfig, tuple[str, ...], tuple[str, ...], tuple | None]:
-    """Cached per version of the weights (``_stamp``: their modification time)."""
-    cfg = build_train_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
-    cfg = cfg.model_copy(update={"run_dir": run_dir})
-    extra = ckpt.load(run_dir / "diffusion" / "model.pt")["extra"]
-    conditions = tuple(
-        c for c in get_args(Condition) if (run_dir / controlnet_stage_dir(c) / "model.pt").is_file()
-    )
-    spacing = extra.get("spacing")
-    return cfg, tuple(extra["class_names"]), conditions, tuple(spacing) if spacing else None
+def _read(
+    run_dir: Path, _stamps: tuple[float, ...]
+) -> tuple[TrainConfig, tuple[str, ...], tuple[str, ...], tuple | None]:
+    """Cached per version of the run (``_stamps``: modification times of its weights and metadata)."""
+    meta = RunDir(run_dir).metadata()
+    return read_run_config(run_dir), tuple(meta.class_names), tuple(meta.controlnets), meta.spacing
+
+
+def _stamps(run: RunDir) -> tuple[float, ...]:
+    files = (run.weights("diffusion"), run.metadata_file)  # metadata.json changes with each ControlNet
+    return tuple(f.stat().st_mtime if f.exists() else 0.0 for f in files)
 
 
 def read_run(run_dir: Path, key: str) -> RunOptions:
-    if not _is_run(run_dir):
+    run = RunDir(run_dir)
+    if not run.is_trained():
         raise SynthmedError("not a trained run (no config.yaml or diffusion/model.pt)", path=run_dir)
-    stamp = (run_dir / "diffusion" / "model.pt").stat().st_mtime
-    return RunOptions(key, run_dir, *_read(run_dir, stamp))
+    return RunOptions(key, run_dir, *_read(run_dir, _stamps(run)))
 
 
 def run_folders(session: Session, runs_dir: Path | None) -> dict[str, Path]:
@@ -101,7 +84,7 @@ def run_folders(session: Session, runs_dir: Path | None) -> dict[str, Path]:
     runs = {}
     for folder in found:
         folder = folder.resolve()
-        if _is_run(folder):
+        if RunDir(folder).is_trained():
             runs[hashlib.sha256(str(folder).encode()).hexdigest()[:16]] = folder
     return runs
 

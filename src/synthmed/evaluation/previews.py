@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from synthmed.artifacts.images import save_png
 from synthmed.errors import SynthmedError
 from synthmed.evaluation.views import VIEW_AXIS, VIEWS, slice_indices, view_slices
-from synthmed.reporting.images import save_png
 
 #: Label l is drawn in PALETTE[(l - 1) % len(PALETTE)] (tab10): the same structure, the same colour.
 PALETTE = (

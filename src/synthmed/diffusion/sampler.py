@@ -1,4 +1,4 @@
-"""The denoising loop shared by generation, training previews and (later) editing.
+"""The denoising loop shared by generation, editing and training previews.
 
 Written here rather than taken from MONAI's ``DiffusionInferer.sample`` because that loop passes conditioning
 only as cross-attention context (our UNet is conditioned through ``class_labels``), draws DDPM step noise

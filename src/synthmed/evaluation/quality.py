@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from synthmed.errors import SynthmedError
-from synthmed.sampling.label_maps import check_label_range
+from synthmed.models.conditioning import check_label_range
 
 
 def intensity_bounds(

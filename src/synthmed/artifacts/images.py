@@ -1,13 +1,15 @@
-"""PNG writing and image grids (8- or 16-bit greyscale), for outputs, previews and reports."""
+"""PNG files synthmed writes: generated images (8- or 16-bit greyscale, the kind the catalogue checks for),
+preview grids and report figures."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from synthmed.artifacts.files import atomic_write
 
 
 def to_uint(image: np.ndarray | torch.Tensor, bit_depth: int = 8) -> np.ndarray:
@@ -21,10 +23,8 @@ def to_uint(image: np.ndarray | torch.Tensor, bit_depth: int = 8) -> np.ndarray:
 
 def save_png(image: np.ndarray | torch.Tensor, path: Path, bit_depth: int = 8) -> None:
     """Write atomically, so an interrupted run never leaves a half-written PNG behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    Image.fromarray(to_uint(image, bit_depth)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        Image.fromarray(to_uint(image, bit_depth)).save(tmp, format="PNG")
 
 
 def grid(images: torch.Tensor | np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:

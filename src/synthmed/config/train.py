@@ -1,0 +1,173 @@
+"""Everything ``synthmed train`` needs, on top of a named preset (presets.yaml beside this file)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from synthmed.artifacts.run import RunDir
+from synthmed.config.base import Strict, deep_merge, format_validation_error, read_yaml
+from synthmed.config.data import DataConfig
+from synthmed.config.model import AutoencoderArch, NoiseConfig, UNetArch
+from synthmed.errors import SynthmedError
+
+DEFAULT_PRESET = "small64"
+#: Named architecture and training presets, in the order ``synthmed presets`` lists them.
+PRESETS: dict[str, dict[str, Any]] = yaml.safe_load(
+    resources.files("synthmed.config").joinpath("presets.yaml").read_text()
+)
+
+
+class StageConfig(Strict):
+    """Optimisation settings shared by every training stage."""
+
+    steps: int = Field(1000, ge=1, description="Optimiser steps for this stage.")
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="Periodic checkpoints kept besides last.pt.")
+    preview_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+
+
+class AutoencoderConfig(StageConfig):
+    arch: AutoencoderArch = AutoencoderArch()
+    kl_weight: float = Field(1e-6, ge=0)
+    adv_weight: float = Field(0.0, ge=0, description="PatchDiscriminator loss weight; 0 disables it.")
+    adv_start: int = Field(0, ge=0, description="Step at which the adversarial loss switches on.")
+    disc_channels: int = Field(32, ge=4)
+    disc_layers: int = Field(2, ge=1)
+    perceptual_weights: Path | None = Field(
+        None,
+        description="Local feature network (torch.export .pt2 or TorchScript) for a perceptual loss; "
+        "nothing is downloaded.",
+    )
+    perceptual_weight: float = Field(0.3, ge=0)
+    grad_weight: float = Field(
+        0.0, ge=0, description="L1 loss on image gradients (finite differences): keeps edges; 0 disables it."
+    )
+    spectral_weight: float = Field(
+        0.0, ge=0, description="MONAI JukeboxLoss on Fourier amplitudes: keeps texture; 0 disables it."
+    )
+
+
+class DiffusionConfig(StageConfig):
+    arch: UNetArch = UNetArch()
+    noise: NoiseConfig = NoiseConfig()
+    label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Classifier-free guidance label dropout.")
+    scale_factor_samples: int = Field(
+        256, ge=8, description="Training images used to estimate the latent scale."
+    )
+
+
+Condition = Literal["mask", "edges", "sobel"]
+
+
+class ControlNetConfig(StageConfig):
+    """A ControlNet: a trainable copy of the frozen diffusion UNet's encoder that follows a structure map
+    (2D: masks, Canny edges or Sobel gradients; 3D: label maps, MAISI style)."""
+
+    condition: Condition = Field(
+        "mask",
+        description="2D: what the ControlNet follows: mask (the <stem>_mask*.png files, merged), edges "
+        "(Canny edges of the image, computed on the fly) or sobel (gradient magnitude). 3D: the label maps. "
+        "Each condition trains its own ControlNet in the run (controlnet/, controlnet-edges/, ...).",
+    )
+    edge_sigma: float = Field(1.5, gt=0.0, le=10.0, description="Canny Gaussian sigma in model pixels.")
+    empty_mask_classes: list[str] = Field(
+        [],
+        description="2D mask condition: classes whose images have no mask file because they show no lesion "
+        "(BUSI 'normal'); their mask is empty. Images of other classes without a mask file are skipped.",
+    )
+
+    encoding: Literal["onehot", "bits"] = Field(
+        "onehot",
+        description="Label map channels: onehot (one per foreground label) or bits (MAISI's binary code, "
+        "ceil(log2(labels)) channels, for hundreds of labels).",
+    )
+    embedding_channels: list[int] = Field(
+        [8, 16, 32],
+        description="Conditioning encoder widths; len - 1 stride-2 steps must equal the VAE compression.",
+    )
+
+
+class RuntimeConfig(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 (or fp16) autocast on CUDA, fp32 on CPU."
+    )
+    num_threads: int | None = Field(None, ge=1, description="CPU threads (default: torch's choice).")
+    tensorboard: bool = False
+
+
+class TrainConfig(Strict):
+    """Everything `synthmed train` needs; written resolved into the run directory."""
+
+    run_dir: Path = Path("runs/default")
+    seed: int = 0
+    preset: str = DEFAULT_PRESET
+    data: DataConfig = DataConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    controlnet: ControlNetConfig = ControlNetConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _check_controlnet(self) -> Self:
+        steps = len(self.controlnet.embedding_channels) - 1
+        if 2**steps != self.autoencoder.arch.compression:
+            raise ValueError(
+                f"controlnet.embedding_channels has {steps} downsampling steps (2^{steps}) but the "
+                f"autoencoder compresses {self.autoencoder.arch.compression}x; give it log2(compression) + 1 "
+                "entries"
+            )
+        if self.data.volume is not None and self.controlnet.condition != "mask":
+            raise ValueError("3D ControlNets follow the label maps: controlnet.condition must be 'mask'")
+        return self
+
+    @model_validator(mode="after")
+    def _check_3d(self) -> Self:
+        if self.data.volume is None:
+            return self
+        divisor = self.autoencoder.arch.compression * 2 ** (len(self.diffusion.arch.channels) - 1)
+        if any(s % divisor for s in self.data.volume.size):
+            raise ValueError(f"data.volume.size must be divisible by {divisor} (VAE x UNet downsampling)")
+        if self.autoencoder.perceptual_weights is not None:
+            raise ValueError("autoencoder.perceptual_weights takes a 2D network; leave it unset for 3D")
+        return self
+
+
+def build_train_config(values: dict[str, Any], source: str = "(arguments)") -> TrainConfig:
+    """Apply ``values`` on top of their preset's defaults and validate."""
+    preset = values.get("preset", DEFAULT_PRESET)
+    if preset not in PRESETS:
+        raise SynthmedError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}", field="preset")
+    merged = deep_merge(PRESETS[preset], values)
+    merged["preset"] = preset
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as err:
+        raise SynthmedError(format_validation_error(err, source)) from err
+
+
+def load_train_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (or none), apply dotted-free nested ``overrides`` and validate on the preset."""
+    values = read_yaml(path) if path is not None else {}
+    if overrides:
+        values = deep_merge(values, overrides)
+    return build_train_config(values, source=str(path) if path else "(arguments)")
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """A trained run's config.yaml, validated on its preset, with ``run_dir`` where the run lies now."""
+    path = RunDir(Path(run_dir)).config
+    cfg = build_train_config(read_yaml(path), source=str(path))
+    return cfg.model_copy(update={"run_dir": Path(run_dir)})

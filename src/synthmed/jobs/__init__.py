@@ -1,0 +1,1 @@
+"""The job queue: generation, evaluation and training started from the dashboard, run by a worker."""
