@@ -1,4 +1,5 @@
-"""`synthmed db` (schema migrations) and `synthmed catalogue` (import and list data sets) commands.
+"""`synthmed db` (schema migrations), `synthmed catalogue` (import and list data sets), `synthmed export` and
+`synthmed generate --from-requests`.
 
 Heavy imports (SQLAlchemy engines, torch through the importer) stay inside the functions so that
 `synthmed --help` stays fast.
@@ -7,8 +8,9 @@ Heavy imports (SQLAlchemy engines, torch through the importer) stay inside the f
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,7 +22,9 @@ from synthmed.config import (
     CatalogueImportConfig,
     CatalogueImportRealConfig,
     DatabaseConfig,
+    ExportConfig,
     FromRequestsConfig,
+    GenerateConfig,
 )
 from synthmed.errors import SynthmedError
 
@@ -200,21 +204,23 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def generate_from_requests(
-    enabled: bool, database: str | None, config: Path | None, given: dict[str, Any], progress: bool
+    enabled: bool, database: str | None, config: Path | None, options: Mapping[str, Any], progress: bool
 ) -> None:
-    """`synthmed generate --from-requests`: the generation settings come from each rejected sample."""
+    """`synthmed generate --from-requests`: the generation settings come from each rejected sample, so of
+    the generate ``options`` (named like GenerateConfig fields) only --device may be given."""
     from synthmed.catalogue.migrate import require_head
     from synthmed.catalogue.requests import fulfil_requests
 
     if not enabled:
         raise SynthmedError("applies to synthmed generate --from-requests only", field="database")
-    others = sorted(k for k, v in given.items() if v is not None and k != "device")
+    given = {k: v for k, v in options.items() if k in GenerateConfig.model_fields and v is not None}
+    others = sorted(k for k in given if k != "device")
     if others:
         raise SynthmedError(
             f"--from-requests takes every generation setting from the rejected sample; leave out {others}",
             field=others[0],
         )
-    cfg = command_config(FromRequestsConfig, config, {"database": database, "device": given["device"]})
+    cfg = command_config(FromRequestsConfig, config, {"database": database, "device": given.get("device")})
     require_head(cfg.database)
     with _printed_warnings():
         done = fulfil_requests(cfg.database, device=cfg.device, progress=progress)
@@ -225,6 +231,50 @@ def generate_from_requests(
             highlight=False,
         )
     err.print(f"done: {len(done)} regeneration requests fulfilled")
+
+
+class ExportFormat(StrEnum):
+    png = "png"
+    nifti = "nifti"
+    dicom = "dicom"
+
+
+@user_errors
+def export(
+    format: Annotated[
+        ExportFormat | None,
+        typer.Option("--format", help="png (2D), nifti (.nii.gz) or dicom (marked synthetic, masks as SEG)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder: imagesTr/, labelsTr/, dataset.json, manifest.csv.")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Only this synthetic data set (default: all).")] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(help="Catalogue URL (default: $SYNTHMED_DATABASE_URL, else sqlite:///synthmed.db)."),
+    ] = None,
+    overwrite: Annotated[
+        bool | None,
+        typer.Option("--overwrite", help="Replace a previous export in --out (other files there stay)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML with ExportConfig fields.")
+    ] = None,
+) -> None:
+    """Export the approved synthetic samples as a training corpus (nnU-Net / Decathlon layout).
+
+    Writes imagesTr/<case>_0000 files, labelsTr/ for masks and label maps, dataset.json and manifest.csv
+    (provenance and checksums of every case). DICOM objects get new UIDs, placeholder patient attributes
+    (nothing is copied from source files), Synthetic Data = YES and a series description naming the model.
+    """
+    options = locals()  # each option sets the ExportConfig field of its name
+    from synthmed.catalogue.export import export_approved
+
+    cfg = command_config(ExportConfig, config, options)
+    with catalogue_session(cfg.database) as session:
+        summary = export_approved(session, cfg.out, cfg.format, dataset=cfg.dataset, overwrite=cfg.overwrite)
+    classes = ", ".join(f"{label} {n}" for label, n in sorted(summary["classes"].items()))
+    err.print(f"done: {summary['cases']} cases ({classes}; {summary['labelled']} with labels) in {cfg.out}")
 
 
 @contextmanager

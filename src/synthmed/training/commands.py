@@ -1,0 +1,135 @@
+"""`synthmed train`, `synthmed split` and `synthmed presets`. Heavy imports (torch through the training code)
+stay inside the functions so that `synthmed --help` stays fast."""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from synthmed.cli_support import ConditionName, err, user_errors
+from synthmed.config import PRESETS, load_train_config
+from synthmed.errors import SynthmedError
+
+
+class Stage(StrEnum):
+    all = "all"
+    autoencoder = "autoencoder"
+    diffusion = "diffusion"
+    controlnet = "controlnet"
+
+
+@user_errors
+def train(
+    stage: Annotated[
+        Stage,
+        typer.Argument(
+            help="Which stage to train: all = autoencoder then diffusion (then the label-map controlnet for "
+            "3D data)."
+        ),
+    ] = Stage.all,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config (fields of TrainConfig).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Data source (overrides data.source).")] = None,
+    run: Annotated[Path | None, typer.Option(help="Run directory (overrides run_dir).")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"Architecture preset: {', '.join(PRESETS)}.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+    condition: Annotated[
+        ConditionName | None,
+        typer.Option(
+            help="controlnet stage, 2D: what the ControlNet follows: mask (<stem>_mask*.png files), edges "
+            "(Canny) or sobel; each has its own folder in the run (overrides controlnet.condition)."
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the autoencoder, the class-conditional diffusion model and (3D) the label-map ControlNet.
+
+    2D ControlNets are trained after those with `synthmed train controlnet --condition mask|edges|sobel`.
+
+    Checkpoints, logs (log.jsonl) and preview grids go to the run directory; --resume continues exactly where
+    a killed run stopped. On resume without --config the run's saved config.yaml is used. After the first
+    few steps of each stage the expected duration on this machine is printed.
+
+    Several GPUs (or CPU processes): torchrun --nproc_per_node N --no-python synthmed train ... splits each
+    batch_size batch across the N processes (DistributedDataParallel); rank 0 writes the files.
+    """
+    from synthmed.runtime import resolve_device, torchrun_command
+    from synthmed.training.duration import StepTimer
+    from synthmed.training.run import resolve_run_config
+    from synthmed.training.run import train as run_training
+
+    overrides: dict[str, Any] = {}
+    if data is not None:
+        overrides["data"] = {"source": str(data)}
+    if run is not None:
+        overrides["run_dir"] = str(run)
+    if preset is not None:
+        overrides["preset"] = preset
+    cfg = None
+    if config is not None or data is not None:
+        cfg = load_train_config(config, overrides)
+    elif preset is not None:
+        raise SynthmedError("--preset needs --config or --data", field="preset")
+    cfg = resolve_run_config(cfg, run, resume)
+    if condition is not None:
+        cfg.controlnet = cfg.controlnet.model_copy(update={"condition": condition.value})
+    stages = None if stage == Stage.all else (stage.value,)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun: rank 0 prints
+    cpu = resolve_device(cfg.runtime.device).type == "cpu"
+    timer = StepTimer(lambda line: err.print(line, highlight=False), cpu) if main else None
+    with torchrun_command():
+        run_training(cfg, stages, resume=resume, progress=progress, on_step=timer)
+    if main:
+        err.print(f"done: {cfg.run_dir}")
+
+
+@user_errors
+def split(
+    data: Annotated[Path, typer.Option(help="Data source: class folders, .npz or CSV manifest.")],
+    out: Annotated[Path, typer.Option(help="Where to write split.json (an existing one is verified).")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with data/seed fields.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Split seed (overrides the config's seed).")] = None,
+) -> None:
+    """Check a data set and write its train/val/holdout split with content hashes, without training.
+
+    3D: give a config that sets data.volume (e.g. one with preset: small3d).
+
+    Prints images per class and split and every skipped file with the reason; copy split.json into a run
+    directory (or train with the same data settings and seed) to train on exactly this split.
+    """
+    from rich.table import Table
+
+    from synthmed.data import prepare
+    from synthmed.data.splits import split_counts
+
+    overrides: dict[str, Any] = {"data": {"source": str(data)}}
+    if seed is not None:
+        overrides["seed"] = seed
+    cfg = load_train_config(config, overrides)
+    if cfg.data.volume is not None:  # 3D: every volume is read and checked once
+        from synthmed.data.volume_sets import prepare_volumes
+
+        prepared = prepare_volumes(cfg.data, cfg.seed, out)
+    else:
+        prepared = prepare(cfg.data, cfg.seed, out)
+    counts = split_counts(prepared.records, prepared.class_names)
+    table = Table("class", *counts, title=f"{data} (seed {cfg.seed})")
+    for name in prepared.class_names:
+        table.add_row(name, *(str(counts[s][name]) for s in counts))
+    Console().print(table)
+    for skipped in prepared.skipped:
+        err.print(f"skipped {skipped.source}: {skipped.reason}", highlight=False, soft_wrap=True)
+    err.print(f"written: {out}")
+
+
+def presets() -> None:
+    """List the architecture presets."""
+    import yaml
+
+    typer.echo(yaml.safe_dump(PRESETS, sort_keys=False))
