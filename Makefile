@@ -1,4 +1,4 @@
-# One command sets up and runs the demo, one runs the tests (`.ci/run` calls `make test`).
+# One command sets up and runs the demo, one runs the tests (`.ci/run` calls `make lint`, then `make test`).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -40,9 +40,12 @@ endif
 test: setup system-deps
 	$(if $(filter yes,$(CAN_INSTALL)),,SYNTHMED_SKIP_MISSING_SYSTEM_DEPS=1) $(BIN)/python -m pytest -q -p no:cacheprovider
 
+# Style, types (mypy on src/) and the import layers (the contracts in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) demo_run runs

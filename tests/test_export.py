@@ -489,7 +489,7 @@ def test_export_on_sqlite_and_postgresql(
 
 
 def test_series_description_keeps_the_model_digest_when_the_run_name_is_long() -> None:
-    from synthmed.catalogue.export import _series_description
+    from synthmed.catalogue.dicom import series_description
 
-    text = _series_description({"run_dir": "/runs/" + "x" * 100, "diffusion_sha256": DIFF_2D})
+    text = series_description({"run_dir": "/runs/" + "x" * 100, "diffusion_sha256": DIFF_2D})
     assert len(text) == 64 and text.startswith("SYNTHETIC synthmed xxx") and text.endswith(DIFF_2D[:12])

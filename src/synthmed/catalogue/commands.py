@@ -153,17 +153,17 @@ def verify(
 def import_real_images(
     folder: Annotated[Path, typer.Argument(help="Class folders of 2D images, or NIfTI volumes.")],
     name: Annotated[str | None, typer.Option(help="Data set name.")] = None,
-    dims: Annotated[
-        int | None, typer.Option(help="2 or 3 (default: 3 when the folder holds NIfTI files).")
+    spatial_dims: Annotated[
+        int | None, typer.Option("--dims", help="2 or 3 (default: 3 when the folder holds NIfTI files).")
     ] = None,
     database: Database = None,
     config: ConfigFile = None,
 ) -> None:
     """Catalogue a folder of real images (labels from class folders, masks and label maps beside them)."""
+    options = locals()  # each option sets the CatalogueImportRealConfig field of its name
     from synthmed.catalogue.importer import import_real
 
-    given = {"folder": folder, "name": name, "spatial_dims": dims, "database": database}
-    cfg = command_config(CatalogueImportRealConfig, config, given)
+    cfg = command_config(CatalogueImportRealConfig, config, options)
     with catalogue_session(cfg.database) as session:
         dataset = import_real(session, cfg.folder, cfg.name, spatial_dims=cfg.spatial_dims)
         session.flush()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 ENV_URL = "SYNTHMED_DATABASE_URL"
@@ -55,6 +55,13 @@ def insert_or_ignore(session: Session, model: type, values: dict, unique: list[s
 
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     session.execute(dialect.insert(model).values(**values).on_conflict_do_nothing(index_elements=unique))
+
+
+def changed_rows(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE; returns how many rows it matched (its cursor's rowcount)."""
+    result = session.execute(statement)
+    assert isinstance(result, CursorResult)  # what DML returns; the typing says Result
+    return result.rowcount
 
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from PIL import Image
@@ -36,6 +35,7 @@ from synthmed.artifacts.images import to_uint
 from synthmed.artifacts.manifest import file_name
 from synthmed.artifacts.run import RunDir
 from synthmed.catalogue.models import GenerationRun, Sample, utcnow
+from synthmed.data.volumes import open_volume
 from synthmed.errors import SynthmedError
 from synthmed.sampling.pipeline import Pipeline
 from synthmed.sampling.privacy_filter import copy_guard_for_run
@@ -267,7 +267,7 @@ def _check_png_kind(claim: Claim) -> None:
 
 def _check_volume_kind(claim: Claim) -> None:
     try:
-        header = nib.load(claim.path).header
+        header = open_volume(claim.path).header
     except Exception as exc:  # nibabel raises many types for damaged files
         raise SynthmedError(f"not a readable NIfTI volume ({type(exc).__name__})") from exc
     shape, size = tuple(int(n) for n in header.get_data_shape()), tuple(claim.row.get("size") or ())
@@ -364,7 +364,7 @@ def _replay(pipe: Pipeline, claim: Claim, members: list[Claim]) -> list[np.ndarr
 def _differs(claim: Claim, regenerated: np.ndarray) -> str | None:
     """Why the file's pixels are not the regenerated ones, or None when they are bit for bit."""
     if claim.spatial_dims == 3:
-        stored = np.asarray(nib.load(claim.path).dataobj)
+        stored = np.asarray(open_volume(claim.path).dataobj)
     else:
         with Image.open(claim.path, formats=["PNG"]) as im:
             stored = np.asarray(im)

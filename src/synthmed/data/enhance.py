@@ -28,7 +28,8 @@ class Enhancement(Transform):
     scikit-image works on numpy, so a tensor goes through the CPU and comes back on its device.
     """
 
-    backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    # MONAI declares backend an instance attribute; it is the same for every instance.
+    backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH, TransformBackends.NUMPY]  # type: ignore[misc]
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -116,8 +117,8 @@ def content_groups(records: Sequence[Record]) -> list[list[int]]:
 
     first_with: dict[str, int] = {}
     links = [(i, first_with.setdefault(r.sha256, i)) for i, r in enumerate(records)]
-    hashed = [i for i, r in enumerate(records) if r.phash]
-    links += [(hashed[i], hashed[j]) for i, j in near_pairs([records[k].phash for k in hashed])]
+    hashed = [(i, r.phash) for i, r in enumerate(records) if r.phash]
+    links += [(hashed[i][0], hashed[j][0]) for i, j in near_pairs([phash for _, phash in hashed])]
     for i, j in links:
         parent[root(i)] = root(j)
     groups: dict[int, list[int]] = {}
@@ -150,7 +151,9 @@ def warn_cross_split(found: Sequence[Duplicate], shown: int = 10) -> None:
         )
 
 
-def check_class_sizes(records: Sequence[Record], class_names: Sequence[str], where: object) -> None:
+def check_class_sizes(
+    records: Sequence[Record], class_names: Sequence[str], where: str | Path | None
+) -> None:
     """Refuse a class without a training image; warn about a class with fewer than MIN_PER_CLASS_SPLIT
     images in a split that is in use."""
     counts: dict[tuple[str, str | None], int] = {}
@@ -189,7 +192,12 @@ def skip_summary(kept: Sequence[str], skipped: Sequence[Skipped], class_names: S
 
 
 def require_kept_classes(
-    before: Iterable[str], kept: Sequence[str], skip_empty: bool, what: str, where: object, hint: str = ""
+    before: Iterable[str],
+    kept: Sequence[str],
+    skip_empty: bool,
+    what: str,
+    where: str | Path | None,
+    hint: str = "",
 ) -> list[str]:
     """The classes of ``before`` (labels, in order of first appearance) that keep an item in ``kept``.
 
@@ -209,7 +217,7 @@ def require_kept_classes(
     return [c for c in dict.fromkeys(before) if c not in lost]
 
 
-def warn_colour(colour: int, total: int, where: object) -> None:
+def warn_colour(colour: int, total: int, where: str | Path | None) -> None:
     """Say once per data set that colour images are trained on as grey (luminance)."""
     if colour:
         log.warning(

@@ -26,6 +26,7 @@ from synthmed.data.integrity import (
     warn_colour,
     warn_cross_split,
 )
+from synthmed.data.npz import load_npz, npz_arrays, parse_npz_source
 from synthmed.data.preprocess import preprocess
 from synthmed.data.readers import Pixels, decode_pixels, read_bytes, validate_pixels
 from synthmed.data.sources import (
@@ -35,9 +36,6 @@ from synthmed.data.sources import (
     Skipped,
     discover,
     handle_failure,
-    load_npz,
-    npz_arrays,
-    parse_npz_source,
     require_source,
     select_classes,
     source_kind,

@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from monai.config import NdarrayOrTensor
 from monai.data import get_track_meta, set_track_meta
 from monai.transforms import (
     CenterSpatialCrop,
@@ -38,7 +39,7 @@ class PercentileScale(ScaleIntensityRangePercentiles):
     A constant image maps to 0 instead of tripping a divide-by-zero warning.
     """
 
-    def _normalize(self, img: torch.Tensor) -> torch.Tensor:
+    def _normalize(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
         arr = arr.astype(np.float64)  # extreme float32 inputs (+-3e38) would overflow in float32
         lo, hi = np.percentile(arr, [self.lower, self.upper])
@@ -152,7 +153,7 @@ def preprocess(image: np.ndarray, cfg: DataConfig) -> np.ndarray:
     """One (H, W) image -> float32 (1, S, S) in [0, 1], per ``cfg``'s size, resize mode, percentiles and
     enhancement."""
     arr = validate_array(image, "image")
-    transform = build_transform(cfg.image_size, cfg.resize_mode, tuple(cfg.clip_percentiles), cfg.enhance)
+    transform = build_transform(cfg.image_size, cfg.resize_mode, cfg.clip_percentiles, cfg.enhance)
     with untracked_meta():  # MetaTensor bookkeeping costs more than the resize itself and is unused here
         out = transform(torch.from_numpy(arr)[None])
     result = np.asarray(torch.as_tensor(out), dtype=np.float32)

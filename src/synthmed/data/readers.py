@@ -136,8 +136,8 @@ def _decode_pil(data: bytes, path: Path) -> tuple[np.ndarray, bool]:
                 raise SynthmedError(
                     f"multi-frame image with {frames} frames; save one 2D image per file", path=path
                 )
-            im = ImageOps.exif_transpose(im)  # phone/camera JPEGs store rotation in EXIF
-            return _pil_to_array(im)
+            # phone/camera JPEGs store rotation in EXIF
+            return _pil_to_array(ImageOps.exif_transpose(im))
 
 
 def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, bool]:

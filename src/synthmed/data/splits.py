@@ -39,7 +39,7 @@ def assign_splits(
     chosen: dict[int, str] = {}
     free_by_label: dict[str, dict[str, int]] = defaultdict(dict)  # label -> {group key: group}
     for g, members in enumerate(groups):
-        preset = [records[i].split for i in members if records[i].split is not None]
+        preset = [split for i in members if (split := records[i].split) is not None]
         if preset:
             chosen[g] = max(preset, key=lambda s: _PROTECTION.get(s, 0))
         else:

@@ -161,6 +161,7 @@ def load_volume_split(
         for r in track(records, f"Loading {split} volumes"):
             pair = pairs[r.source][1]
             image, label, meta = load_volume_pair(pair, cfg.volume.ingestion(spacing))
+            assert label is not None  # discovered with require_labels
             images.append(image)
             maps.append(label)
             mm.append(meta["spacing"])

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Literal, TypedDict, cast
 
 import nibabel as nib
 import numpy as np
@@ -41,6 +41,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
     Spacingd,
 )
+from nibabel.spatialimages import SpatialImage
 
 from synthmed.artifacts.files import atomic_write
 from synthmed.config import VolumeConfig
@@ -324,7 +325,7 @@ def _read(path: Path, key: str) -> MetaTensor:
     # Passed per call, the reader is the only one tried: a damaged file is not handed on to MONAI's
     # PIL, numpy and single-file DICOM readers. Without ITK, PydicomReader reads series folders
     # (fname_regex=None: the files carrying the DICOM magic, ordered by InstanceNumber).
-    reader = PydicomReader(fname_regex=None) if series else NibabelReader()
+    reader = PydicomReader(fname_regex=None) if series else NibabelReader()  # type: ignore[arg-type]
     try:
         return _loader(key)({key: str(path)}, reader=reader)[key]
     except Exception as exc:  # nibabel, gzip, zlib and pydicom errors on damaged files
@@ -421,6 +422,11 @@ def _intensity_step(cfg: VolumeConfig) -> MapTransform:
 
 
 # --- label maps alone and NIfTI output (3D generation) ------------------------------------------
+
+
+def open_volume(path: Path) -> SpatialImage:
+    """nibabel's image of a NIfTI (or other volume) file, read lazily, typed as the spatial image each is."""
+    return cast(SpatialImage, nib.load(path))
 
 
 def load_label_map(path: Path, cfg: VolumeConfig) -> tuple[torch.Tensor, np.ndarray]:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.networks.nets import DiffusionModelUNet
-from monai.networks.schedulers import DDIMScheduler, RFlowScheduler, Scheduler
+from monai.networks.schedulers import DDIMScheduler, RFlowScheduler
+from torch import nn
 
+from synthmed.models.builders import Sampler
 from synthmed.models.solvers import DiffusersSolver
 
 # Called as callback(step_index, num_steps, predicted_clean_latent) after every step.
@@ -53,7 +54,7 @@ def batch_randn(
 
 
 def _predict(
-    unet: DiffusionModelUNet,
+    unet: nn.Module,
     x: torch.Tensor,
     t: torch.Tensor,
     labels: torch.Tensor,
@@ -93,8 +94,8 @@ class Known:
 
 
 def denoise(
-    unet: DiffusionModelUNet,
-    scheduler: Scheduler,
+    unet: nn.Module,
+    scheduler: Sampler,
     noise: torch.Tensor,
     labels: torch.Tensor,
     *,
@@ -140,7 +141,7 @@ def denoise(
 
 
 def _step(
-    scheduler: Scheduler,
+    scheduler: Sampler,
     out: torch.Tensor,
     t: torch.Tensor,
     t_next: torch.Tensor,
@@ -149,16 +150,16 @@ def _step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One reverse step: (x at t_next, predicted clean latent)."""
     if isinstance(scheduler, RFlowScheduler):
-        return scheduler.step(out, t, x, t_next)
+        return scheduler.step(out, t, x, t_next)  # type: ignore[arg-type]  # MONAI takes tensor timesteps
     if isinstance(scheduler, DDIMScheduler):
-        return scheduler.step(out, t, x, eta=0.0)  # deterministic: no step noise
+        return scheduler.step(out, t, x, eta=0.0)  # type: ignore[arg-type]  # deterministic: no step noise
     if isinstance(scheduler, DiffusersSolver):
         return scheduler.step(out, t, x, generators)
-    return scheduler.step(out, t, x)
+    return scheduler.step(out, t, x)  # type: ignore[arg-type]  # MONAI takes tensor timesteps
 
 
 def _blend(
-    scheduler: Scheduler,
+    scheduler: Sampler,
     known: Known,
     x: torch.Tensor,
     t: torch.Tensor | None,

@@ -63,7 +63,9 @@ def decode_latents(
         sw_device=z.device,
         device=out_device,
     )
-    return inferer(z.float(), _Decoder(autoencoder, z.dtype))
+    decoded = inferer(z.float(), _Decoder(autoencoder, z.dtype))
+    assert isinstance(decoded, torch.Tensor)  # one tensor in, one out (MONAI types every kind it can return)
+    return decoded
 
 
 class _Decoder:

@@ -150,6 +150,7 @@ def _volumes(name: str, root: Path, cfg: AugmentationConfig) -> tuple[Hashed, La
     loaded = load_volumes(Path(root), VolumeConfig(size=cfg.volume_size), require_labels=True)
     if len(loaded) < 2:
         raise SynthmedError(f"fewer than 2 volumes with a label map in the {name} set", path=root)
+    assert loaded.labels is not None  # require_labels
     labels = torch.zeros(len(loaded), dtype=torch.int64)  # one class: volumes carry no diagnosis label
     targets = (loaded.labels > 0).to(torch.uint8)
     return Hashed(Path(root), loaded.keys, loaded.phash, []), Labelled(loaded.images, labels, targets)
@@ -221,7 +222,7 @@ def subsample_minority(labels: torch.Tensor, minority: int, prevalence: float, s
 def real_subset(sets: Sets, cfg: AugmentationConfig, fraction: float, seed: int) -> Labelled:
     """The real training images of one run: minority subsampling first, then the scarcity fraction."""
     train = sets.train
-    if cfg.minority_class is not None:
+    if cfg.minority_class is not None and cfg.minority_fraction is not None:  # set together (validated)
         minority = sets.class_index(cfg.minority_class, "minority_class")
         train = train.take(subsample_minority(train.labels, minority, cfg.minority_fraction, seed))
     return train if fraction >= 1.0 else train.take(stratified_fraction(train.labels, fraction, seed))

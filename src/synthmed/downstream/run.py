@@ -33,7 +33,7 @@ from synthmed.downstream.report import write_csv, write_html
 from synthmed.downstream.train import class_probabilities, train_classifier, train_segmentation
 from synthmed.errors import SynthmedError
 from synthmed.evaluation.condition import segment
-from synthmed.evaluation.features import ExtractorSettings
+from synthmed.evaluation.features import ExtractorSettings, InHouseExtractor
 from synthmed.evaluation.sections import phase
 
 ARMS = ("real", "real+synthetic", "synthetic", "pretrain")
@@ -70,10 +70,10 @@ def _reference(arm: Arm, cfg: AugmentationConfig) -> Arm | None:
 
 def _training_set(arm: Arm, sets: Sets, cfg: AugmentationConfig, seed: int) -> tuple[Labelled, int, int]:
     """(training images, number of real ones, number of synthetic ones)."""
-    if arm.name == "synthetic":
+    if arm.name == "synthetic" or arm.fraction is None:
         return sets.synthetic, 0, len(sets.synthetic)
     real = real_subset(sets, cfg, arm.fraction, seed)
-    if arm.name != "real+synthetic":
+    if arm.name != "real+synthetic" or arm.ratio is None:
         return real, len(real), 0
     syn = synthetic_subset(fill_pool(sets, cfg), round(arm.ratio * len(real)), seed)
     return real.concat(syn), len(real), len(syn)
@@ -101,14 +101,14 @@ def _train_and_score(arm: Arm, sets: Sets, cfg: AugmentationConfig, seed: int) -
         return segmentation_scorer(segment(model, sets.test.images), sets.test.targets), info
     settings = ExtractorSettings(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, flip=True)
     k = len(sets.class_names)
-    model = None
+    pretrained: InHouseExtractor | None = None
     if arm.name == "pretrain":
-        model, pre = train_classifier(sets.synthetic, sets.val, k, settings, cfg.eval_every)
+        pretrained, pre = train_classifier(sets.synthetic, sets.val, k, settings, cfg.eval_every)
         info["n_synthetic"] = len(sets.synthetic)
         info["pretraining"] = {"best_step": pre["step"], "val_macro_f1": pre["val_macro_f1"]}
-    model, fit = train_classifier(train, sets.val, k, settings, cfg.eval_every, model)
+    classifier, fit = train_classifier(train, sets.val, k, settings, cfg.eval_every, pretrained)
     info["training"] = {"best_step": fit["step"], "val_macro_f1": fit["val_macro_f1"]}
-    prob = class_probabilities(model, sets.test.images).numpy()
+    prob = class_probabilities(classifier, sets.test.images).numpy()
     return classification_scorer(sets.test.labels.numpy(), prob, sets.class_names), info
 
 

@@ -30,9 +30,8 @@ from synthmed.evaluation.features import ExtractorSettings, InHouseExtractor, cl
 def class_probabilities(model: InHouseExtractor, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """(N, K) softmax probabilities."""
     model.eval()
-    return torch.cat(
-        [F.softmax(model.class_head(model.backbone(b)).float(), 1) for b in images.split(batch_size)]
-    )
+    head = _class_head(model)
+    return torch.cat([F.softmax(head(model.backbone(b)).float(), 1) for b in images.split(batch_size)])
 
 
 def train_classifier(
@@ -50,8 +49,11 @@ def train_classifier(
     weights = class_weights(train.labels, num_classes)
     best: dict[str, Any] = {"val_macro_f1": -1.0, "step": None, "state": None}
 
+    head = _class_head(model)
+
     def batch_loss(x: torch.Tensor, y: torch.Tensor | None, _: torch.Generator) -> torch.Tensor:
-        return F.cross_entropy(model.class_head(model.backbone(x)).float(), y, weight=weights)
+        assert y is not None  # a classifier trains on labelled images
+        return F.cross_entropy(head(model.backbone(x)).float(), y, weight=weights)
 
     def validate(step: int) -> None:
         if (step + 1) % eval_every and step != settings.steps - 1:
@@ -84,3 +86,9 @@ def train_segmentation(
     )
     model.load_state_dict(best.pop("state"))
     return model.eval(), best
+
+
+def _class_head(model: InHouseExtractor) -> torch.nn.Module:
+    if model.class_head is None:
+        raise ValueError("a classifier needs an extractor built with classes")
+    return model.class_head

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.stats
@@ -144,7 +144,9 @@ def per_image_scores(pred: torch.Tensor, target: torch.Tensor) -> tuple[np.ndarr
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target {tuple(target.shape)}")
     p, t = pred.bool().float(), target.bool().float()
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(p, t)[:, 0]
+    dice = cast(
+        torch.Tensor, DiceMetric(include_background=True, reduction="none", ignore_empty=False)(p, t)
+    )[:, 0]
     both = (p.flatten(1).amax(1) > 0) & (t.flatten(1).amax(1) > 0)
     hd95 = torch.zeros(0)
     if both.any():
@@ -152,7 +154,7 @@ def per_image_scores(pred: torch.Tensor, target: torch.Tensor) -> tuple[np.ndarr
         with warnings.catch_warnings():
             # MONAI 1.6 passes its own deprecated argument internally; nothing a user can act on.
             warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
-            hd95 = metric(p[both], t[both])[:, 0]
+            hd95 = cast(torch.Tensor, metric(p[both], t[both]))[:, 0]
     return dice.numpy(), hd95.numpy(), both.numpy()
 
 
@@ -201,7 +203,7 @@ def condition_fidelity(
     """
     _check_pairs(synthetic_images, synthetic_masks, "synthetic")
     _check_pairs(holdout_images, holdout_masks, "holdout")
-    scores = {
+    scores: dict[str, dict[str, Any]] = {
         name: {"n_images": len(images)} | dice_hd95(segment(segmenter, images), masks, seed=seed)
         for name, images, masks in (
             ("synthetic", synthetic_images, synthetic_masks),

@@ -7,7 +7,7 @@ comparable between sets of different sizes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ def pairwise_ms_ssim(images: torch.Tensor, pairs: int, seed: int, batch_size: in
     i, j = random_pairs(n, pairs, seed)
     values = torch.cat(
         [
-            metric(images[a].float(), images[b].float()).flatten()
+            cast(torch.Tensor, metric(images[a].float(), images[b].float())).flatten()
             for a, b in zip(i.split(batch_size), j.split(batch_size), strict=True)
         ]
     ).numpy()

@@ -53,7 +53,9 @@ class InHouseExtractor(nn.Module):
         """``full_resolution_stem``: a 3x3 stride-1 first convolution and no max-pooling (ResNet's 7x7
         stride-2 stem and pooling discard the finest detail, which is what tells blurred images apart)."""
         super().__init__()
-        stem = {"conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": True} if full_resolution_stem else {}
+        stem: dict[str, Any] = (
+            {"conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": True} if full_resolution_stem else {}
+        )
         self.backbone = ResNet(
             block="basic",
             layers=[1] * len(widths),
@@ -179,12 +181,12 @@ def fit_extractor(
     """Train on (N, 1, S, S) real images (and class indices); returns the model and its loss log."""
     torch.manual_seed(settings.seed)
     model = InHouseExtractor(num_classes if labels is not None else 0, settings.widths)
-    weights = class_weights(labels, num_classes) if model.class_head is not None else None
+    weights = class_weights(labels, num_classes) if labels is not None else None
 
     def batch_loss(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
         rotated, k = _rotate(x, gen)
         loss = F.cross_entropy(model.rotation_head(model.backbone(rotated)).float(), k)
-        if model.class_head is not None:
+        if model.class_head is not None and y is not None:
             loss = loss + F.cross_entropy(model.class_head(model.backbone(x)).float(), y, weight=weights)
         return loss
 

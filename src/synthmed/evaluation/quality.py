@@ -45,7 +45,9 @@ def intensity_bounds(
 
 
 def check_volume(
-    image: torch.Tensor, label: torch.Tensor, bounds: Mapping[int, Sequence[float]]
+    image: torch.Tensor,
+    label: torch.Tensor,
+    bounds: Mapping[int, Sequence[float]] | Mapping[str, Sequence[float]],
 ) -> dict[str, Any]:
     """Check one generated (1, X, Y, Z) volume against `intensity_bounds`; JSON-ready result.
 

@@ -123,9 +123,9 @@ def privacy_section(
         {space: (t, h[unseen], y) for space, (t, h, y) in vectors.items()}, cfg.copy_percentile
     )
     if dup["count"]:
-        dup["threshold_with_duplicates"] = audit({"pixel": tuple(vectors["pixel"])}, cfg.copy_percentile)[1][
-            "spaces"
-        ]["pixel"]["threshold"]
+        train, holdout, synthetic = vectors["pixel"]
+        with_duplicates = audit({"pixel": (train, holdout, synthetic)}, cfg.copy_percentile)[1]
+        dup["threshold_with_duplicates"] = with_duplicates["spaces"]["pixel"]["threshold"]
         dup["threshold_without"] = summary["spaces"]["pixel"]["threshold"]
     summary["real_duplicates"] = dup
     pairs = top_pairs(audits, 16)

@@ -19,7 +19,7 @@ from synthmed.config import DataConfig, read_run_config
 from synthmed.data import Record, Skipped, discover
 from synthmed.data.loading import Loaded, load_cached, load_real_split
 from synthmed.data.readers import is_image_file
-from synthmed.data.sources import hash_file, source_root
+from synthmed.data.sources import hash_file, require_source, source_root
 from synthmed.data.splits import read_split_file
 from synthmed.errors import SynthmedError
 
@@ -59,7 +59,7 @@ def _flat_records(root: Path) -> list[Record]:
 
 
 def _records(cfg: DataConfig) -> tuple[list[Record], list[str], list[Skipped]]:
-    root = Path(cfg.source)
+    root = require_source(cfg)
     if not root.is_dir():
         raise SynthmedError("not a folder of images", path=root)
     has_subdirs = any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())

@@ -43,7 +43,10 @@ def _floor_rows(section: dict[str, Any], key: str, name: str) -> list[dict[str, 
         if key == "recall" or group == "all":
             syn, floor = (_value(res[side] if key == "value" else res[side].get(key)) for side in SIDES)
             factor = RECALL_FACTOR if key == "recall" else FLOOR_FACTOR
-            ok = syn >= factor * floor if key == "recall" else syn <= factor * floor
+            if syn is None or floor is None:
+                ok = None
+            else:
+                ok = syn >= factor * floor if key == "recall" else syn <= factor * floor
             rule = f">= {factor} x floor" if key == "recall" else f"<= {factor} x floor"
             rows.append(_row(f"{name} ({group})", syn, floor, ok, rule))
     return rows

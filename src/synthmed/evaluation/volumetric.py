@@ -68,13 +68,14 @@ def label_map_section(
 ) -> dict[str, Any]:
     """Condition fidelity per label: a binary (one-vs-rest) 3D segmenter per label value of the training
     label maps, scored on synthetic volumes vs their label maps and on real holdout pairs (the ceiling)."""
-    missing = [n for n, m in label_maps.items() if m is None or len(m) < 2]
+    maps = {n: m for n, m in label_maps.items() if m is not None and len(m) >= 2}
+    missing = [n for n in label_maps if n not in maps]
     if missing:
         return {"not_computed": f"fewer than 2 volumes with label maps in the {', '.join(missing)} set(s)"}
-    values = sorted(set(torch.unique(label_maps["train"]).tolist()) - {0})
+    values = sorted(set(torch.unique(maps["train"]).tolist()) - {0})
     per_label = {}
     for value in values:
-        masks = {n: (m == value).to(torch.uint8) for n, m in label_maps.items()}
+        masks = {n: (m == value).to(torch.uint8) for n, m in maps.items()}
         segmenter = train_segmenter(
             sets["train"].images, masks["train"], steps=cfg.segmenter_steps, batch_size=4, seed=cfg.seed
         )
@@ -87,8 +88,8 @@ def label_map_section(
             seed=cfg.seed,
         )
     names = {"background": 0} | {f"label_{v}": v for v in values}
-    real = intensity_stats(sets["train"].images, label_maps["train"], names)
-    synthetic = intensity_stats(sets["synthetic"].images, label_maps["synthetic"], names)
+    real = intensity_stats(sets["train"].images, maps["train"], names)
+    synthetic = intensity_stats(sets["synthetic"].images, maps["synthetic"], names)
     return {
         "labels": per_label,
         "intensity": {"ks_test": compare_intensity(real, synthetic)},
@@ -144,8 +145,13 @@ def view_measures(views: dict[str, dict[str, torch.Tensor]], cfg: EvaluateConfig
         sharp[v] = sharpness_section(groups, sets, cfg)["all"]
         frd_views[v] = frd_section(groups, sets, cfg)["all"]
         if v != "all":
-            args = {"folds": cfg.c2st_folds, "steps": cfg.c2st_steps, "seed": cfg.seed}
-            c2st[v] = cnn_c2st(images["holdout"], images["synthetic"], **args)
+            c2st[v] = cnn_c2st(
+                images["holdout"],
+                images["synthetic"],
+                folds=cfg.c2st_folds,
+                steps=cfg.c2st_steps,
+                seed=cfg.seed,
+            )
     pooled = pooled_accuracy([c2st[v].get("all", {}) for v in VIEWS])
     return {"c2st": {"cnn": {"all": pooled} | c2st}, "sharpness": sharp, "frd": frd_views}
 
@@ -157,7 +163,7 @@ def evaluate_volumes(cfg: EvaluateConfig) -> Path:
         for n, s in sets.items()
     }
     extractor, info = view_extractor(slices["train"], cfg)
-    fidelity = {}
+    fidelity: dict[str, Any] = {}
     for view in VIEWS:
         feats = {n: extractor.features(slices[n][view]) for n in SET_NAMES}
         groups = {view: {n: torch.arange(len(f)) for n, f in feats.items()}}

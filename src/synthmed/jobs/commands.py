@@ -19,10 +19,13 @@ def worker(
             help="Catalogue database URL (default: $SYNTHMED_DATABASE_URL, else sqlite:///synthmed.db)."
         ),
     ] = None,
-    poll: Annotated[float | None, typer.Option(help="Seconds between looks at an empty queue (2).")] = None,
+    poll_s: Annotated[
+        float | None, typer.Option("--poll", help="Seconds between looks at an empty queue (2).")
+    ] = None,
     once: Annotated[
-        bool, typer.Option("--once", help="Run the jobs queued now, then exit instead of waiting for more.")
-    ] = False,
+        bool | None,
+        typer.Option("--once", help="Run the jobs queued now, then exit instead of waiting for more."),
+    ] = None,
     jobs_dir: Annotated[
         Path | None,
         typer.Option(help="Job previews (default: beside a SQLite database, else ./synthmed-jobs)."),
@@ -37,14 +40,14 @@ def worker(
     A job whose worker dies is queued again after stale_after_s (60 s) without a heartbeat and resumes, up to
     max_attempts (3) starts. SIGTERM or Ctrl+C stops the running job at its next step and queues it again.
     """
+    options = locals()  # each option sets the WorkerConfig field of its name
     import logging
     import signal
 
     from synthmed.catalogue.migrate import require_head
     from synthmed.jobs.worker import Worker
 
-    given = {"database": database, "poll_s": poll, "once": once or None, "jobs_dir": jobs_dir}
-    cfg = command_config(WorkerConfig, config, given)
+    cfg = command_config(WorkerConfig, config, options)
     require_head(cfg.database)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     running = Worker(cfg)

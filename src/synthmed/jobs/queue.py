@@ -36,7 +36,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, event, func, select, update
 from sqlalchemy.orm import Session
 
-from synthmed.catalogue.db import database_url, make_engine
+from synthmed.catalogue.db import changed_rows, database_url, make_engine
 from synthmed.catalogue.models import Job, utcnow
 from synthmed.config import EvaluateConfig, GenerateConfig, TrainConfig, format_validation_error
 from synthmed.errors import SynthmedError
@@ -182,18 +182,20 @@ def end(
     """End the leased job in ``state`` (with ``result``, ``error``, ...); False if it is no longer ours."""
     if progress is not None:
         values["progress"] = progress
-    done = session.execute(
+    done = changed_rows(
+        session,
         update(Job)
         .where(*_owned(lease))
         .values(state=state, finished=utcnow(), **values)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    return done.rowcount == 1
+    return done == 1
 
 
 def release(session: Session, lease: Lease, message: str) -> bool:
     """Put the leased job back in the queue (its worker is stopping); this start is not counted."""
-    done = session.execute(
+    done = changed_rows(
+        session,
         update(Job)
         .where(*_owned(lease))
         .values(
@@ -203,9 +205,9 @@ def release(session: Session, lease: Lease, message: str) -> bool:
             attempts=Job.attempts - 1,
             progress={"message": message},
         )
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    return done.rowcount == 1
+    return done == 1
 
 
 def request_cancel(session: Session, job_id: int) -> Job:

@@ -7,7 +7,7 @@ from monai.apps.generation.maisi.networks.controlnet_maisi import ControlNetMais
 from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
 from monai.networks.blocks import CrossAttentionBlock, SABlock
 from monai.networks.nets import AutoencoderKL, ControlNet, DiffusionModelUNet, PatchDiscriminator
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler, RFlowScheduler, Scheduler
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler, RFlowScheduler
 from torch import nn
 
 from synthmed.config import AutoencoderArch, ControlNetConfig, NoiseConfig, UNetArch
@@ -18,6 +18,8 @@ from synthmed.models.solvers import DiffusersSolver
 # 1000-step reference FID on the 64 px chest X-ray model (benchmarks/sampling.py, docs/performance.md).
 SAMPLERS_FOR = {"ddpm": ("ddpm", "ddim", "dpmsolver", "unipc", "pndm"), "rflow": ("rflow",)}
 DEFAULT_STEPS = {"ddpm": 10, "rflow": 30}  # any other sampler: 25
+#: What denoising runs with: MONAI's schedulers, or diffusers' solvers on the betas the model was trained on.
+Sampler = DDPMScheduler | DDIMScheduler | PNDMScheduler | RFlowScheduler | DiffusersSolver
 
 
 def default_steps(sampler: str) -> int:
@@ -67,7 +69,7 @@ def use_sdpa(model: nn.Module, device: torch.device) -> nn.Module:
 
 def build_unet(
     arch: UNetArch, latent_channels: int, num_classes: int, spatial_dims: int = 2
-) -> DiffusionModelUNet:
+) -> DiffusionModelUNet | DiffusionModelUNetMaisi:
     """2D: MONAI's class-conditional UNet. 3D: MONAI's MAISI UNet, which also takes the voxel spacing."""
     args = _unet_args(arch, latent_channels, num_classes, spatial_dims)
     if spatial_dims == 3:
@@ -128,28 +130,37 @@ def _schedule_args(noise: NoiseConfig) -> dict:
     return args
 
 
-def build_scheduler(
-    noise: NoiseConfig, sampler: str | None = None, spatial_dims: int = 2
-) -> Scheduler | DiffusersSolver:
+def _rflow(noise: NoiseConfig, spatial_dims: int) -> RFlowScheduler:
+    return RFlowScheduler(
+        num_train_timesteps=noise.num_train_timesteps,
+        use_discrete_timesteps=False,
+        sample_method="logit-normal",
+        spatial_dim=spatial_dims,
+    )
+
+
+def noise_process(noise: NoiseConfig, spatial_dims: int = 2) -> DDPMScheduler | RFlowScheduler:
+    """The training scheduler: MONAI's forward process (add_noise, velocity targets, rflow timesteps)."""
+    if noise.kind == "rflow":
+        return _rflow(noise, spatial_dims)
+    return DDPMScheduler(clip_sample=False, **_schedule_args(noise))
+
+
+def build_scheduler(noise: NoiseConfig, sampler: str | None = None, spatial_dims: int = 2) -> Sampler:
     """The training scheduler (``sampler=None``) or a sampler compatible with how the model was trained."""
-    name = (sampler or noise.kind).lower()
+    if sampler is None:
+        return noise_process(noise, spatial_dims)
+    name = sampler.lower()
     allowed = SAMPLERS_FOR[noise.kind]
-    if sampler is not None and name not in allowed:
+    if name not in allowed:
         raise SynthmedError(
             f"sampler '{sampler}' does not fit a model trained with '{noise.kind}'; "
             f"choose one of {list(allowed)}",
             field="sampler",
         )
     if name == "rflow":
-        return RFlowScheduler(
-            num_train_timesteps=noise.num_train_timesteps,
-            use_discrete_timesteps=False,
-            sample_method="logit-normal",
-            spatial_dim=spatial_dims,
-        )
+        return _rflow(noise, spatial_dims)
     args = _schedule_args(noise)
-    if sampler is None:  # training: MONAI's forward process (add_noise, velocity targets)
-        return DDPMScheduler(clip_sample=False, **args)
     if name in ("dpmsolver", "unipc", "ddpm"):  # diffusers, on the exact betas MONAI trained with
         return DiffusersSolver(name, DDPMScheduler(**args).betas, noise.prediction_type)
     if name == "ddim":

@@ -12,6 +12,8 @@ them the MONAI scheduler interface the shared denoising loop calls (``set_timest
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 #: Multistep solvers keep a history of model outputs: a step must not be repeated (no RePaint resampling).
@@ -31,6 +33,8 @@ class DiffusersSolver:
             "trained_betas": betas.double().numpy(),
             "prediction_type": prediction_type,
         }
+        # diffusers' schedulers share set_timesteps, timesteps and step without a typed common base.
+        self.inner: Any
         if name == "dpmsolver":
             self.inner = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **args)
         elif name == "unipc":

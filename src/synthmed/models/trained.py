@@ -4,6 +4,7 @@ weights: the one place that reads them, for training's later stages and for gene
 from __future__ import annotations
 
 import torch
+from monai.networks.nets import AutoencoderKL
 from torch import nn
 
 from synthmed.artifacts import checkpoint as ckpt
@@ -13,7 +14,7 @@ from synthmed.models.builders import build_autoencoder, build_controlnet, build_
 from synthmed.models.conditioning import encoding_channels
 
 
-def load_autoencoder(cfg: TrainConfig, device: torch.device, which: str = "ema") -> nn.Module:
+def load_autoencoder(cfg: TrainConfig, device: torch.device, which: str = "ema") -> AutoencoderKL:
     model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(device)
     ckpt.load_exported(model, RunDir(cfg.run_dir).weights("autoencoder"), which)
     return model.eval()

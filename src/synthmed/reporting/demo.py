@@ -12,11 +12,11 @@ import shutil
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from synthmed.artifacts.images import save_png
 from synthmed.config import GenerateConfig, TrainConfig, build_train_config
+from synthmed.data.volumes import open_volume
 from synthmed.errors import SynthmedError
 from synthmed.reporting.report import write_report
 from synthmed.sampling.generate import generate_to_folder
@@ -63,7 +63,7 @@ def template_path() -> Path:
 
 def write_slices(out: Path, every: int = 1) -> dict[str, int]:
     """Every ``every``-th slice through the brain (the central 80% of its extent) as 8-bit PNGs per plane."""
-    volume = np.asarray(nib.load(template_path()).dataobj, dtype=np.float32)
+    volume = np.asarray(open_volume(template_path()).dataobj, dtype=np.float32)
     volume /= volume.max()
     counts = {}
     for plane, axis in PLANES.items():

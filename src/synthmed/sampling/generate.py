@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -297,7 +297,7 @@ def _save_batch(
     pipe: Pipeline,
     batch: list[int],
     images: torch.Tensor,
-    verdicts: list[dict[str, Any] | None],
+    verdicts: Sequence[dict[str, Any] | None],
     ann: Annotation | None,
 ) -> list[dict[str, Any]]:
     """Save the batch's images that passed; returns every seed's manifest row (file None if dropped)."""

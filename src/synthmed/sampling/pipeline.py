@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, cast
 
 import torch
 import torch.nn.functional as F
+from monai.networks.nets import AutoencoderKL
 
 from synthmed.artifacts.files import file_sha256
 from synthmed.artifacts.run import ControlNetMetadata, RunDir, RunMetadata
@@ -97,7 +98,7 @@ class Pipeline(RunRules):
         self,
         run_dir: Path,
         cfg: TrainConfig,
-        autoencoder: torch.nn.Module,
+        autoencoder: AutoencoderKL,
         unet: torch.nn.Module,
         scale_factor: float,
         class_names: list[str],
@@ -126,7 +127,7 @@ class Pipeline(RunRules):
         precision: str = "fp32",
         checkpoint: str = "ema",
         compile: bool = False,
-    ) -> Pipeline:
+    ) -> Self:
         """A trained run ready to sample. ``compile``: the UNet through ``torch.compile`` (a one-off compile
         of minutes on a CPU, then faster steps where the backend gains; results equal eager to rounding)."""
         run = RunDir(Path(run_dir))
@@ -138,11 +139,11 @@ class Pipeline(RunRules):
         meta = run.metadata()
         dev = resolve_device(device)
         autoencoder = load_autoencoder(cfg, dev, checkpoint)
-        unet = load_unet(cfg, meta, dev, checkpoint)
+        unet: torch.nn.Module = load_unet(cfg, meta, dev, checkpoint)
         use_sdpa(unet, dev)
         use_sdpa(autoencoder, dev)
         if compile:
-            unet = torch.compile(unet, dynamic=False)
+            unet = cast(torch.nn.Module, torch.compile(unet, dynamic=False))  # an OptimizedModule
         hashes = {
             "autoencoder_sha256": file_sha256(run.weights("autoencoder")),
             "diffusion_sha256": file_sha256(run.weights("diffusion")),
@@ -253,8 +254,8 @@ class Pipeline(RunRules):
         if volume.label_maps is None:
             return ConditionedUNet(self.unet, spacing=spacing)
         cn = self.require_controlnet()
-        control = encode_labels(volume.label_maps.to(self.device), cn.meta.num_labels, cn.meta.encoding)
-        return ConditionedUNet(self.unet, spacing, cn.model, control, volume.scale)
+        encoded = encode_labels(volume.label_maps.to(self.device), cn.meta.num_labels, cn.meta.encoding)
+        return ConditionedUNet(self.unet, spacing, cn.model, encoded, volume.scale)
 
     @property
     def default_spacing(self) -> tuple[float, float, float]:
@@ -278,8 +279,15 @@ class Pipeline(RunRules):
         return self.controlnets[condition]
 
     def manifest_row(
-        self, seed: int, batch: list[int], label: str | None, steps: int, guidance: float, sampler: str
+        self,
+        seed: int,
+        batch: list[int],
+        label: str | None,
+        steps: int | None,
+        guidance: float | None,
+        sampler: str | None,
     ) -> dict[str, Any]:
+        """The provenance row of one image, with the sampling settings as resolved by the caller."""
         return {
             "label": label,
             "seed": seed,

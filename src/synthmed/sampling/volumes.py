@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Spacing
+from monai.utils import convert_to_tensor
 
 from synthmed.artifacts import checkpoint as ckpt
 from synthmed.artifacts.files import file_sha256
@@ -112,7 +113,7 @@ def _resample(label: torch.Tensor, source: tuple[float, ...], target: tuple[floa
         return label
     meta = MetaTensor(label.float(), affine=torch.diag(torch.tensor([*source, 1.0], dtype=torch.float64)))
     out = Spacing(pixdim=target, mode="nearest")(meta)
-    return torch.as_tensor(out.as_tensor()).round().long()
+    return convert_to_tensor(out, track_meta=False).round().long()
 
 
 def generate_volumes(pipe: Pipeline, cfg: GenerateConfig, progress: bool = True) -> Path:
@@ -227,7 +228,7 @@ def _quality_checked(
     if cond.label_map is None or pipe.controlnet is None:
         return image, [{"seed": seed, "quality": None}]
     bounds = pipe.controlnet.meta.quality_bounds
-    attempts = [{"seed": seed, "quality": check_volume(image, cond.label_map, bounds)}]
+    attempts: list[dict[str, Any]] = [{"seed": seed, "quality": check_volume(image, cond.label_map, bounds)}]
     for k in range(1, cfg.qc_retries + 1):
         if attempts[-1]["quality"]["passed"]:
             break

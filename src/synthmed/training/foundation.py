@@ -18,15 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import SpatialPad
+from monai.utils import convert_to_tensor
 
 from synthmed import data as data_stage
 from synthmed.config import AutoencoderConfig, DataConfig, VolumeData
 from synthmed.data.preprocess import FitResize
 from synthmed.data.volume_sets import load_volume_split, prepare_volumes
+from synthmed.data.volumes import open_volume
 from synthmed.errors import SynthmedError
 
 SIZE = 64
@@ -47,7 +48,7 @@ class ModalitySet:
 def _fit(slice_2d: np.ndarray) -> torch.Tensor:
     img = torch.from_numpy(np.ascontiguousarray(slice_2d, dtype=np.float32))[None]
     img = FitResize(SIZE, "longest")(img)
-    return SpatialPad((SIZE, SIZE), mode="constant", value=0.0)(img).as_tensor()
+    return convert_to_tensor(SpatialPad((SIZE, SIZE), mode="constant", value=0.0)(img), track_meta=False)
 
 
 def _random_crops(images: torch.Tensor, count: int, seed: int) -> torch.Tensor:
@@ -113,10 +114,11 @@ def mni152_path() -> Path:
 
 
 def _mni_set() -> ModalitySet:
-    vol = np.asarray(nib.load(mni152_path()).get_fdata(), dtype=np.float32)
+    vol = np.asarray(open_volume(mni152_path()).get_fdata(), dtype=np.float32)
     lo, hi = np.percentile(vol, (0.5, 99.5))
     vol = np.clip((vol - lo) / (hi - lo), 0.0, 1.0)
-    train, val = [], []
+    train: list[torch.Tensor] = []
+    val: list[torch.Tensor] = []
     for axis in range(3):
         for k in range(vol.shape[axis]):
             s = np.take(vol, k, axis=axis)

@@ -7,12 +7,14 @@ and the other ranks then read them; rank 0 alone writes config.yaml and every fi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from monai.networks.nets import AutoencoderKL
 from rich.console import Console
 
 from synthmed import data as data_stage
@@ -226,7 +228,7 @@ def _trainer(
 
 
 def _latents(
-    cfg: TrainConfig, autoencoder: torch.nn.Module, data: TrainingData
+    cfg: TrainConfig, autoencoder: AutoencoderKL, data: TrainingData
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode the training and validation images once; cached beside the diffusion stage by AE weights."""
     run = RunDir(cfg.run_dir)
@@ -306,7 +308,7 @@ def _train_stages(
         if stage == "controlnet":
             _check_controlnet_config(cfg, resume)
         # Rank 0 first: it writes the latent cache (and 3D label-map candidates) the others then read.
-        task = main_first(lambda stage=stage: _stage_task(cfg, stage, data, device))
+        task = main_first(functools.partial(_stage_task, cfg, stage, data, device))
         _trainer(task, stage_cfg, cfg, device, progress, on_step).run(resume=resume)
         if is_main() and stage != "autoencoder":
             RunDir(cfg.run_dir).write_metadata()
@@ -341,7 +343,7 @@ def _check_controlnet_config(cfg: TrainConfig, resume: bool) -> None:
 
 def _latent_sets(
     cfg: TrainConfig, data: TrainingData, device: torch.device
-) -> tuple[torch.nn.Module, LatentSet, LatentSet, float]:
+) -> tuple[AutoencoderKL, LatentSet, LatentSet, float]:
     """The frozen autoencoder, both splits encoded, and the latent scale factor."""
     autoencoder = load_autoencoder(cfg, device)
     for p in autoencoder.parameters():
@@ -406,7 +408,7 @@ def _controlnet_task(cfg: TrainConfig, data: TrainingData, device: torch.device)
 
 
 def _structure_sets(
-    cfg: TrainConfig, data: TrainingData, autoencoder: torch.nn.Module, device: torch.device
+    cfg: TrainConfig, data: TrainingData, autoencoder: AutoencoderKL, device: torch.device
 ) -> tuple[LatentSet, LatentSet]:
     """2D ControlNet data: each split's latents with the structure maps to follow. Edges are computed from
     the training images; masks come from the mask files (images without one are left out and listed)."""
@@ -427,7 +429,7 @@ def _structure_sets(
 
 
 def _mask_set(
-    cfg: TrainConfig, data: TrainingData, split: str, autoencoder: torch.nn.Module, device: torch.device
+    cfg: TrainConfig, data: TrainingData, split: str, autoencoder: AutoencoderKL, device: torch.device
 ) -> LatentSet:
     """One split's images that have masks (or belong to ``controlnet.empty_mask_classes``), encoded."""
     assert data.records is not None

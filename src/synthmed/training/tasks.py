@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from monai.losses import JukeboxLoss, PatchAdversarialLoss
 from monai.networks.nets import AutoencoderKL
+from monai.networks.schedulers import RFlowScheduler
 from torch import nn
 
 from synthmed.artifacts.images import save_grid
@@ -24,6 +25,7 @@ from synthmed.models.builders import (
     build_scheduler,
     build_unet,
     init_controlnet_from_unet,
+    noise_process,
 )
 from synthmed.models.conditioning import ConditionedUNet, encode_labels, encoding_channels
 from synthmed.models.local import load_local_network
@@ -180,8 +182,9 @@ class AutoencoderTask:
 
     @torch.inference_mode()
     def _reconstruct(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        z_mu, _ = model.encode(x)
-        return model.decode(z_mu).float()
+        autoencoder = cast(AutoencoderKL, model)  # the trainer hands back this task's model (or its EMA copy)
+        z_mu, _ = autoencoder.encode(x)
+        return autoencoder.decode(z_mu).float()
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         x = self.val[: VAL_ITEMS if self.val.ndim == 4 else VAL_VOLUMES]
@@ -241,10 +244,12 @@ class DiffusionTask:
         self.scale_factor = scale_factor
         self.null_label = len(class_names)
         self.spatial_dims = train.latents.ndim - 3
-        self.unet = build_unet(cfg.arch, train.latents.shape[2], len(class_names), self.spatial_dims)
+        self.unet: nn.Module = build_unet(
+            cfg.arch, train.latents.shape[2], len(class_names), self.spatial_dims
+        )
         self.model: nn.Module = self.unet.to(train.latents.device)
         self.net: nn.Module = self.model
-        self.scheduler = build_scheduler(cfg.noise, spatial_dims=self.spatial_dims)
+        self.scheduler = noise_process(cfg.noise, self.spatial_dims)
 
     def denoiser(self, model: nn.Module, items: LatentSet, index: torch.Tensor) -> nn.Module:
         """``model`` as the loss and the sampler call it, with items ``index``'s spacings bound (3D)."""
@@ -269,7 +274,7 @@ class DiffusionTask:
 
     def _timesteps(self, z: torch.Tensor, n: int) -> torch.Tensor:
         """Training timesteps of a global batch of ``n`` latents shaped like ``z``."""
-        if self.cfg.noise.kind == "rflow":
+        if isinstance(self.scheduler, RFlowScheduler):
             return self.scheduler.sample_timesteps(z[:1].expand(n, *z.shape[1:]))
         return torch.randint(0, self.cfg.noise.num_train_timesteps, (n,), device=z.device)
 

@@ -41,11 +41,14 @@ class Task(Protocol):
     """What a training stage provides to the trainer."""
 
     name: str
-    model: nn.Module  # the network whose EMA is kept and exported
     # What losses() calls for the network's forward pass: ``model`` or a module holding it. Under torchrun
     # the trainer replaces it by its DistributedDataParallel wrapper.
     net: nn.Module
     num_items: int  # training items; the trainer draws index batches from range(num_items)
+
+    @property
+    def model(self) -> nn.Module:
+        """The network whose EMA is kept and exported."""
 
     def trainables(self) -> dict[str, nn.Module]:
         """Modules with one optimiser each; losses() returns a loss per key (backward in this order)."""

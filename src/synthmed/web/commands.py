@@ -65,11 +65,11 @@ def users_add(
     config: ConfigFile = None,
 ) -> None:
     """Add a login; the password is asked twice (hidden) or read from stdin; stored as an argon2id hash."""
+    options = locals()  # each option sets the UserConfig field of its name
     from synthmed.catalogue.commands import catalogue_session
     from synthmed.web.users import add_user
 
-    given = {"username": username, "role": role.value if role else None, "database": database}
-    cfg = command_config(UserConfig, config, given)
+    cfg = command_config(UserConfig, config, options)
     password = _read_password(password_stdin)
     with catalogue_session(cfg.database) as session:
         add_user(session, cfg, password)

@@ -19,6 +19,7 @@ from fastapi import Request, Response
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from synthmed.catalogue.db import changed_rows
 from synthmed.catalogue.models import LoginSession, TrustedDevice, User, utcnow
 from synthmed.review.times import as_utc
 from synthmed.web.settings import WebConfig
@@ -95,8 +96,7 @@ def end_sessions(session: Session, user_id: int | None, reason: str, keep: int |
         query = query.where(LoginSession.user_id == user_id)
     if keep is not None:
         query = query.where(LoginSession.id != keep)
-    result = session.execute(query.values(ended=utcnow(), end_reason=reason))
-    return result.rowcount or 0
+    return changed_rows(session, query.values(ended=utcnow(), end_reason=reason))
 
 
 def end_current(session: Session, request: Request, reason: str) -> LoginSession | None:
