@@ -55,7 +55,9 @@ class AutoencoderConfig(StageConfig):
         0.0, ge=0, description="L1 loss on image gradients (finite differences): keeps edges; 0 disables it."
     )
     spectral_weight: float = Field(
-        0.0, ge=0, description="MONAI JukeboxLoss on Fourier amplitudes: keeps texture; 0 disables it."
+        0.0,
+        ge=0,
+        description="MSE of Fourier amplitudes (as MONAI JukeboxLoss): keeps texture; 0 disables it.",
     )
 
 

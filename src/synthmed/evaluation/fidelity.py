@@ -16,6 +16,17 @@ import torch
 
 from synthmed.evaluation.intervals import bias_corrected_interval
 
+UNBOUNDED = (-np.inf, np.inf)
+#: Ranges of the bootstrapped statistics (FRD is an FID on other features).
+BOUNDS = {
+    "fid": (0.0, np.inf),
+    "frd": (0.0, np.inf),
+    "precision": (0.0, 1.0),
+    "recall": (0.0, 1.0),
+    "coverage": (0.0, 1.0),
+    "density": (0.0, np.inf),
+}
+
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
 
 
@@ -98,7 +109,10 @@ def bootstrap(
         b = fake[torch.randint(0, len(fake), (len(fake),), generator=gen)]
         for key, value in metric(a, b).items():
             draws.setdefault(key, []).append(value)
-    return {k: bias_corrected_interval(point[k], np.asarray(v)) for k, v in draws.items()}
+    return {
+        k: bias_corrected_interval(point[k], np.asarray(v), BOUNDS.get(k, UNBOUNDED))
+        for k, v in draws.items()
+    }
 
 
 def _point_metrics(k: int) -> Callable[[torch.Tensor, torch.Tensor], dict[str, float]]:
