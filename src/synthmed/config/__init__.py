@@ -14,7 +14,8 @@ from synthmed.config.catalogue import (
     FromRequestsConfig,
 )
 from synthmed.config.data import DataConfig, EnhanceConfig, VolumeConfig, VolumeData
-from synthmed.config.evaluate import AugmentationConfig, EvaluateConfig
+from synthmed.config.downstream import AugmentationConfig, SelectionConfig
+from synthmed.config.evaluate import EvaluateConfig
 from synthmed.config.generate import EditConfig, GenerateConfig
 from synthmed.config.jobs import WorkerConfig
 from synthmed.config.model import AutoencoderArch, NetworkArch, NoiseConfig, UNetArch
@@ -59,6 +60,7 @@ __all__ = [
     "NetworkArch",
     "NoiseConfig",
     "RuntimeConfig",
+    "SelectionConfig",
     "ServeConfig",
     "StageConfig",
     "Strict",

@@ -1,11 +1,11 @@
-"""Everything ``synthmed evaluate`` and ``synthmed benchmark-augmentation`` need."""
+"""Everything ``synthmed evaluate`` needs (``benchmark-augmentation``: config.downstream)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from synthmed.config.base import Strict
 
@@ -70,71 +70,3 @@ class EvaluateConfig(Strict):
         None, description="Cache for data and extractors (default ~/.cache/synthmed)."
     )
     seed: int = 0
-
-
-class AugmentationConfig(Strict):
-    """Everything `synthmed benchmark-augmentation` needs: does synthetic data help a downstream model?"""
-
-    task: Literal["classify", "segment"] = Field(
-        "classify", description="classify: ResNet classifier; segment: UNet on <stem>_mask* masks."
-    )
-    real_train: Path = Field(
-        description="Real training images (class folders); the validation split comes from here."
-    )
-    real_test: Path = Field(description="Real test images the generator never saw (class folders).")
-    synthetic: Path = Field(
-        description="Synthetic images as `synthmed generate` writes them: <label>/*.png and manifest.jsonl."
-    )
-    out: Path = Field(description="Output folder: results.json, results.csv and report.html.")
-    image_size: int = Field(64, ge=16, le=1024, description="Every set is resized to this square size.")
-    resize_mode: Literal["pad", "crop", "stretch"] = "pad"
-    volume_size: tuple[int, int, int] = Field(
-        (64, 64, 64), description="3D (segment on NIfTI folders): voxels (x, y, z) after crop/pad."
-    )
-    arms: list[Literal["real", "real+synthetic", "synthetic", "pretrain"]] | None = Field(
-        None,
-        description="Training arms (default: all four for classify; pretrain is classify-only).",
-    )
-    ratios: list[float] = Field(
-        [0.5, 1.0, 2.0], description="Synthetic:real ratios of the real+synthetic arm."
-    )
-    real_fractions: list[float] = Field(
-        [1.0], description="Fractions of the real training images used (scarcity sweep), stratified."
-    )
-    minority_class: str | None = Field(None, description="Class subsampled to minority_fraction prevalence.")
-    minority_fraction: float | None = Field(
-        None, gt=0.0, lt=1.0, description="Prevalence of minority_class in the real training images."
-    )
-    fill_class: str | None = Field(
-        None,
-        description="real+synthetic arms add synthetic images of this class only (fill a minority gap); "
-        "the synthetic and pretrain arms still use every synthetic image.",
-    )
-    seeds: list[int] = Field([0, 1], min_length=1, description="One training run per seed and arm.")
-    steps: int = Field(
-        400, ge=1, description="Optimiser steps per arm (pretrain: this on synthetic, then on real)."
-    )
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0, description="Peak learning rate of the classifier's one-cycle schedule.")
-    val_fraction: float = Field(
-        0.15,
-        gt=0.0,
-        lt=0.9,
-        description="Stratified real validation split (early stopping), from real_train.",
-    )
-    eval_every: int = Field(
-        25, ge=1, description="Validation every this many steps; the best weights are kept."
-    )
-    bootstrap: int = Field(1000, ge=10, description="Bootstrap resamples of the test images for the 95% CIs.")
-    cache_dir: Path | None = Field(None, description="Cache for loaded images (default ~/.cache/synthmed).")
-    seed: int = Field(0, description="Seed of the validation split and the bootstrap resamples.")
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        if (self.minority_class is None) != (self.minority_fraction is None):
-            raise ValueError("minority_class and minority_fraction must be given together")
-        if any(r <= 0 for r in self.ratios) or any(not 0 < f <= 1 for f in self.real_fractions):
-            raise ValueError("ratios must be > 0 and real_fractions in (0, 1]")
-        if self.arms is not None and not self.arms:
-            raise ValueError("arms must name at least one arm")
-        return self

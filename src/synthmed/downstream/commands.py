@@ -42,10 +42,28 @@ def benchmark_augmentation(
     ] = None,
     arms: Annotated[
         list[str] | None,
-        typer.Option("--arm", help="Arm to run (repeatable): real, real+synthetic, synthetic, pretrain."),
+        typer.Option(
+            "--arm",
+            help="Arm to run (repeatable): real; controls oversample, weighted (classify), augment; "
+            "real+synthetic, real+selected, pretrain, synthetic. Default: all for the task.",
+        ),
     ] = None,
     ratios: Annotated[
-        list[float] | None, typer.Option("--ratio", help="Synthetic:real ratio (repeatable).")
+        list[float] | None,
+        typer.Option(
+            "--ratio", help="Images added per fill-class real image (or per real image) (repeatable)."
+        ),
+    ] = None,
+    synthetic_weights: Annotated[
+        list[float] | None,
+        typer.Option("--synthetic-weight", help="Loss weight of synthetic images (repeatable)."),
+    ] = None,
+    primary_metric: Annotated[
+        str | None,
+        typer.Option(help="Metric choosing arms on validation and Holm-tested, e.g. 'f1[NORMAL]'."),
+    ] = None,
+    min_confidence: Annotated[
+        float | None, typer.Option(help="real+selected: least label confidence of a kept image.")
     ] = None,
     real_fractions: Annotated[
         list[float] | None,
@@ -66,16 +84,23 @@ def benchmark_augmentation(
 ) -> None:
     """Does synthetic data help? Train a downstream model with and without it; test on real images.
 
-    Arms: real only (standard augmentation), real + synthetic at each ratio, synthetic only, and
-    synthetic pre-training + real fine-tuning, over seeds and real-data fractions, with paired bootstrap
-    CIs against the real-only arm. Refuses a test image the generator was trained on (decoded pixels are
-    compared, so re-encoded copies count); says "not checked" and why when it cannot tell.
+    Arms: real only (standard augmentation); controls (oversampling count-matched to the synthetic images,
+    class-weighted loss, deformed real copies); real + synthetic and real + selected synthetic at each
+    ratio and loss weight, synthetic pre-training + real fine-tuning, synthetic only; over 5 seeds and
+    real-data fractions. Paired bootstrap CIs pooled over seeds against real-only and the strongest
+    control (chosen on validation), Holm-corrected across arms. Refuses a test image the generator was
+    trained on (decoded pixels are compared, so re-encoded copies count); says "not checked" and why when
+    it cannot tell.
     """
     options = locals()  # each option sets the AugmentationConfig field of its name
     from synthmed.downstream.run import benchmark
 
     cfg = command_config(AugmentationConfig, config, options)
-    leak = benchmark(cfg)["leak_check"]
+    if min_confidence is not None:
+        cfg.selection = cfg.selection.model_copy(update={"min_confidence": min_confidence})
+    results = benchmark(cfg)
+    leak = results["leak_check"]
+    err.print(f"headline: {results['headline']}", highlight=False, soft_wrap=True)
     err.print(
         f"leak check: {'passed' if leak['checked'] else leak['reason']}", highlight=False, soft_wrap=True
     )

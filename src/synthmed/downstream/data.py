@@ -9,7 +9,7 @@ test split for testing).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +37,26 @@ LEAK_METHOD = "normalised pixel hash of the decoded images (synthmed.data.integr
 @dataclass
 class Labelled:
     """(N, 1, *spatial) images (2D or 3D), their class indices and training targets (labels, or masks of
-    the images' shape)."""
+    the images' shape); ``sources`` names each image's file where known (for what selection drops)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     targets: torch.Tensor
+    sources: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def take(self, idx: torch.Tensor) -> Labelled:
-        return Labelled(self.images[idx], self.labels[idx], self.targets[idx])
+        sources = [self.sources[i] for i in idx.tolist()] if self.sources else []
+        return Labelled(self.images[idx], self.labels[idx], self.targets[idx], sources)
 
     def concat(self, other: Labelled) -> Labelled:
         return Labelled(
             torch.cat([self.images, other.images]),
             torch.cat([self.labels, other.labels]),
             torch.cat([self.targets, other.targets]),
+            self.sources + other.sources if self.sources and other.sources else [],
         )
 
 
@@ -112,7 +115,7 @@ def _as_labelled(s: ImageSet, class_names: list[str], cfg: AugmentationConfig) -
         )
     labels = torch.tensor([class_names.index(s.class_names[i]) for i in s.labels.tolist()])
     if cfg.task == "classify":
-        return Labelled(s.images, labels, labels)
+        return Labelled(s.images, labels, labels, list(s.sources))
     dcfg = DataConfig(source=s.root, image_size=cfg.image_size, resize_mode=cfg.resize_mode)
     pairs = load_image_mask_pairs([s.root / src for src in s.sources], dcfg)
     if len(pairs.sources) < 2:
@@ -124,7 +127,8 @@ def _as_labelled(s: ImageSet, class_names: list[str], cfg: AugmentationConfig) -
         skipped = [replace(x, label=label_of.get(x.source)) for x in pairs.skipped]
         kept = [label_of[src] for src in pairs.sources]
         log.warning("%s set, images with masks: %s", s.name, skip_summary(kept, skipped, class_names))
-    return Labelled(pairs.images, labels[keep], pairs.masks)
+    sources = [str(Path(src).relative_to(s.root)) for src in pairs.sources]
+    return Labelled(pairs.images, labels[keep], pairs.masks, sources)
 
 
 @dataclass

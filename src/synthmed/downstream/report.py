@@ -13,10 +13,23 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
 
+RUN_FIELDS = [
+    "arm",
+    "label",
+    "ratio",
+    "weight",
+    "real_fraction",
+    "seed",
+    "n_real",
+    "n_synthetic",
+    "n_copies",
+    "val",
+]
+
 
 def write_csv(results: dict[str, Any], path: Path) -> None:
     metrics = list(results["runs"][0]["metrics"]) if results["runs"] else []
-    header = ["arm", "ratio", "real_fraction", "seed", "n_real", "n_synthetic"]
+    header = list(RUN_FIELDS)
     for m in metrics:
         header += [
             m,
@@ -30,7 +43,7 @@ def write_csv(results: dict[str, Any], path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(header)
         for run in results["runs"]:
-            row = [run[k] for k in header[:6]]
+            row = [run.get(k) for k in RUN_FIELDS]
             for m in metrics:
                 row += _cells(run["metrics"][m]) + _cells((run["vs_real"] or {}).get(m))
             writer.writerow(row)
@@ -52,43 +65,49 @@ def _errorbar(ax: Any, xs: list[float], entries: list[dict[str, Any]], label: st
     ax.errorbar(xs, ys, yerr=[[max(v, 0) for v in side] for side in err], marker="o", capsize=3, label=label)
 
 
-def plot_vs_ratio(pooled: list[dict[str, Any]], metric: str, path: Path) -> None:
-    """Pooled metric against the synthetic:real ratio (the real arm at 0), one line per real fraction."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for f in sorted({p["real_fraction"] for p in pooled if p["real_fraction"] is not None}):
-        pts = sorted(
-            (
-                (p["ratio"] or 0.0, p["metrics"][metric])
-                for p in pooled
-                if p["real_fraction"] == f and p["arm"] in ("real", "real+synthetic")
-            ),
-            key=lambda t: t[0],
-        )
-        if pts:
-            _errorbar(ax, [x for x, _ in pts], [e for _, e in pts], f"real fraction {f:g}")
-    _finish(ax, "synthetic : real ratio", metric, path, fig)
+def plot_gain_vs_ratio(pooled: list[dict[str, Any]], metric: str, path: Path) -> None:
+    """Paired gain over real-only (mean over seeds, 95% CI) against the ratio: one line per ratio arm
+    (count-matched controls and synthetic arms, each synthetic loss weight) and real fraction."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for p in pooled:
+        if p["ratio"] is not None and p["vs_real"] is not None:
+            name = p["arm"] + (f" w{p['weight']:g}" if p["weight"] is not None else "")
+            lines.setdefault(f"{name} (real {p['real_fraction']:g})", []).append(p)
+    for label, pts in sorted(lines.items()):
+        pts.sort(key=lambda p: p["ratio"])
+        _errorbar(ax, [p["ratio"] for p in pts], [p["vs_real"][metric] for p in pts], label)
+    ax.axhline(0, c="black", lw=0.8)
+    ax.set_xscale("log", base=2)
+    _finish(ax, "images added : reference count (log2)", f"gain in {metric} vs real-only", path, fig)
 
 
-def plot_vs_fraction(pooled: list[dict[str, Any]], metric: str, path: Path) -> None:
-    """Pooled metric against the real fraction, one line per arm (synthetic-only as a flat line)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    keys = sorted({(p["arm"], p["ratio"] or 0.0) for p in pooled}, key=str)
-    for arm, ratio in keys:
-        pts = [p for p in pooled if p["arm"] == arm and (p["ratio"] or 0.0) == ratio]
-        label = arm + (f" x{ratio:g}" if ratio else "")
-        if arm == "synthetic":
-            ax.axhline(pts[0]["metrics"][metric]["value"] or float("nan"), ls="--", c="grey", label=label)
-            continue
-        pts.sort(key=lambda p: p["real_fraction"])
-        _errorbar(ax, [p["real_fraction"] for p in pts], [p["metrics"][metric] for p in pts], label)
-    _finish(ax, "fraction of real training images", metric, path, fig)
+def gain_points(pooled: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """(arm label, real fraction, gain vs real-only) of every arm with a real fraction and a reference."""
+    return [
+        {"label": p["label"], "real_fraction": p["real_fraction"], "gain": p["vs_real"][metric]}
+        for p in pooled
+        if p["real_fraction"] is not None and p["vs_real"] is not None
+    ]
 
 
-def _finish(ax: Any, xlabel: str, metric: str, path: Path, fig: Any) -> None:
+def plot_gain_vs_fraction(points: list[dict[str, Any]], metric: str, path: Path) -> None:
+    """Gain over real-only against the real fraction, one line per arm; ``points`` from gain_points, possibly
+    gathered from several benchmark runs (one per regime)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label in sorted({p["label"] for p in points}):
+        pts = sorted((p for p in points if p["label"] == label), key=lambda p: p["real_fraction"])
+        _errorbar(ax, [p["real_fraction"] for p in pts], [p["gain"] for p in pts], label)
+    ax.axhline(0, c="black", lw=0.8)
+    _finish(ax, "fraction of real training images", f"gain in {metric} vs real-only", path, fig)
+
+
+def _finish(ax: Any, xlabel: str, ylabel: str, path: Path, fig: Any) -> None:
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"{metric} (mean over seeds, 95% CI)")
+    ax.set_ylabel(f"{ylabel} (mean over seeds, 95% CI)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -101,27 +120,38 @@ def _fmt(entry: dict[str, Any] | None) -> str:
     return f"{entry['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
-def _table(pooled: list[dict[str, Any]]) -> str:
-    metrics = list(pooled[0]["metrics"]) if pooled else []
-    head = "<tr><th>arm</th><th>ratio</th><th>real fraction</th>" + "".join(
-        f"<th>{html.escape(m)}</th><th>&Delta; vs real</th>" for m in metrics
+def _test_cell(test: dict[str, Any] | None) -> str:
+    if not test:
+        return "<td>-</td>"
+    ci = test.get("ci95_adjusted")
+    ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    return f"<td>p {test['p']:.3f}, Holm {test['p_holm']:.3f}{ci_text}</td>"
+
+
+def _table(pooled: list[dict[str, Any]], metric: str) -> str:
+    head = (
+        "<tr><th>arm</th><th>kind</th><th>real fraction</th><th>validation</th>"
+        f"<th>{html.escape(metric)}</th><th>&Delta; vs real</th><th>Holm vs real (adjusted CI)</th>"
+        "<th>&Delta; vs strongest control</th><th>Holm vs control (adjusted CI)</th></tr>"
     )
     rows = []
     for p in pooled:
-        cells = "".join(
-            f"<td>{_fmt(p['metrics'][m])}</td><td>{_fmt((p['vs_real'] or {}).get(m))}</td>" for m in metrics
-        )
+        f = p["real_fraction"]
         rows.append(
-            f"<tr><th>{html.escape(p['arm'])}</th><td>{p['ratio'] if p['ratio'] is not None else '-'}</td>"
-            f"<td>{p['real_fraction'] if p['real_fraction'] is not None else '-'}</td>{cells}</tr>"
+            f"<tr><th>{html.escape(p['label'])}</th><td>{p['kind']}</td>"
+            f"<td>{f if f is not None else '-'}</td><td>{p['val']['mean']:.3f}</td>"
+            f"<td>{_fmt(p['metrics'][metric])}</td><td>{_fmt((p['vs_real'] or {}).get(metric))}</td>"
+            f"{_test_cell(p['tests'].get('vs_real'))}"
+            f"<td>{_fmt((p['vs_best_control'] or {}).get(metric))}</td>"
+            f"{_test_cell(p['tests'].get('vs_best_control'))}</tr>"
         )
-    return f"<table>{head}</tr>{''.join(rows)}</table>"
+    return f"<table>{head}{''.join(rows)}</table>"
 
 
 def write_html(results: dict[str, Any], out: Path) -> Path:
     metric = results["primary_metric"]
-    plot_vs_ratio(results["pooled"], metric, out / "metric_vs_ratio.png")
-    plot_vs_fraction(results["pooled"], metric, out / "metric_vs_fraction.png")
+    plot_gain_vs_ratio(results["pooled"], metric, out / "gain_vs_ratio.png")
+    plot_gain_vs_fraction(gain_points(results["pooled"], metric), metric, out / "gain_vs_fraction.png")
     leak = results["leak_check"]
     leak_text = (
         "passed: no test image matches an image of the generator's train/val split (decoded pixels compared)"
@@ -134,10 +164,15 @@ def write_html(results: dict[str, Any], out: Path) -> Path:
 td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}}</style></head><body>
 <h1>Augmentation benchmark ({html.escape(results["task"])})</h1>
 <p>Test set: real images {unseen}. Leak check: {html.escape(leak_text)}.</p>
-<h2>Mean over seeds, 95% bootstrap CI; &Delta; = paired difference vs the real-only arm</h2>
-{_table(results["pooled"])}
-<h2>{html.escape(metric)} vs synthetic:real ratio</h2><img src="metric_vs_ratio.png">
-<h2>{html.escape(metric)} vs real fraction</h2><img src="metric_vs_fraction.png">
+<h2>Headline</h2><pre>{html.escape(json.dumps(results["headline"], indent=1))}</pre>
+<p>Strongest control and best synthetic arm per real fraction (chosen on the real validation split):
+{html.escape(json.dumps(results["choice"]))}</p>
+<h2>Mean over seeds, 95% bootstrap CI (test images and seeds resampled, paired)</h2>
+<p>&Delta;: paired difference; Holm: p-values corrected across the synthetic arms (one family per
+reference); adjusted CI: simultaneous 95% over the family. All metrics are in results.json.</p>
+{_table(results["pooled"], metric)}
+<h2>Gain in {html.escape(metric)} vs ratio</h2><img src="gain_vs_ratio.png">
+<h2>Gain in {html.escape(metric)} vs real fraction</h2><img src="gain_vs_fraction.png">
 <h2>Protocol and settings</h2><pre>{
         html.escape(
             json.dumps(

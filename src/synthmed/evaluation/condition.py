@@ -69,6 +69,8 @@ def train_segmenter(
     lr: float = 3e-3,
     device: str | torch.device = "cpu",
     on_step: Callable[[int, nn.Module], None] | None = None,
+    model: nn.Module | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> nn.Module:
     """Train a UNet on (N, 1, *spatial) images in [0, 1] and {0, 1} masks, 2D or 3D (RAS volumes);
     deterministic for a given seed.
@@ -77,6 +79,8 @@ def train_segmenter(
     only: vertical flips and rotations would put the skin line of an ultrasound (or the patient's
     orientation in other modalities) where real images never have it. ``on_step(step, model)`` runs
     after every optimiser step (e.g. validation for early stopping); training mode is restored after it.
+    ``model`` continues training given weights (fine-tuning); ``sample_weights`` (N,) makes an image drawn
+    into batches in proportion to its weight instead of uniformly.
     """
     _check_pairs(images, masks, "training")
     if not len(images):
@@ -86,13 +90,13 @@ def train_segmenter(
     _check_size(spatial, len(channels))
     torch.manual_seed(seed)  # weight initialisation
     rng = torch.Generator().manual_seed(seed)  # batches and flips, independent of other torch users
-    model = build_segmenter(channels, len(spatial)).to(device).train()
+    model = (model if model is not None else build_segmenter(channels, len(spatial))).to(device).train()
     # batch=True: Dice over the whole batch, so images with empty masks do not give a degenerate 0/0 term.
     loss_fn = DiceCELoss(sigmoid=True, batch=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
     targets = masks.float()
     for step in range(steps):
-        x, y = _augmented_batch(images, targets, batch_size, rng)
+        x, y = _augmented_batch(images, targets, batch_size, rng, sample_weights)
         with _autocast(device):
             logits = model(x.to(device))
         loss = loss_fn(logits.float(), y.to(device))
@@ -106,9 +110,16 @@ def train_segmenter(
 
 
 def _augmented_batch(
-    images: torch.Tensor, targets: torch.Tensor, batch_size: int, rng: torch.Generator
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    batch_size: int,
+    rng: torch.Generator,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = torch.randint(len(images), (batch_size,), generator=rng)
+    if weights is None:
+        idx = torch.randint(len(images), (batch_size,), generator=rng)
+    else:
+        idx = torch.multinomial(weights.float(), batch_size, replacement=True, generator=rng)
     flip = torch.rand(batch_size, generator=rng) < 0.5
     x, y = images[idx], targets[idx]
     # Left-right: the last axis of a 2D image, the first spatial axis (x) of a RAS volume.
