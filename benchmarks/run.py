@@ -21,10 +21,16 @@ UniPC on the train64 model; the default sampler; images/s and FLOP/s against MON
 training (benchmarks/training.py): steps/s, peak memory and FLOP/s of synthmed's trainer (autoencoder and
 diffusion stages, bf16) against MONAI's tutorial training loops (fp32, latents encoded every step) on train64.
 
+quality64 (benchmarks/quality64.py): the old and the new generator recipe at the same training wall time on
+Kermany 64 px (and the new one on BUSI), evaluated against each run's own holdout split.
+
 eval_controls (benchmarks/eval_controls.py): evaluate on known answers (unseen real, blurred, copies).
 
 controlnet64 (benchmarks/controlnet64.py): BUSI 64 px mask ControlNet: Dice between the conditioning masks
 and a real-trained segmenter's output on the generated images, against scale 0 and the real ceiling; s/image.
+
+utility_kermany, utility_busi_seg (benchmarks/utility.py): the proof-of-utility protocol of issue 19 (a
+generator per regime, controls, synthetic arms, 5 seeds, Holm); ``--smoke`` for a toy-sized run.
 
 augment64: the augmentation protocol on Kermany 64 px with NORMAL reduced to 5% prevalence. A small64
 generator is trained (as train64) on the reduced training folder only; it generates NORMAL and PNEUMONIA
@@ -46,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import controlnet64, decode3d, eval_controls, sampling, training, volume64
+from benchmarks import controlnet64, decode3d, eval_controls, quality64, sampling, training, utility, volume64
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(os.environ.get("SYNTHMED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -428,7 +434,24 @@ def main() -> None:
             "controlnet64", help="BUSI 64 px mask ControlNet: segmenter Dice vs the masks, s/image"
         )
     )
+    quality64.add_arguments(
+        sub.add_parser("quality64", help="old vs new generator recipe at equal training time, own holdout")
+    )
+    utility.add_arguments(
+        sub.add_parser("utility_kermany", help="proof of utility: Kermany rarity and scarcity regimes"),
+        "kermany",
+    )
+    utility.add_arguments(
+        sub.add_parser("utility_busi_seg", help="proof of utility: BUSI segmentation with ControlNet pairs"),
+        "busi",
+    )
     args = parser.parse_args()
+    if args.name in ("utility_kermany", "utility_busi_seg"):
+        run = utility.run_kermany if args.name == "utility_kermany" else utility.run_busi
+        result = {"machine": machine(), **run(args, DATA)}
+        print(json.dumps(result["headline"], indent=2))
+        print(f"written: {utility.write(args.name, result)}")
+        return
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.name}.json"
     if args.name == "eval64":
@@ -443,6 +466,8 @@ def main() -> None:
         result = {"machine": machine(), **training.run(args)}
     elif args.name == "eval_controls":
         result = {"machine": machine(), **eval_controls.run(args, DATA)}
+    elif args.name == "quality64":
+        result = {"machine": machine(), **quality64.run(args, DATA)}
     elif args.name == "sampling":
         result = {"machine": machine(), **sampling.run(args, DATA)}
     elif args.name == "controlnet64":

@@ -27,7 +27,7 @@ class GenerateConfig(Strict):
         description="Classifier-free guidance (default 3; 1 for models trained without label dropout).",
     )
     seed: int = 0
-    sampler: str | None = Field(None, description="Default: ddpm for DDPM-trained models, rflow for rflow.")
+    sampler: str | None = Field(None, description="Default: ddim for DDPM-trained models, rflow for rflow.")
     batch_size: int = Field(16, gt=0)
     bit_depth: Literal[8, 16] = 8
     checkpoint: Literal["ema", "raw"] = "ema"

@@ -30,6 +30,10 @@ class StageConfig(Strict):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
+    lr_decay: Literal["none", "cosine"] = Field(
+        "none", description="After warm-up: constant lr (none), or cosine decay to lr_final x lr at the end."
+    )
+    lr_final: float = Field(0.1, ge=0.0, le=1.0, description="Cosine decay's final lr, as a share of lr.")
     grad_clip: float | None = Field(1.0, gt=0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     checkpoint_every: int = Field(500, ge=1)
@@ -39,6 +43,17 @@ class StageConfig(Strict):
 
 
 class AutoencoderConfig(StageConfig):
+    source: Literal["train", "foundation"] = Field(
+        "train",
+        description="foundation: use the autoencoder shipped with synthmed (2D greyscale; trained once on "
+        "chest X-ray, ultrasound and MRI slices; its arch is the small64 preset's), so a run trains only the "
+        "diffusion UNet; train: train this run's own autoencoder (unusual data, colour, 3D).",
+    )
+    weights: Path | None = Field(
+        None,
+        description="source foundation: a local safetensors file of another pretrained AutoencoderKL with "
+        "this arch instead of the shipped one (nothing is downloaded).",
+    )
     arch: AutoencoderArch = AutoencoderArch()
     kl_weight: float = Field(1e-6, ge=0)
     adv_weight: float = Field(0.0, ge=0, description="PatchDiscriminator loss weight; 0 disables it.")
@@ -60,6 +75,12 @@ class AutoencoderConfig(StageConfig):
         description="MSE of Fourier amplitudes (as MONAI JukeboxLoss): keeps texture; 0 disables it.",
     )
 
+    @model_validator(mode="after")
+    def _check_weights(self) -> Self:
+        if self.weights is not None and self.source != "foundation":
+            raise ValueError("autoencoder.weights replaces the foundation network; set source: foundation")
+        return self
+
 
 class DiffusionConfig(StageConfig):
     arch: UNetArch = UNetArch()
@@ -68,6 +89,18 @@ class DiffusionConfig(StageConfig):
     scale_factor_samples: int = Field(
         256, ge=8, description="Training images used to estimate the latent scale."
     )
+    snr_gamma: float | None = Field(
+        None,
+        gt=0,
+        description="Min-SNR-gamma loss weighting (Hang et al., ICCV 2023; 5 in the paper): down-weights the "
+        "easy low-noise timesteps; unset: plain MSE. DDPM noise only.",
+    )
+
+    @model_validator(mode="after")
+    def _check_snr(self) -> Self:
+        if self.snr_gamma is not None and self.noise.kind != "ddpm":
+            raise ValueError("diffusion.snr_gamma weights DDPM timesteps; unset it for rflow")
+        return self
 
 
 Condition = Literal["mask", "edges", "sobel"]
@@ -144,6 +177,8 @@ class TrainConfig(Strict):
             raise ValueError(f"data.volume.size must be divisible by {divisor} (VAE x UNet downsampling)")
         if self.autoencoder.perceptual_weights is not None:
             raise ValueError("autoencoder.perceptual_weights takes a 2D network; leave it unset for 3D")
+        if self.autoencoder.source == "foundation":
+            raise ValueError("the foundation autoencoder is 2D; set autoencoder.source: train for volumes")
         return self
 
 

@@ -36,8 +36,10 @@ from synthmed.data.volume_sets import load_volume_split, prepare_volumes
 from synthmed.errors import SynthmedError
 from synthmed.evaluation.quality import intensity_bounds
 from synthmed.models.builders import build_autoencoder
+from synthmed.models.foundation import foundation_weights
 from synthmed.models.trained import load_autoencoder, load_unet
 from synthmed.runtime import (
+    barrier,
     is_main,
     join_process_group,
     main_first,
@@ -302,6 +304,9 @@ def _train_stages(
     )
     for stage in stages:
         stage_cfg = getattr(cfg, stage)
+        if stage == "autoencoder" and cfg.autoencoder.source == "foundation":
+            _install_foundation(cfg)
+            continue
         if _stage_done(stage_dir(cfg, stage), stage_cfg.steps):
             console.print(f"{stage}: already trained to {stage_cfg.steps} steps, skipped")
             continue
@@ -312,6 +317,22 @@ def _train_stages(
         _trainer(task, stage_cfg, cfg, device, progress, on_step).run(resume=resume)
         if is_main() and stage != "autoencoder":
             RunDir(cfg.run_dir).write_metadata()
+
+
+def _install_foundation(cfg: TrainConfig) -> None:
+    """Put the shipped (or given) pretrained autoencoder in the run as its autoencoder stage's weights, so
+    every later stage, generation and provenance check reads it like a trained one."""
+    state, sha = foundation_weights(cfg.autoencoder.arch, cfg.autoencoder.weights)
+    path = stage_dir(cfg, "autoencoder") / "model.pt"
+    name = cfg.autoencoder.weights or "the shipped foundation autoencoder"
+    if path.exists() and ckpt.load(path).get("extra", {}).get("sha256") == sha:
+        console.print(f"autoencoder: {name} already in the run, not trained")
+        return
+    if is_main():
+        extra = {"source": "foundation", "weights": str(name), "sha256": sha}
+        ckpt.atomic_save({"step": 0, "ema": state, "raw": state, "extra": extra}, path)
+    barrier()
+    console.print(f"autoencoder: {name} (sha256 {sha[:12]}), not trained")
 
 
 def _stage_task(

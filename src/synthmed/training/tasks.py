@@ -307,7 +307,20 @@ class DiffusionTask:
         labels[torch.rand(n, device=labels.device)[part] < self.cfg.label_dropout] = self.null_label
         x_t, target = self._noisy(z, noise, t)
         pred = self.denoiser(self.net, self.train, mine)(x_t, timesteps=t, class_labels=labels).float()
-        return {self.trainable: F.mse_loss(pred, target)}, {}
+        if self.cfg.snr_gamma is None:
+            return {self.trainable: F.mse_loss(pred, target)}, {}
+        per_item = (pred - target).pow(2).flatten(1).mean(1)
+        return {self.trainable: (per_item * self._min_snr_weight(t)).mean()}, {}
+
+    def _min_snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma weights (Hang et al. 2023) of timesteps ``t`` for the configured prediction type.
+
+        Written out (three lines) because diffusers' compute_snr takes a diffusers scheduler, not MONAI's."""
+        alpha_bar = self.scheduler.alphas_cumprod.to(t.device)[t]
+        snr = alpha_bar / (1.0 - alpha_bar)
+        clipped = snr.clamp(max=self.cfg.snr_gamma)
+        divisor = {"epsilon": snr, "v_prediction": snr + 1.0, "sample": torch.ones_like(snr)}
+        return clipped / divisor[self.cfg.noise.prediction_type]
 
     @torch.inference_mode()
     def validate(self, model: nn.Module) -> dict[str, float]:

@@ -96,8 +96,18 @@ def ema_with_warmup(decay: float):
     return update
 
 
-def _warmup(warmup_steps: int):
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+def lr_factor(cfg: StageConfig):
+    """Linear warm-up, then a constant lr or a cosine decay to ``lr_final`` x lr at the last step."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_decay == "none":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.lr_final + (1.0 - cfg.lr_final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
 
 
 class Trainer:
@@ -128,7 +138,7 @@ class Trainer:
             for name, module in task.trainables().items()
         }
         self.lr_schedulers = {
-            name: torch.optim.lr_scheduler.LambdaLR(opt, _warmup(cfg.warmup_steps))
+            name: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg))
             for name, opt in self.optimizers.items()
         }
         # GradScaler is only needed (and only enabled) for fp16 on CUDA.

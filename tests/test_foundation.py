@@ -1,0 +1,154 @@
+"""The shipped foundation autoencoder (new 2D runs train only the UNet) and the diffusion recipe's parts:
+min-SNR weighting and the cosine learning-rate decay."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synthmed.artifacts import checkpoint as ckpt
+from synthmed.config import AutoencoderArch, StageConfig, build_train_config
+from synthmed.errors import SynthmedError
+from synthmed.models import foundation
+from synthmed.training.foundation import reconstruction_metrics
+from synthmed.training.trainer import lr_factor
+
+TINY_UNET = {
+    "arch": {
+        "channels": [16, 32],
+        "attention_levels": [False, True],
+        "num_head_channels": 8,
+        "norm_num_groups": 8,
+    },
+    "batch_size": 8,
+    "log_every": 2,
+    "checkpoint_every": 4,
+    "preview_every": 4,
+}
+
+
+def _arch() -> AutoencoderArch:
+    return AutoencoderArch.model_validate(foundation.shipped_card()["arch"])
+
+
+def _xrays(kermany: Path, n: int = 16) -> torch.Tensor:
+    files = sorted((kermany / "test" / "NORMAL").glob("*.jpeg"))[:n]
+    arrays = [np.asarray(Image.open(f).convert("L").resize((64, 64)), np.float32) for f in files]
+    return torch.from_numpy(np.stack(arrays))[:, None] / 255.0
+
+
+def test_shipped_autoencoder_reconstructs_unseen_xrays(kermany: Path) -> None:
+    """Kermany's official test folder is never in its training data."""
+    model = foundation.load_foundation_autoencoder(_arch())
+    metrics = reconstruction_metrics(model, _xrays(kermany))
+    assert metrics["psnr"] > 24.0 and metrics["ssim"] > 0.75
+    assert foundation.shipped_card()["metrics_val"]["kermany"]["images"] > 100
+
+
+@pytest.fixture
+def weights_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copytree(foundation.WEIGHTS_DIR, tmp_path / "weights")
+    monkeypatch.setattr(foundation, "WEIGHTS_DIR", tmp_path / "weights")
+    return tmp_path / "weights" / foundation.WEIGHTS_FILE
+
+
+def test_missing_truncated_or_foreign_weights_are_named(weights_copy: Path) -> None:
+    data = weights_copy.read_bytes()
+    weights_copy.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SynthmedError, match="sha256") as err:
+        foundation.foundation_weights(_arch())
+    assert str(weights_copy) in str(err.value) and "source: train" in str(err.value)
+    weights_copy.unlink()
+    with pytest.raises(SynthmedError, match="missing") as err:
+        foundation.foundation_weights(_arch())
+    assert str(weights_copy) in str(err.value)
+    other = _arch().model_copy(update={"latent_channels": 3})
+    weights_copy.write_bytes(data)
+    with pytest.raises(SynthmedError, match=r"autoencoder\.arch"):
+        foundation.foundation_weights(other)
+
+
+def test_a_local_weights_file_must_be_safetensors_of_this_arch(tmp_path: Path) -> None:
+    bad = tmp_path / "ae.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    with pytest.raises(SynthmedError, match="safetensors") as err:
+        foundation.foundation_weights(_arch(), bad)
+    assert str(bad) in str(err.value)
+    small = AutoencoderArch(channels=[8, 16, 16], latent_channels=4, norm_num_groups=4)
+    with pytest.raises(SynthmedError, match="not a 2D greyscale AutoencoderKL"):
+        foundation.foundation_weights(small, foundation.WEIGHTS_DIR / foundation.WEIGHTS_FILE)
+
+
+def test_config_refuses_foundation_for_volumes_and_weights_without_it(tmp_path: Path) -> None:
+    with pytest.raises(SynthmedError, match="foundation autoencoder is 2D"):
+        build_train_config({"preset": "tiny3d", "autoencoder": {"source": "foundation"}})
+    with pytest.raises(SynthmedError, match="set source: foundation"):
+        build_train_config({"preset": "tiny", "autoencoder": {"weights": str(tmp_path / "x.safetensors")}})
+    with pytest.raises(SynthmedError, match="snr_gamma"):
+        build_train_config({"preset": "tiny", "diffusion": {"noise": {"kind": "rflow"}, "snr_gamma": 5.0}})
+
+
+@pytest.mark.slow
+def test_default_run_trains_only_the_unet_on_the_shipped_autoencoder(kermany_folder, tmp_path: Path) -> None:
+    from synthmed.config import GenerateConfig
+    from synthmed.sampling.generate import generate_to_folder
+    from synthmed.training.run import train
+
+    cfg = build_train_config(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "data": {"source": str(kermany_folder(6)), "image_size": 32},
+            "diffusion": {**TINY_UNET, "steps": 4},
+        }
+    )
+    assert cfg.preset == "small64" and cfg.autoencoder.source == "foundation"
+    train(cfg, progress=False)
+    installed = ckpt.load(tmp_path / "run" / "autoencoder" / "model.pt")
+    assert installed["extra"]["sha256"] == foundation.shipped_card()["sha256"]
+    assert not (tmp_path / "run" / "autoencoder" / "last.pt").exists()  # nothing trained there
+    out = generate_to_folder(
+        GenerateConfig(run_dir=cfg.run_dir, out=tmp_path / "syn", label="NORMAL", count=2)
+    )
+    assert len(list(out.glob("NORMAL/*.png"))) == 2
+    train(cfg, progress=False, resume=True)  # a resumed run finds the same autoencoder in place
+
+
+def test_min_snr_weights_follow_the_prediction_type(kermany_folder, tmp_path: Path) -> None:
+    from synthmed.training import run as training
+
+    cfg = build_train_config(
+        {
+            "preset": "tiny",
+            "run_dir": str(tmp_path / "run"),
+            "data": {"source": str(kermany_folder(4))},
+            "autoencoder": {"steps": 2},
+            "diffusion": {"noise": {"prediction_type": "v_prediction"}, "snr_gamma": 5.0, "steps": 2},
+        }
+    )
+    training.train(cfg, stages=["autoencoder"], progress=False)
+    task = training._diffusion_task(
+        cfg, training.load_training_data(cfg, torch.device("cpu")), torch.device("cpu")
+    )
+    t = torch.tensor([0, 100, 500, 999])
+    alpha_bar = task.scheduler.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = snr.clamp(max=5.0) / (snr + 1)
+    assert torch.allclose(task._min_snr_weight(t), expected)
+    w = task._min_snr_weight(t)
+    assert w[0] < 0.01 < w[2] and w.max() <= 1.0  # the easy low-noise steps count least
+    loss, _ = task.losses(torch.arange(4), step=0)
+    assert math.isfinite(float(loss["unet"]))
+
+
+def test_cosine_decay_ends_at_its_final_share() -> None:
+    cfg = StageConfig(steps=1000, warmup_steps=100, lr_decay="cosine", lr_final=0.1)
+    f = lr_factor(cfg)
+    assert f(0) == pytest.approx(0.01) and f(99) == pytest.approx(1.0)
+    assert f(100) == pytest.approx(1.0) and f(550) == pytest.approx(0.55) and f(1000) == pytest.approx(0.1)
+    assert lr_factor(StageConfig(steps=1000))(999) == 1.0
