@@ -165,6 +165,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}}</style></head><bod
 <h1>Augmentation benchmark ({html.escape(results["task"])})</h1>
 <p>Test set: real images {unseen}. Leak check: {html.escape(leak_text)}.</p>
 <h2>Headline</h2><pre>{html.escape(json.dumps(results["headline"], indent=1))}</pre>
+{"".join(f"<p><b>Warning:</b> {html.escape(w)}</p>" for w in results["warnings"])}
 <p>Strongest control and best synthetic arm per real fraction (chosen on the real validation split):
 {html.escape(json.dumps(results["choice"]))}</p>
 <h2>Mean over seeds, 95% bootstrap CI (test images and seeds resampled, paired)</h2>

@@ -162,7 +162,7 @@ def benchmark(cfg: AugmentationConfig) -> dict[str, Any]:
                 scores[arm, seed] = score(scorer, len(sets.test), indices)
             info[arm, seed]["seconds"] = round(time.perf_counter() - start, 2)
     draws = seed_draws(len(cfg.seeds), cfg.bootstrap, cfg.seed)
-    pooled, chosen = compare(arms, scores, val, cfg.seeds, primary, cfg.alpha, draws)
+    pooled, chosen, warnings = compare(arms, scores, val, cfg.seeds, primary, cfg.alpha, draws)
     runs = []
     for arm in arms:
         ref = Arm("real", None, arm.fraction if arm.fraction is not None else max(cfg.real_fractions))
@@ -183,6 +183,7 @@ def benchmark(cfg: AugmentationConfig) -> dict[str, Any]:
         "choice": {
             str(f): {k: (a.label if a is not None else None) for k, a in c.items()} for f, c in chosen.items()
         },
+        "warnings": warnings,
         "settings": cfg.model_dump(mode="json"),
         "protocol": _protocol(cfg, primary),
         "data": _data_summary(sets),

@@ -10,12 +10,14 @@
 - **Multiplicity.** Two-sided bootstrap p-values of the primary metric's differences, Holm-corrected
   (statsmodels ``multipletests``) over every synthetic arm, one family per reference (real-only, strongest
   control). Beside the raw 95% interval each difference has a simultaneous one at level 1 - alpha / m
-  (Bonferroni over the m arms of the family), which excludes 0 only if Holm also rejects; the headline
-  reports that corrected interval.
+  (Bonferroni over the m arms of the family); the headline reports that corrected interval. The smallest
+  p-value B resamples can give is 2 / (B + 1), so Holm can reject only if B + 1 >= 2 m / alpha: a run
+  with fewer resamples gets a warning (its corrected intervals are then not resolved either).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -78,6 +80,19 @@ def correct(tests: list[dict[str, Any]], alpha: float) -> None:
         t.update(p_holm=float(p), reject=bool(r), family_size=len(tests))
 
 
+def resolution_warning(tests: dict[str, list[dict[str, Any]]], resamples: int, alpha: float) -> list[str]:
+    """Families too large for the bootstrap's p-value resolution."""
+    out = []
+    for key, family in tests.items():
+        need = math.ceil(2 * len(family) / alpha) - 1
+        if family and resamples < need:
+            out.append(
+                f"{key}: {resamples} bootstrap resamples cannot resolve Holm-corrected p-values over "
+                f"{len(family)} arms (the smallest p is 2/(B+1)); use bootstrap >= {need}"
+            )
+    return out
+
+
 def adjusted_interval(draws: np.ndarray, alpha: float, m: int) -> list[float] | None:
     """Percentile interval at simultaneous level 1 - alpha over m comparisons (Bonferroni)."""
     d = draws[~np.isnan(draws)]
@@ -95,8 +110,9 @@ def compare(
     primary: str,
     alpha: float,
     draws: np.ndarray,
-) -> tuple[list[dict[str, Any]], dict[float, dict]]:
-    """Pooled rows (metrics, differences vs real-only and vs the strongest control, tests) and the choice."""
+) -> tuple[list[dict[str, Any]], dict[float, dict], list[str]]:
+    """Pooled rows (metrics, differences vs real-only and vs the strongest control, tests), the choice and
+    warnings."""
     mean_val = {a: float(np.mean([val[a, s] for s in seeds])) for a in arms}
     fractions = sorted({a.fraction for a in arms if a.fraction is not None})
     chosen = choose(arms, mean_val, fractions)
@@ -130,7 +146,7 @@ def compare(
         correct(tests, alpha)
         for t in tests:
             t["ci95_adjusted"] = adjusted_interval(t.pop("draws"), alpha, len(tests))
-    return rows, chosen
+    return rows, chosen, resolution_warning(families, draws.shape[0], alpha)
 
 
 def headline(rows: list[dict[str, Any]], chosen: dict[float, dict], fraction: float, primary: str) -> dict:
