@@ -450,7 +450,7 @@ def main() -> None:
         run = utility.run_kermany if args.name == "utility_kermany" else utility.run_busi
         result = {"machine": machine(), **run(args, DATA)}
         print(json.dumps(result["headline"], indent=2))
-        print(f"written: {utility.write(args.name, result)}")
+        print(f"written: {utility.write(args.name, result, args.work_dir)}")
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.name}.json"

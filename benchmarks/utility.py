@@ -23,7 +23,7 @@ ControlNet; synthetic pairs are generated for training masks drawn and deformed 
 Headline: pairs25 (target: Dice >= +3 points over the strongest control, corrected CI above 0).
 
 ``--smoke`` runs everything at toy sizes (tiny preset, few images, steps and seeds) to prove the code path
-end to end; its figures are not evidence and it writes ``<name>_smoke.json``.
+end to end; its figures are not evidence and it writes ``<work-dir>/<name>_smoke.json``.
 """
 
 from __future__ import annotations
@@ -441,9 +441,10 @@ def _fraction(pool: list[tuple[str, list[Path]]], cls: str, fraction: float, rng
     return rng.sample(groups, max(2, round(fraction * len(groups))))
 
 
-def write(name: str, result: dict) -> Path:
-    """``benchmarks/results/<name>.json`` (``<name>_smoke.json`` for a smoke run)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}{'_smoke' if result['smoke'] else ''}.json"
+def write(name: str, result: dict, work_dir: str) -> Path:
+    """``benchmarks/results/<name>.json``; a smoke run's ``<name>_smoke.json`` stays in its work folder."""
+    folder = Path(work_dir) if result["smoke"] else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}{'_smoke' if result['smoke'] else ''}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     return path
