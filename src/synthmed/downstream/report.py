@@ -79,7 +79,7 @@ def plot_gain_vs_ratio(pooled: list[dict[str, Any]], metric: str, path: Path) ->
         _errorbar(ax, [p["ratio"] for p in pts], [p["vs_real"][metric] for p in pts], label)
     ax.axhline(0, c="black", lw=0.8)
     ax.set_xscale("log", base=2)
-    _finish(ax, "images added : reference count (log2)", f"gain in {metric} vs real-only", path, fig)
+    _finish(ax, "images added per reference image (log2 axis)", f"gain in {metric} vs real-only", path, fig)
 
 
 def gain_points(pooled: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
@@ -104,7 +104,7 @@ def plot_gain_vs_fraction(points: list[dict[str, Any]], metric: str, path: Path)
 
 def _finish(ax: Any, xlabel: str, ylabel: str, path: Path, fig: Any) -> None:
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"{ylabel} (mean over seeds, 95% CI)")
+    ax.set_ylabel(f"{ylabel}\n(mean over seeds, 95% CI)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
