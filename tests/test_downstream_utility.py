@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 from statsmodels.stats.multitest import multipletests
+from typer.testing import CliRunner
 
+from synthmed.cli import app
 from synthmed.config import AugmentationConfig
 from synthmed.data import Record, read_image, write_split
 from synthmed.data.integrity import pixel_hash
@@ -209,3 +211,20 @@ def test_utility_busi_seg_smoke_run_end_to_end(data_root: Path, tmp_path: Path) 
     assert set(np.unique(mask).tolist()) <= {0, 255} and mask.any()
     assert result["targets"]["pairs25_dice"]["met"] in (True, False)
     assert all(Path(f).is_file() for f in result["figures"])
+
+
+def test_cli_options_set_the_protocol(cxr: dict[str, Path], tmp_path: Path) -> None:
+    args = ["--real-train", cxr["train"], "--real-test", cxr["test"], "--synthetic", cxr["synthetic"]]
+    args += ["--out", tmp_path / "o", "--image-size", 32, "--steps", 3, "--bootstrap", 20]
+    args += ["--arm", "real", "--arm", "oversample", "--arm", "real+selected", "--ratio", 0.5, "--seed", 0]
+    args += ["--fill-class", "NORMAL", "--synthetic-weight", 0.5, "--min-confidence", 0.0]
+    args += ["--minority-class", "NORMAL", "--minority-fraction", 0.2, "--primary-metric", "f1[NORMAL]"]
+    result = CliRunner().invoke(app, ["benchmark-augmentation", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    assert "headline:" in result.output and "best_arm" in result.output
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["settings"]["selection"]["min_confidence"] == 0.0
+    assert [p["label"] for p in saved["pooled"]] == ["real", "oversample x0.5", "real+selected x0.5 w0.5"]
+    assert saved["data"]["val"]["NORMAL"] / sum(saved["data"]["val"].values()) == pytest.approx(0.2, abs=0.05)
+    # min_confidence 0: only the privacy filter drops, and it drops exactly the three training copies
+    assert [s["dropped_counts"] for s in saved["selection"]] == [{"label_confidence": 0, "privacy": 3}]

@@ -182,12 +182,15 @@ def _real_sets(cfg: AugmentationConfig) -> tuple[list[str], Labelled, Labelled, 
 
 
 def load_sets(cfg: AugmentationConfig) -> Sets:
-    """Real train (split into train and a stratified validation part), real test and synthetic sets."""
+    """Real train (split into train and a stratified validation part), real test and synthetic sets.
+
+    With minority subsampling the validation part gets the same prevalence as the training runs: a team
+    with a rare class has few validation images of it too, and arms are chosen on this split."""
     names, train_all, test, synthetic, test_hashes = _real_sets(cfg)
     val_idx = stratified_fraction(train_all.labels, cfg.val_fraction, cfg.seed)
     is_val = torch.zeros(len(train_all), dtype=torch.bool)
     is_val[val_idx] = True
-    return Sets(
+    sets = Sets(
         class_names=names,
         train=train_all.take(torch.nonzero(~is_val).flatten()),
         val=train_all.take(val_idx),
@@ -195,6 +198,11 @@ def load_sets(cfg: AugmentationConfig) -> Sets:
         synthetic=synthetic,
         test_hashes=test_hashes,
     )
+    if cfg.minority_class is not None and cfg.minority_fraction is not None:
+        minority = sets.class_index(cfg.minority_class, "minority_class")
+        keep = subsample_minority(sets.val.labels, minority, cfg.minority_fraction, cfg.seed)
+        sets.val = sets.val.take(keep)
+    return sets
 
 
 def stratified_fraction(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
