@@ -71,9 +71,9 @@ def add_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--regimes", nargs="+", default=list(regimes), choices=list(regimes))
     p.add_argument("--preset", default="small64", help="generator preset (the recipe's base)")
     p.add_argument("--generator-config", type=Path, help="YAML of TrainConfig fields merged on the preset")
-    p.add_argument("--ae-steps", type=int, default=3000)
-    p.add_argument("--diffusion-steps", type=int, default=6000)
-    p.add_argument("--controlnet-steps", type=int, default=2000)
+    p.add_argument("--ae-steps", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--diffusion-steps", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--controlnet-steps", type=int, default=None, help="default: the recipe's")
     p.add_argument("--sampler-steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--image-size", type=int, default=64)
@@ -103,6 +103,8 @@ def _copy(files: list[Path], dest: Path) -> None:
 
 
 def _train_generator(folder: Path, run_dir: Path, s: dict, args: argparse.Namespace, mask: bool) -> dict:
+    """The recipe (preset, then --generator-config, then step options) trained on the regime's folder
+    only: the run folder and data source are always the regime's, whatever the recipe file says."""
     from synthmed.config import build_train_config, read_yaml
     from synthmed.config.base import deep_merge
     from synthmed.training.run import train
@@ -115,17 +117,18 @@ def _train_generator(folder: Path, run_dir: Path, s: dict, args: argparse.Namesp
     }
     values: dict[str, Any] = {
         "preset": s["preset"],
-        "run_dir": str(run_dir),
-        "data": {"source": str(folder), "image_size": s["image_size"]},
+        "data": {"image_size": s["image_size"]},
         "runtime": {"precision": args.precision},
     }
-    for stage in stages:
-        n = steps[stage]
-        values[stage] = {"steps": n, "preview_every": n, "checkpoint_every": n}
-    if mask:
-        values["controlnet"] |= {"condition": "mask"}
     if args.generator_config:
         values = deep_merge(values, read_yaml(args.generator_config))
+    fixed: dict[str, Any] = {"run_dir": str(run_dir), "data": {"source": str(folder)}}
+    for stage in stages:
+        n = steps[stage]
+        fixed[stage] = {"steps": n, "preview_every": n, "checkpoint_every": n} if n else {}
+    if mask:
+        fixed["controlnet"] |= {"condition": "mask"}
+    values = deep_merge(values, fixed)
     cfg = build_train_config(values)
     t0 = time.perf_counter()
     if not (args.reuse_generators and (run_dir / stages[-1]).is_dir()):
