@@ -12,6 +12,7 @@ its deformation seed.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,15 @@ from synthmed.errors import SynthmedError
 from synthmed.models.builders import default_steps
 from synthmed.sampling.pipeline import ImageCondition, Pipeline
 
+log = logging.getLogger(__name__)
+
 #: Tries before a mask whose deformation keeps losing its lesion is used undeformed (recorded).
 DRAW_TRIES = 5
 
 
-def training_masks(run_dir: Path) -> tuple[torch.Tensor, list[str], list[str]]:
-    """(N, 1, S, S) masks of the run's training split at the run's size, their classes and sources."""
+def training_masks(run_dir: Path) -> tuple[torch.Tensor, list[str], list[str], list[dict[str, str]]]:
+    """(N, 1, S, S) masks of the run's training split at the run's size, their classes and sources, and
+    the training images left out (no mask file, unreadable or malformed mask) with the reason."""
     cfg = read_run_config(run_dir)
     if cfg.data.source is None:
         raise SynthmedError("the run names no data source", path=run_dir / "config.yaml")
@@ -46,11 +50,13 @@ def training_masks(run_dir: Path) -> tuple[torch.Tensor, list[str], list[str]]:
     if not len(pairs.sources):
         raise SynthmedError("no training image of the run has a mask", path=run_dir / "split.json")
     label = {str(root / r.source): r.label for r in records}
-    return (
-        pairs.masks,
-        [label[s] for s in pairs.sources],
-        [str(Path(s).relative_to(root)) for s in pairs.sources],
-    )
+    skipped = [{"source": x.source, "reason": x.reason} for x in pairs.skipped]
+    if skipped:
+        log.warning(
+            "%d training images of %s have no usable mask and are not drawn from", len(skipped), run_dir
+        )
+    sources = [str(Path(s).relative_to(root)) for s in pairs.sources]
+    return pairs.masks, [label[s] for s in pairs.sources], sources, skipped
 
 
 def draw_masks(masks: torch.Tensor, count: int, seed: int) -> list[dict[str, Any]]:
@@ -87,7 +93,7 @@ def generate_pairs(
     """Generate ``count`` image + mask pairs into ``out``; returns counts per class and redraws."""
     pipe = Pipeline.load(run_dir, device=device, precision=precision)
     controlnet = pipe.require_controlnet("mask")
-    masks, labels, sources = training_masks(Path(run_dir))
+    masks, labels, sources, skipped = training_masks(Path(run_dir))
     sampler = sampler or pipe.samplers[0]
     steps = steps or default_steps(sampler)
     guidance = pipe.guidance(guidance)
@@ -114,6 +120,7 @@ def generate_pairs(
         "redrawn": sum(d["redrawn"] > 0 for v in by_label.values() for d in v),
         "undeformed": sum(d["deform_seed"] < 0 for v in by_label.values() for d in v),
         "training_masks": len(masks),
+        "training_images_without_mask": skipped,
     }
 
 

@@ -34,6 +34,7 @@ from synthmed.evaluation.features import ExtractorSettings, InHouseExtractor
 from synthmed.evaluation.sections import phase
 
 PRIMARY = {"classify": "macro_f1", "segment": "dice"}
+MIN_SEEDS = 5
 
 
 def primary_metric(cfg: AugmentationConfig, class_names: list[str]) -> str:
@@ -163,6 +164,8 @@ def benchmark(cfg: AugmentationConfig) -> dict[str, Any]:
             info[arm, seed]["seconds"] = round(time.perf_counter() - start, 2)
     draws = seed_draws(len(cfg.seeds), cfg.bootstrap, cfg.seed)
     pooled, chosen, warnings = compare(arms, scores, val, cfg.seeds, primary, cfg.alpha, draws)
+    if len(cfg.seeds) < MIN_SEEDS:
+        warnings.append(f"{len(cfg.seeds)} seeds per arm: the protocol asks for at least {MIN_SEEDS}")
     runs = []
     for arm in arms:
         ref = Arm("real", None, arm.fraction if arm.fraction is not None else max(cfg.real_fractions))
