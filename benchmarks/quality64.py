@@ -76,7 +76,11 @@ def _train(values: dict[str, Any], budget_s: float | None) -> tuple[Path, float,
     rate = [r["steps_per_s"] for r in rows if "steps_per_s" in r][-1]
     left = budget_s - (time.perf_counter() - t0)
     steps = max(CALIBRATION_STEPS, CALIBRATION_STEPS + int(left * rate))
-    train(build_train_config({**values, "diffusion": {**values["diffusion"], "steps": steps}}), resume=True)
+    train(
+        build_train_config({**values, "diffusion": {**values["diffusion"], "steps": steps}}),
+        resume=True,
+        progress=False,
+    )
     return run_dir, time.perf_counter() - t0, steps
 
 

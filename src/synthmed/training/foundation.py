@@ -15,6 +15,7 @@ crops of the image at 128 px, so the convolutional network sees the detail of la
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from synthmed.data.preprocess import FitResize
 from synthmed.data.volume_sets import load_volume_split, prepare_volumes
 from synthmed.data.volumes import open_volume
 from synthmed.errors import SynthmedError
+from synthmed.models.foundation import CARD_FILE, foundation_export
 
 SIZE = 64
 CROPS_PER_IMAGE = 2  # random 64 px crops of each 2D training image at 128 px
@@ -274,7 +276,6 @@ def export_foundation(
     """Measure a checkpoint's EMA weights on every modality's validation images and write them as the shipped
     foundation autoencoder (safetensors and its JSON record) in ``out_dir``; returns the record."""
     from synthmed.models.builders import build_autoencoder
-    from synthmed.models.foundation import foundation_export
 
     weights, step = ema_weights(checkpoint)
     model = build_autoencoder(cfg.arch, 2)
@@ -298,4 +299,54 @@ def export_foundation(
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     foundation_export(weights, card, out_dir).chmod(0o644)  # safetensors writes 0600; the file ships
-    return card
+    record = json.loads((out_dir / CARD_FILE).read_text())
+    (out_dir / "MODEL_CARD.md").write_text(model_card(record))
+    return record
+
+
+def model_card(record: dict) -> str:
+    """MODEL_CARD.md of the shipped weights, written from their JSON record (so the two never disagree)."""
+    arch = record["arch"]
+    rows = "\n".join(
+        f"| {name} | {d['train']} | {d['val']} | {d['licence']} |" for name, d in record["data"].items()
+    )
+    metrics = "\n".join(
+        f"| {name} | {m['images']} | {m['l1']:.4f} | {m['psnr']:.2f} | {m['ssim']:.3f} | "
+        f"{m['sharpness_ratio']:.2f} | {m['high_frequency_ratio']:.2f} |"
+        for name, m in record["metrics_val"].items()
+    )
+    losses = ", ".join(f"{k} {v}" for k, v in record["losses"].items())
+    return f"""# synthmed foundation autoencoder (2D, greyscale, 64 px)
+
+`{record["file"]}` (sha256 `{record["sha256"]}`) is a MONAI `AutoencoderKL`:
+channels {arch["channels"]}, {arch["latent_channels"]} latent channels, 4x downsampling
+({record["image_size"]} px images -> 16x16 latents), {record["parameters"]:,} parameters. New 2D greyscale
+runs use it by default (`autoencoder.source: foundation`) and train only their diffusion UNet;
+`autoencoder.source: train` trains a run's own autoencoder instead.
+Written by `synthmed.training.foundation.export_foundation` with `{CARD_FILE}`; do not edit by hand.
+
+## Training
+{record["steps"]} steps of batch {record["training"]["batch_size"]}, AdamW lr {record["training"]["lr"]},
+{record["training"]["precision"]}; weights are the exponential moving average. Losses: L1 + KL and {losses}
+(MONAI PatchDiscriminator, least squares; gradient-L1; Fourier-amplitude MSE). No pretrained network and no
+downloaded weights were used. Recipe and data loading: `src/synthmed/training/foundation.py`.
+
+## Data (never a holdout, validation or test image; splits: the project's seed-0 split of each set)
+| set | training images | validation images | licence and citation |
+|---|---|---|---|
+{rows}
+
+Training images are 64 px whole images and, for the 2D sets, random 64 px crops of the image at 128 px.
+
+## Reconstruction of the validation images (posterior mean)
+| set | images | L1 | PSNR (dB) | SSIM | sharpness ratio | high-frequency ratio |
+|---|---|---|---|---|---|---|
+{metrics}
+
+Sharpness ratio: mean |Laplacian| of the reconstructions / of the real images; high-frequency ratio: the same
+for the share of spectral power above half Nyquist. 1.0 keeps all detail.
+
+## Limits
+Greyscale only; trained at 64 px (it runs at any size divisible by 4, but detail at larger sizes is
+untested); modalities other than chest X-ray, breast ultrasound and T1 brain MRI are unseen.
+"""
