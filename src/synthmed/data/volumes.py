@@ -313,10 +313,17 @@ def _stack_labels(labels: list[torch.Tensor | None]) -> torch.Tensor | None:
 
 @functools.lru_cache(maxsize=2)
 def _loader(key: str) -> LoadImaged:
-    with warnings.catch_warnings():
-        # MONAI registers its optional GPU DICOM reader here and warns that this CPU machine lacks it.
-        warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
-        return LoadImaged(key, image_only=True, ensure_channel_first=True)
+    # MONAI registers its optional GPU DICOM reader here and says, once as a warning and once as a log line
+    # ("nvImageCodec is not available"), that this machine lacks it: true of every CPU machine, so silenced.
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            return LoadImaged(key, image_only=True, ensure_channel_first=True)
+    finally:
+        plugin_log.setLevel(level)
 
 
 def _read(path: Path, key: str) -> MetaTensor:
