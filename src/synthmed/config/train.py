@@ -47,7 +47,8 @@ class AutoencoderConfig(StageConfig):
         "train",
         description="foundation: use the autoencoder shipped with synthmed (2D greyscale; trained once on "
         "chest X-ray, ultrasound and MRI slices; its arch is the small64 preset's), so a run trains only the "
-        "diffusion UNet; train: train this run's own autoencoder (unusual data, colour, 3D).",
+        "diffusion UNet; for volumes it encodes each axial slice and the 3D UNet learns the stacked latents "
+        "(preset foundation3d); train: train this run's own autoencoder (unusual data, colour, 3D).",
     )
     weights: Path | None = Field(
         None,
@@ -172,14 +173,35 @@ class TrainConfig(Strict):
     def _check_3d(self) -> Self:
         if self.data.volume is None:
             return self
-        divisor = self.autoencoder.arch.compression * 2 ** (len(self.diffusion.arch.channels) - 1)
-        if any(s % divisor for s in self.data.volume.size):
-            raise ValueError(f"data.volume.size must be divisible by {divisor} (VAE x UNet downsampling)")
+        unet = 2 ** (len(self.diffusion.arch.channels) - 1)
+        divisors = [f * unet for f in self.latent_factors]
+        if any(s % d for s, d in zip(self.data.volume.size, divisors, strict=True)):
+            raise ValueError(
+                f"data.volume.size must be divisible by {tuple(divisors)} per axis (VAE x UNet downsampling)"
+            )
         if self.autoencoder.perceptual_weights is not None:
             raise ValueError("autoencoder.perceptual_weights takes a 2D network; leave it unset for 3D")
-        if self.autoencoder.source == "foundation":
-            raise ValueError("the foundation autoencoder is 2D; set autoencoder.source: train for volumes")
         return self
+
+    @property
+    def slicewise(self) -> bool:
+        """3D on the 2D foundation autoencoder: volumes are encoded axial slice by axial slice."""
+        return self.data.volume is not None and self.autoencoder.source == "foundation"
+
+    @property
+    def latent_factors(self) -> tuple[int, ...]:
+        """How many pixels (voxels) per latent along each spatial axis: the autoencoder's compression, but
+        1 along Z when volumes are encoded slice by slice (synthmed.models.slicewise)."""
+        f = self.autoencoder.arch.compression
+        if self.data.volume is None:
+            return (f, f)
+        return (f, f, 1) if self.slicewise else (f, f, f)
+
+    @property
+    def control_stretch(self) -> int:
+        """Slice-wise latents keep every slice while the ControlNet's embedding downsamples every axis by the
+        compression: its label maps are repeated this many times along Z (1 otherwise)."""
+        return self.autoencoder.arch.compression // self.latent_factors[-1]
 
 
 def build_train_config(values: dict[str, Any], source: str = "(arguments)") -> TrainConfig:

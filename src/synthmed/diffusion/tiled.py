@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 from monai.inferers import SlidingWindowInferer
-from monai.networks.nets import AutoencoderKL
 
 from synthmed.errors import SynthmedError
+from synthmed.models.slicewise import Autoencoder, SliceWiseAutoencoder
 
 #: Smallest tile (latent voxels per axis): a 1-voxel tile gives the decoder's convolutions no context.
 MIN_TILE = 2
@@ -30,7 +30,7 @@ MIN_TILE = 2
 
 @torch.no_grad()  # sampling only: with autograd every tile's activations would be kept and memory unbounded
 def decode_latents(
-    autoencoder: AutoencoderKL,
+    autoencoder: Autoencoder,
     z: torch.Tensor,
     *,
     tile: int | None = None,
@@ -49,7 +49,9 @@ def decode_latents(
     _check(z, tile, overlap)
     out_device = torch.device(out_device) if out_device is not None else z.device
     spatial = tuple(z.shape[2:])
-    if tile is None or tile >= max(spatial):
+    # Slice by slice already bounds memory (a chunk of slices at a time), and in-plane tiles would only add
+    # their GroupNorm error: decoded whole.
+    if tile is None or tile >= max(spatial) or isinstance(autoencoder, SliceWiseAutoencoder):
         return autoencoder.decode(z).float().to(out_device)
     # Clamp per axis: MONAI pads axes shorter than the window with zeros, which are not plausible latents.
     roi = tuple(min(tile, s) for s in spatial)
@@ -71,7 +73,7 @@ def decode_latents(
 class _Decoder:
     """The window predictor: decode in the caller's dtype, hand back float32 so stitching is in float32."""
 
-    def __init__(self, autoencoder: AutoencoderKL, dtype: torch.dtype) -> None:
+    def __init__(self, autoencoder: Autoencoder, dtype: torch.dtype) -> None:
         self.autoencoder, self.dtype = autoencoder, dtype
 
     def __call__(self, window: torch.Tensor) -> torch.Tensor:

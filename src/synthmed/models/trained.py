@@ -4,19 +4,21 @@ weights: the one place that reads them, for training's later stages and for gene
 from __future__ import annotations
 
 import torch
-from monai.networks.nets import AutoencoderKL
 from torch import nn
 
 from synthmed.artifacts import checkpoint as ckpt
 from synthmed.artifacts.run import RunDir, RunMetadata
 from synthmed.config import TrainConfig
-from synthmed.models.builders import build_autoencoder, build_controlnet, build_unet
+from synthmed.models.builders import build_controlnet, build_unet
 from synthmed.models.conditioning import encoding_channels
+from synthmed.models.slicewise import Autoencoder, SliceWiseAutoencoder, build_run_autoencoder
 
 
-def load_autoencoder(cfg: TrainConfig, device: torch.device, which: str = "ema") -> AutoencoderKL:
-    model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(device)
-    ckpt.load_exported(model, RunDir(cfg.run_dir).weights("autoencoder"), which)
+def load_autoencoder(cfg: TrainConfig, device: torch.device, which: str = "ema") -> Autoencoder:
+    """The run's autoencoder; for 3D runs on the foundation autoencoder, the 2D network slice by slice."""
+    model = build_run_autoencoder(cfg).to(device)
+    inner = model.autoencoder if isinstance(model, SliceWiseAutoencoder) else model
+    ckpt.load_exported(inner, RunDir(cfg.run_dir).weights("autoencoder"), which)
     return model.eval()
 
 

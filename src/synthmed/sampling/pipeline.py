@@ -17,7 +17,6 @@ from typing import Any, Self, cast
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import AutoencoderKL
 
 from synthmed.artifacts.files import file_sha256
 from synthmed.artifacts.run import ControlNetMetadata, RunDir, RunMetadata
@@ -32,6 +31,7 @@ from synthmed.models.builders import (
     use_sdpa,
 )
 from synthmed.models.conditioning import ConditionedUNet, encode_labels
+from synthmed.models.slicewise import Autoencoder, control_grid
 from synthmed.models.trained import load_autoencoder, load_controlnet, load_unet
 from synthmed.runtime import (
     PRECISION_NAMES,
@@ -98,7 +98,7 @@ class Pipeline(RunRules):
         self,
         run_dir: Path,
         cfg: TrainConfig,
-        autoencoder: AutoencoderKL,
+        autoencoder: Autoencoder,
         unet: torch.nn.Module,
         scale_factor: float,
         class_names: list[str],
@@ -255,6 +255,7 @@ class Pipeline(RunRules):
             return ConditionedUNet(self.unet, spacing=spacing)
         cn = self.require_controlnet()
         encoded = encode_labels(volume.label_maps.to(self.device), cn.meta.num_labels, cn.meta.encoding)
+        encoded = control_grid(encoded, self.cfg.control_stretch)
         return ConditionedUNet(self.unet, spacing, cn.model, encoded, volume.scale)
 
     @property

@@ -28,14 +28,17 @@ class RunRules:
         return self.latent_shape_for(spatial)
 
     def latent_shape_for(self, size: tuple[int, ...]) -> tuple[int, ...]:
-        arch = self.cfg.autoencoder.arch
-        divisor = arch.compression * 2 ** (len(self.cfg.diffusion.arch.channels) - 1)
-        bad = [s for s in size if s % divisor]
-        if bad:
+        factors = self.cfg.latent_factors
+        unet = 2 ** (len(self.cfg.diffusion.arch.channels) - 1)
+        divisors = tuple(f * unet for f in factors)
+        if any(s % d for s, d in zip(size, divisors, strict=True)):
+            need = divisors[0] if len(set(divisors)) == 1 else divisors
+            what = "every side" if len(set(divisors)) == 1 else "the sides"
             raise SynthmedError(
-                f"size {tuple(size)}: every side must be a multiple of {divisor} for this model", field="size"
+                f"size {tuple(size)}: {what} must be a multiple of {need} for this model", field="size"
             )
-        return (arch.latent_channels, *(s // arch.compression for s in size))
+        latent = (s // f for s, f in zip(size, factors, strict=True))
+        return (self.cfg.autoencoder.arch.latent_channels, *latent)
 
     @property
     def samplers(self) -> tuple[str, ...]:

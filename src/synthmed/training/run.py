@@ -14,7 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from monai.networks.nets import AutoencoderKL
 from rich.console import Console
 
 from synthmed import data as data_stage
@@ -37,6 +36,7 @@ from synthmed.errors import SynthmedError
 from synthmed.evaluation.quality import intensity_bounds
 from synthmed.models.builders import build_autoencoder
 from synthmed.models.foundation import foundation_weights
+from synthmed.models.slicewise import Autoencoder
 from synthmed.models.trained import load_autoencoder, load_unet
 from synthmed.runtime import (
     barrier,
@@ -230,7 +230,7 @@ def _trainer(
 
 
 def _latents(
-    cfg: TrainConfig, autoencoder: AutoencoderKL, data: TrainingData
+    cfg: TrainConfig, autoencoder: Autoencoder, data: TrainingData
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode the training and validation images once; cached beside the diffusion stage by AE weights."""
     run = RunDir(cfg.run_dir)
@@ -364,7 +364,7 @@ def _check_controlnet_config(cfg: TrainConfig, resume: bool) -> None:
 
 def _latent_sets(
     cfg: TrainConfig, data: TrainingData, device: torch.device
-) -> tuple[AutoencoderKL, LatentSet, LatentSet, float]:
+) -> tuple[Autoencoder, LatentSet, LatentSet, float]:
     """The frozen autoencoder, both splits encoded, and the latent scale factor."""
     autoencoder = load_autoencoder(cfg, device)
     for p in autoencoder.parameters():
@@ -425,11 +425,12 @@ def _controlnet_task(cfg: TrainConfig, data: TrainingData, device: torch.device)
         data.class_names,
         meta.scale_factor,
         extra,
+        cfg.control_stretch,
     )
 
 
 def _structure_sets(
-    cfg: TrainConfig, data: TrainingData, autoencoder: AutoencoderKL, device: torch.device
+    cfg: TrainConfig, data: TrainingData, autoencoder: Autoencoder, device: torch.device
 ) -> tuple[LatentSet, LatentSet]:
     """2D ControlNet data: each split's latents with the structure maps to follow. Edges are computed from
     the training images; masks come from the mask files (images without one are left out and listed)."""
@@ -450,7 +451,7 @@ def _structure_sets(
 
 
 def _mask_set(
-    cfg: TrainConfig, data: TrainingData, split: str, autoencoder: AutoencoderKL, device: torch.device
+    cfg: TrainConfig, data: TrainingData, split: str, autoencoder: Autoencoder, device: torch.device
 ) -> LatentSet:
     """One split's images that have masks (or belong to ``controlnet.empty_mask_classes``), encoded."""
     assert data.records is not None

@@ -29,6 +29,7 @@ from synthmed.models.builders import (
 )
 from synthmed.models.conditioning import ConditionedUNet, encode_labels, encoding_channels
 from synthmed.models.local import load_local_network
+from synthmed.models.slicewise import Autoencoder, control_grid
 
 VAL_ITEMS = 64  # validation batch: enough for a stable curve, cheap on a CPU
 VAL_VOLUMES = 8  # 3D: full-resolution autoencoder activations of 64 volumes would take gigabytes
@@ -221,7 +222,7 @@ class AutoencoderTask:
 
 
 @torch.inference_mode()
-def encode_dataset(autoencoder: AutoencoderKL, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def encode_dataset(autoencoder: Autoencoder, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Latent (mu, sigma) of every image or volume, stacked on a new dim 1: (N, 2, C, *latent_spatial)."""
     out = []
     for i in range(0, len(images), batch_size):
@@ -247,7 +248,7 @@ class DiffusionTask:
     def __init__(
         self,
         cfg: DiffusionConfig,
-        autoencoder: AutoencoderKL,
+        autoencoder: Autoencoder,
         train: LatentSet,
         val: LatentSet,
         class_names: list[str],
@@ -368,19 +369,21 @@ class ControlNetTask(DiffusionTask):
         self,
         cfg: ControlNetConfig,
         diffusion_cfg: DiffusionConfig,
-        autoencoder: AutoencoderKL,
+        autoencoder: Autoencoder,
         unet: nn.Module,
         train: LatentSet,
         val: LatentSet,
         class_names: list[str],
         scale_factor: float,
         extra: dict[str, Any],
+        control_stretch: int = 1,
     ) -> None:
         """``extra`` is saved in model.pt for generation: the condition, and for 3D ``num_labels`` and the
-        per-label intensity bounds of the quality check (``quality_bounds``)."""
+        per-label intensity bounds of the quality check (``quality_bounds``). ``control_stretch``: label maps
+        repeated along Z for slice-wise latents (``TrainConfig.control_stretch``)."""
         super().__init__(diffusion_cfg, autoencoder, train, val, class_names, scale_factor)
         self.name = controlnet_stage_dir(cfg.condition)
-        self.cn_cfg, self.extra = cfg, extra
+        self.cn_cfg, self.extra, self.control_stretch = cfg, extra, control_stretch
         self.num_labels: int = extra.get("num_labels", 2)
         self.unet = unet.eval().requires_grad_(False)
         if train.controls is not None:  # 2D: precomputed structure maps
@@ -398,7 +401,8 @@ class ControlNetTask(DiffusionTask):
         if items.controls is not None:
             return items.controls[index]
         assert items.label_maps is not None
-        return encode_labels(items.label_maps[index], self.num_labels, self.cn_cfg.encoding)
+        encoded = encode_labels(items.label_maps[index], self.num_labels, self.cn_cfg.encoding)
+        return control_grid(encoded, self.control_stretch)
 
     def denoiser(self, model: nn.Module, items: LatentSet, index: torch.Tensor) -> nn.Module:
         spacing = items.spacings[index] if items.spacings is not None else None
