@@ -10,7 +10,7 @@ from synthmed.evaluation.commands import evaluate
 from synthmed.jobs.commands import worker
 from synthmed.reporting.commands import demo
 from synthmed.sampling.commands import edit_app, generate_command, regenerate
-from synthmed.training.commands import presets, split, train
+from synthmed.training.commands import distill, presets, split, train
 from synthmed.web.commands import serve, users_app
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app = typer.Typer(
 
 # In the order `synthmed --help` lists them (commands first, then the command groups).
 app.command()(train)
+app.command()(distill)
 app.command()(split)
 app.command("generate")(generate_command(generate_from_requests))
 app.command()(serve)

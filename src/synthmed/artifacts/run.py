@@ -10,6 +10,8 @@ depends on lies beside it, so loading a run never needs the command line that tr
     controlnet/              the mask ControlNet (3D: the label-map one) with controlnet.yaml, the settings it
                              was started with; 3D also candidates.pt, the training label maps generation draws
     controlnet-<condition>/  2D: the edges and sobel ControlNets, laid out alike
+    distilled/               (after ``synthmed distill``) distill.yaml, the settings it was started with, and
+                             steps-<N>/ per round: the student sampling in N steps, laid out like a stage
 
 Runs trained before metadata.json existed keep their metadata in the ``extra`` entry of each model.pt;
 :meth:`RunDir.metadata` reads it from there when the file is missing.
@@ -31,6 +33,7 @@ from synthmed.errors import SynthmedError
 METADATA_VERSION = 1
 STAGE_CONFIG = "controlnet.yaml"  # a ControlNet's own settings (a run may hold several, trained later)
 CANDIDATES = "candidates.pt"  # controlnet/: the training label maps 3D generation draws from
+DISTILL_CONFIG = "distill.yaml"  # distilled/: the settings the distilled stage was started with
 
 
 def controlnet_stage_dir(condition: str) -> str:
@@ -112,6 +115,19 @@ class RunDir:
 
     def controlnet(self, condition: str) -> Path:
         return self.stage(controlnet_stage_dir(condition))
+
+    @property
+    def distilled(self) -> Path:
+        return self.stage("distilled")
+
+    def student(self, steps: int) -> Path:
+        """The folder of the distilled student that samples in ``steps`` steps."""
+        return self.distilled / f"steps-{steps}"
+
+    def distilled_steps(self) -> list[int]:
+        """Step counts of the finished distilled students (those with exported weights), fewest first."""
+        found = [p.parent.name.removeprefix("steps-") for p in self.distilled.glob("steps-*/model.pt")]
+        return sorted(int(n) for n in found if n.isdigit())
 
     @property
     def candidates(self) -> Path:

@@ -14,6 +14,7 @@ from synthmed.config.catalogue import (
     FromRequestsConfig,
 )
 from synthmed.config.data import DataConfig, EnhanceConfig, VolumeConfig, VolumeData
+from synthmed.config.distill import DistillConfig
 from synthmed.config.downstream import AugmentationConfig, SelectionConfig
 from synthmed.config.evaluate import EvaluateConfig
 from synthmed.config.generate import EditConfig, GenerateConfig
@@ -51,6 +52,7 @@ __all__ = [
     "DataConfig",
     "DatabaseConfig",
     "DiffusionConfig",
+    "DistillConfig",
     "EditConfig",
     "EnhanceConfig",
     "EvaluateConfig",

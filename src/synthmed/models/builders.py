@@ -18,7 +18,9 @@ from synthmed.models.solvers import DiffusersSolver
 # ddpm at 10 steps (the FID-only choice before) kept recall at 0.46, ddim 25 reached 0.88 with FID alike
 # (issue 16's measurements; benchmarks/sampling.py, docs/performance.md).
 SAMPLERS_FOR = {"ddpm": ("ddim", "ddpm", "dpmsolver", "unipc", "pndm"), "rflow": ("rflow",)}
-DEFAULT_STEPS = {"ddpm": 10, "rflow": 30}  # any other sampler: 25
+DEFAULT_STEPS = {"ddpm": 10, "rflow": 30, "distilled": 4}  # any other sampler: 25
+#: A run's distilled students (synthmed distill), offered beside the samplers of its noise process.
+DISTILLED = "distilled"
 #: What denoising runs with: MONAI's schedulers, or diffusers' solvers on the betas the model was trained on.
 Sampler = DDPMScheduler | DDIMScheduler | PNDMScheduler | RFlowScheduler | DiffusersSolver
 

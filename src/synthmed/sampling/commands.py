@@ -40,7 +40,8 @@ def generate_command(handle_requests: RequestsHandler) -> Callable[..., None]:
         sampler: Annotated[
             str | None,
             typer.Option(
-                help="ddpm (default), ddim, dpmsolver, unipc or pndm; rflow for rectified-flow models."
+                help="ddim (default), ddpm, dpmsolver, unipc or pndm; rflow for rectified-flow models; "
+                "distilled for a run's distilled students (synthmed distill; --steps 1, 2, 4, ...)."
             ),
         ] = None,
         batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,

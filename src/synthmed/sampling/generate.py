@@ -38,7 +38,7 @@ from synthmed.artifacts.manifest import (
 from synthmed.config import GenerateConfig
 from synthmed.errors import SynthmedError
 from synthmed.evaluation.privacy import CopyGuard
-from synthmed.models.builders import default_steps
+from synthmed.models.builders import DISTILLED, default_steps
 from synthmed.progress import progress_bar
 from synthmed.runtime import (
     all_gather_objects,
@@ -51,7 +51,7 @@ from synthmed.runtime import (
 )
 from synthmed.sampling.pipeline import BatchHook, ImageCondition, Pipeline
 from synthmed.sampling.privacy_filter import copy_guard_for_run
-from synthmed.sampling.rules import check_counts
+from synthmed.sampling.rules import check_counts, check_distilled_steps
 from synthmed.sampling.volumes import generate_volumes
 
 
@@ -130,6 +130,8 @@ def generate_to_folder(
 def _resolved(pipe: Pipeline, cfg: GenerateConfig) -> GenerateConfig:
     """``cfg`` with the model's defaults filled in: sampler, steps, guidance and label."""
     sampler = cfg.sampler or pipe.samplers[0]
+    if sampler == DISTILLED:  # which students exist, or how to make them
+        check_distilled_steps(pipe.distilled_steps(), cfg.steps or default_steps(sampler), pipe.run_dir)
     if sampler not in pipe.samplers:
         raise SynthmedError(
             f"unknown sampler '{sampler}' for this model; choose one of {list(pipe.samplers)}",

@@ -26,6 +26,7 @@ from synthmed.diffusion.sampler import Known, StepCallback, denoise, initial_noi
 from synthmed.diffusion.tiled import decode_latents
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import (
+    DISTILLED,
     build_scheduler,
     default_steps,
     use_sdpa,
@@ -39,6 +40,7 @@ from synthmed.runtime import (
     resolve_device,
     resolve_precision,
 )
+from synthmed.sampling import distilled
 from synthmed.sampling.rules import RunRules, check_counts
 from synthmed.version import __version__
 
@@ -118,6 +120,7 @@ class Pipeline(RunRules):
         self.tile_size: int | None = 32  # 3D decoding tile (latent voxels) and overlap
         self.tile_overlap = 0.25
         self.batch_hook: BatchHook | None = None  # a job's live view (synthmed.jobs.runner)
+        self.students = distilled.Students(run_dir, cfg, hashes["diffusion_sha256"], device, checkpoint)
 
     @classmethod
     def load(
@@ -148,7 +151,7 @@ class Pipeline(RunRules):
             "autoencoder_sha256": file_sha256(run.weights("autoencoder")),
             "diffusion_sha256": file_sha256(run.weights("diffusion")),
         }
-        return cls(
+        pipe = cls(
             run.root,
             cfg,
             autoencoder,
@@ -162,6 +165,8 @@ class Pipeline(RunRules):
             meta.spacing,
             _load_controlnets(cfg, meta, dev, checkpoint),
         )
+        pipe.students.compile = compile
+        return pipe
 
     @torch.inference_mode()
     def sample_batch(
@@ -188,12 +193,34 @@ class Pipeline(RunRules):
         guidance = self.guidance(guidance)
         if callback is None and self.batch_hook is not None:
             callback = self.batch_hook(self, seeds)
-        scheduler = build_scheduler(self.cfg.diffusion.noise, sampler, self.cfg.data.spatial_dims)
         labels = torch.full((len(seeds),), self.label_index(label), dtype=torch.long, device=self.device)
         shape = self.latent_shape if volume is None else self.latent_shape_for(volume.size)
         noise = initial_noise(seeds, shape, self.device)
+        if sampler == DISTILLED:
+            z = self._distilled(noise, labels, steps, guidance, control, edit, callback)
+        else:  # the teacher
+            z = self._denoised(
+                noise, labels, seeds, steps, guidance, sampler, callback, volume, control, edit
+            )
+        return self.decode(z)
+
+    def _denoised(
+        self,
+        noise: torch.Tensor,
+        labels: torch.Tensor,
+        seeds: list[int],
+        steps: int,
+        guidance: float,
+        sampler: str,
+        callback: StepCallback | None,
+        volume: VolumeCondition | None,
+        control: ImageCondition | None,
+        edit: EditTarget | None,
+    ) -> torch.Tensor:
+        """The teacher's denoising loop with one of the noise process's samplers."""
+        scheduler = build_scheduler(self.cfg.diffusion.noise, sampler, self.cfg.data.spatial_dims)
         amp = autocast(self.device, self.dtype)
-        z = denoise(
+        return denoise(
             self.denoiser(len(seeds), volume, control),
             scheduler,
             noise,
@@ -206,8 +233,43 @@ class Pipeline(RunRules):
             callback=callback,
             known=None if edit is None else self._known(edit, len(seeds), amp),
         )
+
+    def _distilled(
+        self,
+        noise: torch.Tensor,
+        labels: torch.Tensor,
+        steps: int,
+        guidance: float,
+        control: ImageCondition | None,
+        edit: EditTarget | None,
+        callback: StepCallback | None,
+    ) -> torch.Tensor:
+        """A distilled student's steps (sampling.distilled), with the teacher's ControlNet if asked."""
+        if edit is not None:
+            raise SynthmedError(
+                "edits run with the teacher's samplers, not the distilled one", field="sampler"
+            )
+        bind = None
+        if control is not None:
+            cn = self.require_controlnet(control.condition)
+            maps = control.maps.to(self.device, torch.float32)
+            bind = distilled.with_controlnet(cn.model, maps, control.scale)
+        return distilled.sample(
+            self.students.get(steps),
+            noise,
+            labels,
+            cfg=self.cfg,
+            steps=steps,
+            guidance=guidance,
+            autocast=autocast(self.device, self.dtype),
+            bind=bind,
+            callback=callback,
+        )
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Clean scaled latents to images (3D: volumes) in [0, 1], float32 on the CPU."""
         z = z / self.scale_factor
-        with amp:
+        with autocast(self.device, self.dtype):
             if self.cfg.data.volume is None:
                 images = decode_latents(self.autoencoder, z)
             else:  # volume by volume, tiled: memory bounded by one tile whatever the batch and volume size
@@ -289,7 +351,10 @@ class Pipeline(RunRules):
         sampler: str | None,
     ) -> dict[str, Any]:
         """The provenance row of one image, with the sampling settings as resolved by the caller."""
-        return {
+        student = {}
+        if sampler == DISTILLED and steps:
+            student = {"distilled_sha256": self.students.get(steps).sha256}
+        return student | {
             "label": label,
             "seed": seed,
             "batch_seeds": batch,
@@ -361,6 +426,12 @@ class Pipeline(RunRules):
         for key in ("autoencoder_sha256", "diffusion_sha256"):
             if row.get(key) != self.hashes[key]:
                 raise SynthmedError(f"manifest row was made with other weights ({key} differs)", field=key)
+        student = self.students.get(int(row["steps"])) if row["sampler"] == DISTILLED else None
+        if student is not None and student.sha256 != row.get("distilled_sha256"):
+            raise SynthmedError(
+                "manifest row was made with another distilled student (distilled_sha256 differs)",
+                field="distilled_sha256",
+            )
         return self.sample_batch(
             [int(s) for s in row["batch_seeds"]],
             row["label"],

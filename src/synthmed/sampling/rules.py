@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from synthmed.artifacts.run import RunDir
 from synthmed.config import TrainConfig
 from synthmed.errors import SynthmedError
-from synthmed.models.builders import SAMPLERS_FOR
+from synthmed.models.builders import DISTILLED, SAMPLERS_FOR
 
 
 @dataclass(eq=False)  # a Pipeline is one; pipelines compare and hash by identity
@@ -42,7 +43,12 @@ class RunRules:
 
     @property
     def samplers(self) -> tuple[str, ...]:
-        return SAMPLERS_FOR[self.cfg.diffusion.noise.kind]
+        """The noise process's samplers (the first is the default), then ``distilled`` if the run has a
+        distilled stage."""
+        return run_samplers(self.cfg)
+
+    def distilled_steps(self) -> list[int]:
+        return RunDir(self.cfg.run_dir).distilled_steps()
 
     def resolve_label(self, label: str | None) -> str | None:
         """``label``, or for None: unconditional, or the only class of a model never trained without labels
@@ -80,6 +86,25 @@ class RunRules:
                 field="guidance",
             )
         return value
+
+
+def run_samplers(cfg: TrainConfig) -> tuple[str, ...]:
+    own = SAMPLERS_FOR[cfg.diffusion.noise.kind]
+    return (*own, DISTILLED) if RunDir(cfg.run_dir).distilled_steps() else own
+
+
+def check_distilled_steps(available: list[int], steps: int, run_dir: object) -> None:
+    """``steps`` must be one a distilled student was trained for."""
+    if not available:
+        raise SynthmedError(
+            f"this run has no distilled stage; add one with synthmed distill --run {run_dir}", field="sampler"
+        )
+    if steps not in available:
+        raise SynthmedError(
+            f"no distilled student samples in {steps} steps; this run has students for {available} steps "
+            "(--steps)",
+            field="steps",
+        )
 
 
 def check_counts(n: int, steps: int, batch_size: int) -> None:

@@ -90,6 +90,42 @@ def train(
 
 
 @user_errors
+def distill(
+    run_dir: Annotated[
+        Path | None, typer.Option("--run", help="Trained run directory (the teacher).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML with DistillConfig fields.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps of each round (400).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch (32).")] = None,
+    teacher_steps: Annotated[
+        int | None, typer.Option(help="Steps of the guidance-distilled student; halving starts there (32).")
+    ] = None,
+    min_steps: Annotated[int | None, typer.Option(help="Fewest steps: the last student's (1).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted distillation.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Add a distilled stage to a trained run: few-step students for `generate --sampler distilled`.
+
+    Round 1 teaches a student that takes the guidance scale as an input to match the guided teacher in one
+    network evaluation per step (at --teacher-steps); each further round halves the steps (progressive
+    distillation) down to --min-steps. Each round is a stage folder run/distilled/steps-<N>/ with
+    checkpoints, log and previews; --resume continues inside the round that was interrupted.
+    """
+    options = locals()  # each option sets the DistillConfig field of its name
+    from synthmed.cli_support import command_config
+    from synthmed.config import DistillConfig
+    from synthmed.training.distill import distill as run_distill
+
+    if run_dir is None and config is None:
+        raise SynthmedError("give --run (the trained run to distil)", field="run_dir")
+    cfg = command_config(DistillConfig, config, options)
+    students = run_distill(cfg, resume=resume, progress=progress)
+    err.print(f"done: distilled students of {students} steps in {cfg.run_dir / 'distilled'}")
+
+
+@user_errors
 def split(
     data: Annotated[Path, typer.Option(help="Data source: class folders, .npz or CSV manifest.")],
     out: Annotated[Path, typer.Option(help="Where to write split.json (an existing one is verified).")],

@@ -16,8 +16,7 @@ from synthmed.artifacts.run import RunDir
 from synthmed.catalogue.models import TrainedModel
 from synthmed.config import TrainConfig, read_run_config
 from synthmed.errors import SynthmedError
-from synthmed.models.builders import SAMPLERS_FOR
-from synthmed.sampling.rules import RunRules
+from synthmed.sampling.rules import RunRules, run_samplers
 
 
 @dataclass(frozen=True)
@@ -41,12 +40,17 @@ class RunOptions:
 
     @property
     def samplers(self) -> tuple[str, ...]:
-        return SAMPLERS_FOR[self.cfg.diffusion.noise.kind]
+        """Those of its noise process, and ``distilled`` once the run has a distilled stage."""
+        return run_samplers(self.cfg)
 
     @property
     def unconditional(self) -> bool:
         """Trained with label dropout: it can sample without a label and use classifier-free guidance."""
         return self.cfg.diffusion.label_dropout > 0
+
+    def distilled_steps(self) -> list[int]:
+        """Step counts of the run's distilled students (none without a distilled stage)."""
+        return RunDir(self.run_dir).distilled_steps()
 
     def checks(self) -> RunRules:
         """The rules the run's Pipeline checks labels, guidance and sizes by, without its weights, so the

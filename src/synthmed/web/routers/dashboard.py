@@ -26,7 +26,8 @@ from synthmed.data.structure import read_condition_file
 from synthmed.errors import SynthmedError
 from synthmed.jobs.files import job_dir, output_dir
 from synthmed.jobs.queue import enqueue, list_jobs
-from synthmed.models.builders import default_steps
+from synthmed.models.builders import DISTILLED, default_steps
+from synthmed.sampling.rules import check_distilled_steps
 from synthmed.web.auth import CSRF, Admin, check_csrf
 from synthmed.web.deps import DB
 from synthmed.web.pages import render
@@ -196,6 +197,8 @@ def _generate_config(
     checks.guidance(cfg.guidance)
     if cfg.sampler is not None and cfg.sampler not in run.samplers:
         raise SynthmedError(f"choose one of {', '.join(run.samplers)}", field="sampler")
+    if cfg.sampler == DISTILLED:
+        check_distilled_steps(run.distilled_steps(), cfg.steps or default_steps(DISTILLED), run.run_dir)
     if cfg.size is not None:
         checks.latent_shape_for(cfg.size)
     return cfg

@@ -1,0 +1,103 @@
+"""The distilled student: the teacher's UNet taking the classifier-free guidance scale as an input.
+
+The guidance scale enters as an embedding added to the class embedding, which MONAI's DiffusionModelUNet adds
+to the time embedding of every block (Meng et al. 2023, "On distillation of guided diffusion models", add it
+to the time embedding the same way). The UNet itself stays MONAI's: its ``class_embedding`` is replaced by
+:class:`GuidedClassEmbedding`, which reads (label, guidance) pairs, and :class:`GuidedUNet` packs them, so
+the teacher's weights, ControlNet residuals and forward pass are used unchanged. The guidance branch's last
+layer starts at zero: a new student predicts exactly what the teacher predicts for the label alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+from torch import nn
+
+from synthmed.artifacts import checkpoint as ckpt
+from synthmed.artifacts.run import RunMetadata
+from synthmed.config import TrainConfig
+from synthmed.models.builders import build_unet
+
+GUIDANCE_SCALE = 100.0  # the sinusoidal embedding resolves steps of about 1 / GUIDANCE_SCALE in guidance
+
+
+class GuidedClassEmbedding(nn.Module):
+    """Class embedding plus a guidance embedding, from (N, 2) float rows of (class index, guidance)."""
+
+    def __init__(self, classes: nn.Embedding) -> None:
+        super().__init__()
+        self.classes = classes
+        dim = classes.embedding_dim
+        self.frequencies = dim // 4
+        first, last = nn.Linear(self.frequencies, dim), nn.Linear(dim, dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.guidance = nn.Sequential(first, nn.SiLU(), last)
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        labels, guidance = packed[:, 0].round().long(), packed[:, 1].float()
+        g = get_timestep_embedding(guidance * GUIDANCE_SCALE, self.frequencies)  # float32, as the weights
+        return self.classes(labels) + self.guidance(g)
+
+
+class GuidedUNet(nn.Module):
+    """``unet`` (a MONAI DiffusionModelUNet) called with a guidance scale per item beside its class label."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        embedding = unet.class_embedding
+        if not isinstance(embedding, nn.Embedding):
+            raise TypeError("the student needs a class-conditional UNet (num_class_embeds)")
+        unet.class_embedding = GuidedClassEmbedding(embedding)
+        self.unet = unet
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        class_labels: torch.Tensor,
+        guidance: torch.Tensor,
+        **residuals: object,
+    ) -> torch.Tensor:
+        """``guidance``: (N,) scales; ``residuals``: a ControlNet's down/mid residuals, passed through."""
+        packed = torch.stack([class_labels.float(), guidance.float().expand(len(x))], dim=1)
+        return self.unet(x, timesteps=timesteps, class_labels=packed, **residuals)
+
+
+class BoundGuidance(nn.Module):
+    """A student with its guidance scale bound, called like any denoiser: ``net(x, timesteps=,
+    class_labels=, **residuals)``, so ConditionedUNet can put a ControlNet in front of it."""
+
+    def __init__(self, student: nn.Module, guidance: float | torch.Tensor) -> None:
+        super().__init__()
+        self.student = student
+        self.scale = torch.as_tensor(guidance, dtype=torch.float32).reshape(-1)
+
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor, **residuals: object
+    ) -> torch.Tensor:
+        scale = self.scale.to(x.device)
+        if len(scale) not in (1, len(x)):  # a guided batch doubled by cat([x, x])
+            scale = scale.repeat(len(x) // len(scale))
+        return self.student(x, timesteps, class_labels, scale, **residuals)
+
+
+def student_from_teacher(teacher: nn.Module) -> GuidedUNet:
+    """A new student: a copy of the teacher's weights with a zero guidance branch."""
+    return GuidedUNet(copy.deepcopy(teacher))
+
+
+def load_student(
+    cfg: TrainConfig, meta: RunMetadata, path: Path, device: torch.device, which: str = "ema"
+) -> tuple[GuidedUNet, dict]:
+    """A distilled student from its exported ``model.pt``, and the file's ``extra`` entry."""
+    unet = build_unet(
+        cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, len(meta.class_names), cfg.data.spatial_dims
+    )
+    student = GuidedUNet(unet).to(device)
+    state = ckpt.load_exported(student, path, which)
+    return student.eval(), state["extra"]
