@@ -101,6 +101,11 @@ def test_generate_without_label_map_samples_training_maps(run3d: Path, tmp_path:
     assert result.exit_code == 0, result.output
     assert np.array_equal(nib.load(again).get_fdata(), nib.load(out / row["file"]).get_fdata())
     assert np.allclose(nib.load(again).affine, nib.load(out / row["file"]).affine)
+    again_label = tmp_path / "again_label.nii.gz"  # the label map it was generated for, beside it, and said
+    written = nib.load(out / row["label_file"])
+    assert np.array_equal(np.asarray(nib.load(again_label).dataobj), np.asarray(written.dataobj))
+    assert np.allclose(nib.load(again_label).affine, written.affine)
+    assert "again_label.nii.gz" in result.output and "the label map" in result.output
     found = discover_volumes(out, require_labels=True)  # the output is a 3D data set again
     assert [p.key for p in found.pairs] == ["syn_00000000", "syn_00000001"] and not found.skipped
     # Same command again: nothing regenerated; other settings for the same seeds: refused.
@@ -168,8 +173,10 @@ def test_label_map_with_unknown_label_is_refused(run3d: Path, hippocampus: Path,
     bad = tmp_path / "bad_label.nii.gz"
     nib.save(nib.Nifti1Image(data, src.affine), bad)
     cfg = GenerateConfig(run_dir=run3d, out=tmp_path / "g", count=1, steps=2, label_map=bad)
-    with pytest.raises(SynthmedError, match="label value 7"):
+    with pytest.raises(SynthmedError, match="label value 7") as err:
         generate_to_folder(cfg, progress=False)
+    assert "bad_label.nii.gz" in str(err.value) and "remap the label map" in str(err.value)
+    assert "raise num_labels" not in str(err.value)  # training's fix does not apply to a trained model
 
 
 def test_split_command_checks_3d_data(volumes: Path, tmp_path: Path) -> None:
@@ -184,6 +191,13 @@ def test_split_command_checks_3d_data(volumes: Path, tmp_path: Path) -> None:
         "labels/hippocampus_010.nii.gz",
         "images/hippocampus_999.nii.gz",  # unreadable: its label map goes with it
     }
+    config.write_text(f"preset: tiny3d\ndata: {{source: {volumes}}}\n")  # data.source from the config
+    again = CliRunner().invoke(app, ["split", "--out", str(out), "-c", str(config)])
+    assert again.exit_code == 0, again.output
+    assert json.loads(out.read_text())["items"] == doc["items"]
+    config.write_text("preset: tiny3d\n")
+    missing = CliRunner().invoke(app, ["split", "--out", str(tmp_path / "s2.json"), "-c", str(config)])
+    assert missing.exit_code == 2 and "give --data, or a --config that sets data.source" in missing.output
 
 
 def test_class_folders_condition_the_model_and_the_label_maps(
@@ -218,3 +232,28 @@ def test_3d_options_are_refused_for_a_2d_run(tiny_run: Path, tmp_path: Path) -> 
     cfg = GenerateConfig(run_dir=tiny_run, out=tmp_path / "g", count=1, steps=2, spacing=(1.0, 1.0, 1.0))
     with pytest.raises(SynthmedError, match=r"\['spacing'\] apply to 3D runs only"):
         generate_to_folder(cfg, progress=False)
+
+
+def test_quality_failures_are_reported_and_refused_under_qc_strict(run3d: Path, tmp_path: Path) -> None:
+    """Bounds no volume can meet (intensities lie in [0, 1]) make every attempt fail: the console names the
+    seeds; --qc-strict keeps no file and ends with an error."""
+    run = tmp_path / "run"
+    shutil.copytree(run3d, run)
+    meta = json.loads((run / "metadata.json").read_text())
+    for cn in meta["controlnets"].values():
+        cn["quality_bounds"] = {k: [2.0, 3.0] for k in cn["quality_bounds"]}
+    (run / "metadata.json").write_text(json.dumps(meta))
+    args = ["generate", "--run", str(run), "--count", "2", "--steps", "2", "--qc-retries", "1"]
+    args.append("--no-progress")
+    kept = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "kept")])
+    assert kept.exit_code == 0, kept.output
+    assert "2 of 2 volumes failed the intensity quality check after 1 retries" in kept.output
+    assert "seeds [0, 1]" in kept.output
+    rows = read_manifest(tmp_path / "kept" / "manifest.jsonl")
+    assert [len(r["attempts"]) for r in rows] == [2, 2]
+    assert all((tmp_path / "kept" / r["file"]).is_file() for r in rows)
+    strict = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "strict"), "--qc-strict"])
+    assert strict.exit_code == 2 and "were not kept (--qc-strict; seeds [0, 1])" in strict.output
+    rows = read_manifest(tmp_path / "strict" / "manifest.jsonl")
+    assert all(r["file"] is None and r["dropped"].startswith("quality:") for r in rows) and len(rows) == 2
+    assert not list((tmp_path / "strict").glob("*.nii.gz"))

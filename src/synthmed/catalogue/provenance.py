@@ -354,7 +354,7 @@ def _replay(pipe: Pipeline, claim: Claim, members: list[Claim]) -> list[np.ndarr
     if claim.spatial_dims == 3:
         from synthmed.sampling.volumes import regenerate_volume  # 3D: only when a volume is checked
 
-        volume, _ = regenerate_volume(pipe, claim.row)
+        volume, _, _ = regenerate_volume(pipe, claim.row)
         return [volume.detach().cpu().numpy()[0].astype(np.float32)]
     batch = pipe.regenerate_batch(claim.row)
     seeds = [int(s) for s in claim.row["batch_seeds"]]

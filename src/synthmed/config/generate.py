@@ -71,6 +71,11 @@ class GenerateConfig(Strict):
     qc_retries: int = Field(
         3, ge=0, description="3D: new seeds tried when a volume fails the intensity quality check."
     )
+    qc_strict: bool = Field(
+        False,
+        description="3D: a volume still failing the quality check after its retries is not kept (no file; "
+        "its manifest row says why) and the command ends with an error naming the seeds.",
+    )
 
 
 class EditConfig(Strict):

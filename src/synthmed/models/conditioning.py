@@ -14,6 +14,7 @@ Encodings of a (B, 1, X, Y, Z) label map with ``num_labels`` classes (background
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -77,13 +78,20 @@ def encoding_channels(num_labels: int, encoding: Encoding) -> int:
     raise SynthmedError(f"unknown encoding {encoding!r}; choose onehot or bits", field="encoding")
 
 
-def check_label_range(labels: torch.Tensor, num_labels: int) -> None:
-    """Every value must be a class index in [0, num_labels): anything else would be silently mis-encoded."""
+def check_label_range(labels: torch.Tensor, num_labels: int, path: Path | None = None) -> None:
+    """Every value must be a class index in [0, num_labels): anything else would be silently mis-encoded.
+    ``path``: the label map file given for generation, named in the error (num_labels is fixed by then)."""
     if labels.is_floating_point():
         raise SynthmedError(f"label maps must be integer tensors, got {labels.dtype}", field="labels")
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= num_labels:
         bad = lo if lo < 0 else hi
+        if path is not None:
+            raise SynthmedError(
+                f"label value {bad} is not one of this model's labels 0..{num_labels - 1}; remap the label "
+                f"map to those values (data.volume.num_labels applies only when training)",
+                path=path,
+            )
         raise SynthmedError(
             f"label value {bad} is outside 0..{num_labels - 1} (num_labels={num_labels} counts background "
             "0); raise num_labels or remap the label map",

@@ -31,7 +31,7 @@ def generate_command(handle_requests: RequestsHandler) -> Callable[..., None]:
         label: Annotated[str | None, typer.Option(help="Class to generate (omit for unconditional).")] = None,
         count: Annotated[int | None, typer.Option(help="Number of images.")] = None,
         steps: Annotated[
-            int | None, typer.Option(help="Sampler steps (10 for ddpm, 30 for rflow, else 25).")
+            int | None, typer.Option(help="Sampler steps (default: 25 for ddim, 10 ddpm, 30 rflow, else 25).")
         ] = None,
         guidance: Annotated[
             float | None, typer.Option(help="Classifier-free guidance scale (1 = none).")
@@ -40,8 +40,9 @@ def generate_command(handle_requests: RequestsHandler) -> Callable[..., None]:
         sampler: Annotated[
             str | None,
             typer.Option(
-                help="ddim (default), ddpm, dpmsolver, unipc or pndm; rflow for rectified-flow models; "
-                "distilled for a run's distilled students (synthmed distill; --steps 1, 2, 4, ...)."
+                help="Default: ddim for DDPM-trained models (2D presets; also ddpm, dpmsolver, unipc, pndm), "
+                "rflow for rectified-flow models (3D presets: the only one); distilled for a run's distilled "
+                "students (synthmed distill; --steps 1, 2, 4, ...)."
             ),
         ] = None,
         batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
@@ -113,6 +114,14 @@ def generate_command(handle_requests: RequestsHandler) -> Callable[..., None]:
         qc_retries: Annotated[
             int | None, typer.Option(help="3D: new seeds tried when a volume fails the intensity check (3).")
         ] = None,
+        qc_strict: Annotated[
+            bool | None,
+            typer.Option(
+                "--qc-strict",
+                help="3D: do not keep a volume that still fails the check after its retries; end with an "
+                "error naming the seeds.",
+            ),
+        ] = None,
         from_requests: Annotated[
             bool,
             typer.Option(
@@ -150,9 +159,25 @@ def generate_command(handle_requests: RequestsHandler) -> Callable[..., None]:
         with torchrun_command():
             generate_to_folder(cfg, progress=progress)
         if os.environ.get("RANK", "0") == "0":  # under torchrun: once, by rank 0
+            _say_quality_failures(cfg)
             err.print(f"done: {cfg.count} images in {cfg.out}")
 
     return generate
+
+
+def _say_quality_failures(cfg: GenerateConfig) -> None:
+    """3D: the volumes kept although they failed the quality check after their retries, by seed."""
+    from synthmed.sampling.volumes import quality_failures
+
+    failed = quality_failures(cfg)
+    if failed:
+        err.print(
+            f"[yellow]warning:[/yellow] {len(failed)} of {cfg.count} volumes failed the intensity quality "
+            f"check after {cfg.qc_retries} retries and were kept: seeds {failed} (their manifest rows' "
+            "'quality' names the structures); --qc-strict does not keep them",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 edit_app = typer.Typer(
@@ -264,7 +289,13 @@ def edit_harmonize(
 def regenerate(
     manifest: Annotated[Path, typer.Argument(help="A manifest.jsonl written by synthmed generate.")],
     file: Annotated[str, typer.Option(help="The row's file name, e.g. PNEUMONIA/syn_00000003.png.")],
-    out: Annotated[Path, typer.Option(help="Where to write the regenerated PNG (3D: a .nii.gz file).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Where to write the regenerated PNG (3D: a .nii.gz file, with its label map beside it as "
+            "<name>_label.nii.gz)."
+        ),
+    ],
     run: Annotated[
         Path | None, typer.Option(help="Run directory (default: the one in the manifest row).")
     ] = None,
@@ -274,7 +305,7 @@ def regenerate(
     from synthmed.artifacts.manifest import read_manifest
     from synthmed.data.volumes import save_nifti
     from synthmed.sampling.pipeline import Pipeline
-    from synthmed.sampling.volumes import regenerate_volume
+    from synthmed.sampling.volumes import label_dtype, label_file_beside, regenerate_volume
 
     rows = [r for r in read_manifest(manifest) if r.get("file") == file]
     if not rows:
@@ -283,9 +314,14 @@ def regenerate(
     pipe = Pipeline.load(
         run or row["run_dir"], device=row["device"], precision=row["precision"], checkpoint=row["checkpoint"]
     )
-    if pipe.cfg.data.volume is not None:
-        volume, affine = regenerate_volume(pipe, row)
-        save_nifti(volume, affine, out, dtype="float32")
-    else:
+    if pipe.cfg.data.volume is None:
         save_png(pipe.regenerate(row), out, int(row.get("bit_depth", 8)))
-    err.print(f"done: {out}")
+        err.print(f"done: {out}")
+        return
+    volume, affine, label_map = regenerate_volume(pipe, row)
+    save_nifti(volume, affine, out, dtype="float32")
+    err.print(f"wrote {out} (the image)", highlight=False, soft_wrap=True)
+    if label_map is not None:
+        path = label_file_beside(out)
+        save_nifti(label_map, affine, path, dtype=label_dtype(label_map))
+        err.print(f"wrote {path} (the label map it was generated for)", highlight=False, soft_wrap=True)

@@ -83,7 +83,7 @@ class LabelMaps:
         if cfg.label_map is not None:
             cn = pipe.require_controlnet()
             label, affine = load_label_map(cfg.label_map, VolumeConfig(size=size, spacing=spacing))
-            check_label_range(label, cn.meta.num_labels)
+            check_label_range(label, cn.meta.num_labels, cfg.label_map)
             info = {"file": str(cfg.label_map), "sha256": file_sha256(cfg.label_map)}
             self.fixed = VolumeLabelMap(label, affine, info)
             self.source = info["sha256"]
@@ -138,12 +138,31 @@ def generate_volumes(pipe: Pipeline, cfg: GenerateConfig, progress: bool = True)
                 image, attempts = _quality_checked(pipe, cfg, seed, image, cond, size, spacing)
                 _write(cfg, seed, image, cond, settings | {"batch_seeds": batch, "attempts": attempts})
                 bar.advance()
+    failed = quality_failures(cfg)
+    if failed and cfg.qc_strict:
+        raise SynthmedError(
+            f"{len(failed)} of {cfg.count} volumes failed the intensity quality check after "
+            f"{cfg.qc_retries} retries and were not kept (--qc-strict; seeds {failed}); more --qc-retries, "
+            "a longer-trained run, or other label maps",
+            path=cfg.out,
+        )
     return cfg.out
 
 
-def regenerate_volume(pipe: Pipeline, row: dict[str, Any]) -> tuple[torch.Tensor, np.ndarray]:
-    """Re-create one manifest row's volume (1, X, Y, Z) and its affine, bit for bit on the same device and
-    precision: the same label map (file checked by hash, or the same candidate and deformation) and seeds."""
+def quality_failures(cfg: GenerateConfig) -> list[int]:
+    """Base seeds of this request whose volume failed the quality check after every retry (kept, or under
+    ``qc_strict`` dropped), from the output folder's manifest."""
+    seeds = range(cfg.seed, cfg.seed + cfg.count)
+    rows = {r["seed"]: r for r in read_manifest(cfg.out / MANIFEST) if r.get("seed") in seeds}
+    return sorted(s for s, r in rows.items() if (r.get("quality") or {}).get("passed") is False)
+
+
+def regenerate_volume(
+    pipe: Pipeline, row: dict[str, Any]
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
+    """Re-create one manifest row's volume (1, X, Y, Z), its affine and the label map it was generated for
+    (None without a ControlNet), bit for bit on the same device and precision: the same label map (file
+    checked by hash, or the same candidate and deformation) and seeds."""
     for key in ("autoencoder_sha256", "diffusion_sha256", "controlnet_sha256"):
         have = (
             pipe.controlnet.sha256 if key == "controlnet_sha256" and pipe.controlnet else pipe.hashes.get(key)
@@ -175,7 +194,21 @@ def regenerate_volume(pipe: Pipeline, row: dict[str, Any]) -> tuple[torch.Tensor
     retried = int(row["image_seed"]) != seed  # a retry was drawn alone, for its base seed's label map
     conditions = [maps.for_seed(seed)] if retried else [maps.for_seed(s) for s in batch]
     images = _sample(pipe, cfg, batch, conditions, size, spacing)
-    return images[batch.index(int(row["image_seed"]))], conditions[0 if retried else batch.index(seed)].affine
+    mine = conditions[0 if retried else batch.index(seed)]
+    return images[batch.index(int(row["image_seed"]))], mine.affine, mine.label_map
+
+
+def label_file_beside(image: Path) -> Path:
+    """Where a volume's label map goes: ``x.nii.gz`` -> ``x_label.nii.gz`` (``x_image.nii.gz`` too)."""
+    name = image.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+    stem = stem.removesuffix("_image")
+    return image.with_name(f"{stem}_label.nii.gz")
+
+
+def label_dtype(label_map: torch.Tensor) -> type:
+    """The smallest integer type that holds the labels exactly."""
+    return np.uint8 if int(label_map.max()) < 256 else np.int16
 
 
 def _pending(cfg: GenerateConfig, settings: dict[str, Any]) -> list[int]:
@@ -260,13 +293,18 @@ def _write(
     if row["image_seed"] != seed:  # a quality-check retry was drawn alone
         row["batch_seeds"] = [row["image_seed"]]
     row["quality"] = row["attempts"][-1]["quality"]
+    row["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    if cfg.qc_strict and row["quality"] is not None and not row["quality"]["passed"]:
+        tries = len(row["attempts"])
+        row |= {"file": None, "dropped": f"quality: failed the intensity check in all {tries} attempts"}
+        append_rows(cfg.out / MANIFEST, [row])
+        return
     save_nifti(image, cond.affine, cfg.out / row["file"], dtype=np.float32)
     row["sha256"] = file_sha256(cfg.out / row["file"])  # the catalogue checks the file by it
     if cond.label_map is not None:
         row["label_file"] = f"{stem}_label.nii.gz"
-        dtype = np.uint8 if int(cond.label_map.max()) < 256 else np.int16
+        dtype = label_dtype(cond.label_map)
         save_nifti(cond.label_map, cond.affine, cfg.out / row["label_file"], dtype=dtype)
     row["preview"] = f"previews/{stem}.png"
     save_three_view_preview(image, cond.label_map, cfg.out / row["preview"])
-    row["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     append_rows(cfg.out / MANIFEST, [row])

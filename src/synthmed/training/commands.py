@@ -127,8 +127,11 @@ def distill(
 
 @user_errors
 def split(
-    data: Annotated[Path, typer.Option(help="Data source: class folders, .npz or CSV manifest.")],
     out: Annotated[Path, typer.Option(help="Where to write split.json (an existing one is verified).")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data source: class folders, .npz or CSV manifest (default: the config's)."),
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with data/seed fields.")] = None,
     seed: Annotated[int | None, typer.Option(help="Split seed (overrides the config's seed).")] = None,
 ) -> None:
@@ -144,10 +147,12 @@ def split(
     from synthmed.data import prepare
     from synthmed.data.splits import split_counts
 
-    overrides: dict[str, Any] = {"data": {"source": str(data)}}
+    overrides: dict[str, Any] = {"data": {"source": str(data)}} if data is not None else {}
     if seed is not None:
         overrides["seed"] = seed
     cfg = load_train_config(config, overrides)
+    if cfg.data.source is None:
+        raise SynthmedError("no data source: give --data, or a --config that sets data.source", field="data")
     if cfg.data.volume is not None:  # 3D: every volume is read and checked once
         from synthmed.data.volume_sets import prepare_volumes
 
@@ -155,7 +160,7 @@ def split(
     else:
         prepared = prepare(cfg.data, cfg.seed, out)
     counts = split_counts(prepared.records, prepared.class_names)
-    table = Table("class", *counts, title=f"{data} (seed {cfg.seed})")
+    table = Table("class", *counts, title=f"{cfg.data.source} (seed {cfg.seed})")
     for name in prepared.class_names:
         table.add_row(name, *(str(counts[s][name]) for s in counts))
     Console().print(table)
