@@ -29,6 +29,10 @@ eval_controls (benchmarks/eval_controls.py): evaluate on known answers (unseen r
 controlnet64 (benchmarks/controlnet64.py): BUSI 64 px mask ControlNet: Dice between the conditioning masks
 and a real-trained segmenter's output on the generated images, against scale 0 and the real ceiling; s/image.
 
+distill64 (benchmarks/distill64.py): distilled few-step students (issue 23) against their teacher and MONAI's
+DDPM-1000 recipe on the same weights: images/s with decoding, peak memory, FID, recall, sharpness, C2ST, the
+decoder's share, distillation wall time; ``--smoke`` for a tiny teacher, written to its work folder.
+
 utility_kermany, utility_busi_seg (benchmarks/utility.py): the proof-of-utility protocol of issue 19 (a
 generator per regime, controls, synthetic arms, 5 seeds, Holm); ``--smoke`` for a toy-sized run.
 
@@ -52,7 +56,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import controlnet64, decode3d, eval_controls, quality64, sampling, training, utility, volume64
+from benchmarks import (
+    controlnet64,
+    decode3d,
+    distill64,
+    eval_controls,
+    quality64,
+    sampling,
+    training,
+    utility,
+    volume64,
+)
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(os.environ.get("SYNTHMED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -437,6 +451,9 @@ def main() -> None:
     quality64.add_arguments(
         sub.add_parser("quality64", help="old vs new generator recipe at equal training time, own holdout")
     )
+    distill64.add_arguments(
+        sub.add_parser("distill64", help="distilled 1-4 step students vs teacher and MONAI DDPM-1000, 64 px")
+    )
     utility.add_arguments(
         sub.add_parser("utility_kermany", help="proof of utility: Kermany rarity and scarcity regimes"),
         "kermany",
@@ -451,6 +468,11 @@ def main() -> None:
         result = {"machine": machine(), **run(args, DATA)}
         print(json.dumps(result["headline"], indent=2))
         print(f"written: {utility.write(args.name, result, args.work_dir)}")
+        return
+    if args.name == "distill64":
+        result = {"machine": machine(), **distill64.run(args, DATA)}
+        print(json.dumps(result["headline"], indent=2))
+        print(f"written: {distill64.write(result, args.work_dir)}")
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.name}.json"

@@ -5,7 +5,10 @@ bit-exact regeneration, the dashboard's sampler list, and the errors users meet.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from synthmed.training.distill import distill
 from synthmed.training.run import train
 from synthmed.web.run_options import read_run
 
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 runner = CliRunner()
 # Tiny rounds: 4-step guidance student, then 2 and 1 steps; 6 optimiser steps each, a checkpoint every 3.
@@ -194,3 +198,35 @@ def test_distilled_sampler_errors_name_the_fix(teacher: Path, student_run: Path,
     assert "diffusion.noise.prediction_type" in result.output and "v_prediction" in result.output
     result = runner.invoke(app, ["distill", "--run", str(teacher), "--teacher-steps", "6"])
     assert result.exit_code != 0 and "teacher_steps must be a power of two" in result.output
+
+
+def test_distill64_smoke_run_end_to_end(data_root: Path, tmp_path: Path) -> None:
+    """The benchmark script on a tiny teacher: every row, the decode cost and the issue's headline keys,
+    written to its work folder only."""
+    env = os.environ | {"SYNTHMED_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "benchmarks.run", "distill64", "--smoke", "--work-dir", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "distill64_smoke.json").read_text())
+    assert list(result["headline"]) == [
+        "images_per_s",
+        "fid",
+        "teacher_fid",
+        "recall",
+        "teacher_recall",
+        "sharpness_ratio",
+        "distill_minutes",
+    ]
+    rows = {(r["row"], r["steps"]) for r in result["rows"]}
+    assert rows == {
+        ("teacher", 25),
+        ("student", 1),
+        ("student", 2),
+        ("student", 4),
+        ("monai_ddpm1000_fp32", 1000),
+    }
+    assert result["rows"][0]["sampler"] == "ddim" and result["rows"][1]["nfe"] == 1
+    assert all(r["images_per_s"] > 0 and r["fid"] >= 0 for r in result["rows"])
+    assert result["decode_cost"]["decode_s_per_image"] > 0 and result["distillation"]["students"] == [1, 2, 4]
+    assert result["default"]["row"] == "student" and result["headline"]["fid"] == result["default"]["fid"]
+    assert not (REPO / "benchmarks" / "results" / "distill64_smoke.json").exists()
