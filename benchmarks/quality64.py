@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=int, default=300, help="synthetic images per class")
     p.add_argument("--budget-s", type=float, default=None, help="training budget (default: the old arm's)")
     p.add_argument("--work-dir", default="runs/bench-quality64")
-    p.add_argument("--arms", nargs="+", default=["old", "foundation_ae", "new", "busi"])
+    p.add_argument("--arms", nargs="+", default=["old", "new", "busi", "foundation_ae"])
+    p.add_argument("--resume", action="store_true", help="reuse arms finished by a stopped run")
 
 
 def _train(values: dict[str, Any], budget_s: float | None) -> tuple[Path, float, int]:
@@ -173,9 +174,17 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     for name in args.arms:
         values, sampler, classes = arms[name]
         classes = classes or ["NORMAL", "PNEUMONIA"]
-        results[name] = _arm(name, values, sampler, None if name == "old" else budget, args, classes)
+        done = Path(args.work_dir) / name / "result.json"  # --resume keeps an arm finished before a stop
+        if args.resume and done.is_file():
+            results[name] = json.loads(done.read_text())
+        else:
+            results[name] = _arm(name, values, sampler, None if name == "old" else budget, args, classes)
+            done.write_text(json.dumps(results[name], indent=1))
         if name == "old" and budget is None:
             budget = results["old"]["user_train_minutes"] * 60
+    from synthmed.models.foundation import shipped_card
+
+    card = shipped_card()
     keys = (*HEADLINE, "msssim", "msssim_real", "user_train_minutes")
     head = results.get("new", {})
     return {
@@ -183,5 +192,6 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "old": {k: results["old"][k] for k in keys} if "old" in results else None,
         "busi": {k: results["busi"][k] for k in keys} if "busi" in results else None,
         "budget_s": budget,
+        "foundation_autoencoder": {k: card[k] for k in ("sha256", "steps")},
         "arms": results,
     }

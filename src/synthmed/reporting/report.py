@@ -72,6 +72,11 @@ def _synthetic_by_class(
     return out
 
 
+# Real and synthetic grids side by side, each half the page wide: 3 columns put a 64 px image at about 180 px
+# on screen, where ribs and fine anatomy can be judged (6 columns showed them at native size).
+GRID_COLUMNS = 3
+
+
 def write_report(
     cfg: TrainConfig,
     synthetic_dir: Path,
@@ -90,13 +95,13 @@ def write_report(
     plot_curves(cfg.run_dir, assets / "curves.png")
     sections = []
     for i, name in enumerate(class_names):
-        save_grid(real[i], assets / f"real_{i}.png", ncols=6)
+        save_grid(real[i], assets / f"real_{i}.png", ncols=GRID_COLUMNS)
         cells = [
             f'<figure><img src="{assets.name}/real_{i}.png">'
             "<figcaption>real (training split)</figcaption></figure>"
         ]
         if i in synthetic:
-            save_grid(synthetic[i], assets / f"synthetic_{i}.png", ncols=6)
+            save_grid(synthetic[i], assets / f"synthetic_{i}.png", ncols=GRID_COLUMNS)
             cells.append(
                 f'<figure><img src="{assets.name}/synthetic_{i}.png">'
                 "<figcaption>synthetic</figcaption></figure>"
@@ -120,7 +125,8 @@ def write_report(
 
 _PAGE = """<!doctype html><html lang=en><head><meta charset=utf-8><title>{title}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-img{{image-rendering:pixelated;max-width:100%}} .row{{display:flex;gap:1.5em;flex-wrap:wrap}}
+img{{image-rendering:pixelated;max-width:100%}} .row{{display:flex;gap:1.5em}}
+.row figure img{{width:100%}} .row figure{{flex:1 1 0}}
 figure{{margin:0}} figcaption{{text-align:center;color:#555}} table{{border-collapse:collapse}}
 th,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:.9em}}</style></head><body>
 <h1>{title}</h1>{notes}<h2>Run</h2><table>{facts}</table>
