@@ -170,6 +170,18 @@ class TrainConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _check_2d_size(self) -> Self:
+        if self.data.volume is not None:
+            return self
+        divisor = self.autoencoder.arch.compression * 2 ** (len(self.diffusion.arch.channels) - 1)
+        if self.data.image_size % divisor:
+            raise ValueError(
+                f"data.image_size {self.data.image_size} must be divisible by {divisor} (autoencoder x UNet "
+                f"downsampling); use {max(divisor, round(self.data.image_size / divisor) * divisor)}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_3d(self) -> Self:
         if self.data.volume is None:
             return self
