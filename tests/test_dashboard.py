@@ -139,7 +139,7 @@ def test_the_configurator_follows_the_model_and_enqueues_a_generation_job(site) 
         ({"label": "FRACTURE"}, "unknown label &#39;FRACTURE&#39;"),
         ({"steps": "0"}, "field &#39;steps&#39;"),
         ({"count": "many"}, "field &#39;count&#39;"),
-        ({"sampler": "rflow"}, "sampler: choose one of ddpm"),
+        ({"sampler": "rflow"}, "sampler: choose one of ddim, ddpm"),
         ({"condition": "mask"}, "upload a structure map or pick a mask"),
     ],
 )
