@@ -121,15 +121,15 @@ def test_generate_for_a_given_label_map_and_spacing(run3d: Path, hippocampus: Pa
         app,
         [
             "generate", "--run", str(run3d), "--out", str(tmp_path / "g"), "--count", "1", "--steps", "3",
-            "--label-map", str(source), "--spacing", "1.25", "1.25", "1.25", "--size", "16", "16", "16",
+            "--label-map", str(source), "--spacing", "1.25", "1.25", "1.25", "--size", "32", "40", "24",
             "--no-progress",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     (row,) = read_manifest(tmp_path / "g" / "manifest.jsonl")
     image, label = nib.load(tmp_path / "g" / row["file"]), nib.load(tmp_path / "g" / row["label_file"])
-    assert image.shape == (16, 16, 16) and np.allclose(image.header.get_zooms(), (1.25, 1.25, 1.25))
-    expected, affine = load_label_map(source, VolumeConfig(size=(16, 16, 16), spacing=(1.25, 1.25, 1.25)))
+    assert image.shape == (32, 40, 24) and np.allclose(image.header.get_zooms(), (1.25, 1.25, 1.25))
+    expected, affine = load_label_map(source, VolumeConfig(size=(32, 40, 24), spacing=(1.25, 1.25, 1.25)))
     assert np.array_equal(np.asarray(label.dataobj), expected[0].numpy())  # the condition is the annotation
     assert np.allclose(label.affine, affine) and np.allclose(image.affine, affine)
     assert row["label_map"]["file"] == str(source) and row["spacing"] == [1.25, 1.25, 1.25]
@@ -257,3 +257,28 @@ def test_quality_failures_are_reported_and_refused_under_qc_strict(run3d: Path, 
     rows = read_manifest(tmp_path / "strict" / "manifest.jsonl")
     assert all(r["file"] is None and r["dropped"].startswith("quality:") for r in rows) and len(rows) == 2
     assert not list((tmp_path / "strict").glob("*.nii.gz"))
+
+
+def test_a_size_that_crops_the_labels_is_warned_about_or_refused(
+    run3d: Path, hippocampus: Path, tmp_path: Path
+) -> None:
+    """hippocampus_023's labels span 24 x 40 x 26 voxels at 1 mm, in a 35 x 51 x 35 grid; a centred crop keeps
+    them all from 24 x 41 x 26 voxels; 16 x 24 x 16 cuts about half of each label."""
+    source = hippocampus / "labels" / "hippocampus_023.nii.gz"
+    cfg = GenerateConfig(run_dir=run3d, out=tmp_path / "g", count=1, steps=2, label_map=source, qc_retries=0)
+    with pytest.raises(
+        SynthmedError,
+        match=r"label 1 loses 5\d%, label 2 loses 4\d%\); give --size of at least "
+        r"\(24, 41, 26\).*raise max_label_loss",
+    ) as err:
+        generate_to_folder(cfg, progress=False)
+    assert "hippocampus_023.nii.gz" in str(err.value)
+    with pytest.warns(UserWarning, match=r"crops the labelled structures \(label 1 loses 5\d%"):
+        generate_to_folder(cfg.model_copy(update={"max_label_loss": 0.6}), progress=False)
+    assert len(read_manifest(tmp_path / "g" / "manifest.jsonl")) == 1
+    # Drawn training maps (16 x 24 x 16 at 1 mm): a smaller Y cuts them too, and the warning says so.
+    drawn = GenerateConfig(
+        run_dir=run3d, out=tmp_path / "d", count=1, steps=2, size=(16, 16, 16), qc_retries=0
+    )
+    with pytest.warns(UserWarning, match=r"the run's training label maps: --size \(16, 16, 16\) crops"):
+        generate_to_folder(drawn.model_copy(update={"max_label_loss": 1.0}), progress=False)

@@ -71,6 +71,13 @@ class GenerateConfig(Strict):
     qc_retries: int = Field(
         3, ge=0, description="3D: new seeds tried when a volume fails the intensity quality check."
     )
+    max_label_loss: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="3D: a --size smaller than the label maps' extent crops their structures: each label's "
+        "lost share is warned about, and above this share generation is refused (1: accept any crop).",
+    )
     qc_strict: bool = Field(
         False,
         description="3D: a volume still failing the quality check after its retries is not kept (no file; "

@@ -404,7 +404,7 @@ def _fmt(affine: np.ndarray) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _pipeline(cfg: VolumeConfig, keys: tuple[Role, ...]) -> Compose:
+def _pipeline(cfg: VolumeConfig, keys: tuple[Role, ...], *, crop: bool = True) -> Compose:
     """RAS -> target spacing (bilinear image, nearest label) -> intensities in [0, 1] -> crop/pad to size."""
     names = list(keys)
     steps: list[MapTransform] = [Orientationd(names, axcodes="RAS", labels=None)]
@@ -414,7 +414,8 @@ def _pipeline(cfg: VolumeConfig, keys: tuple[Role, ...]) -> Compose:
     if "image" in keys:
         steps.append(_intensity_step(cfg))
     # Scaled first, so the zero padding is the darkest value (air for CT, background for MRI).
-    steps.append(ResizeWithPadOrCropd(names, spatial_size=cfg.size, mode="constant", value=0.0))
+    if crop:
+        steps.append(ResizeWithPadOrCropd(names, spatial_size=cfg.size, mode="constant", value=0.0))
     return Compose(steps)
 
 
@@ -436,12 +437,13 @@ def open_volume(path: Path) -> SpatialImage:
     return cast(SpatialImage, nib.load(path))
 
 
-def load_label_map(path: Path, cfg: VolumeConfig) -> tuple[torch.Tensor, np.ndarray]:
+def load_label_map(path: Path, cfg: VolumeConfig, *, crop: bool = True) -> tuple[torch.Tensor, np.ndarray]:
     """A user's label map on its own (the condition for 3D generation): (1, X, Y, Z) int64 and the 4 x 4
     voxel -> RAS mm affine of that result.
 
     Same checks as a label map paired with an image, plus "not all background"; then RAS, nearest
-    neighbour resampling to ``cfg.spacing`` (if set) and centred crop or zero pad to ``cfg.size``.
+    neighbour resampling to ``cfg.spacing`` (if set) and centred crop or zero pad to ``cfg.size`` (unless
+    ``crop`` is False: then the whole resampled map, to measure what the crop loses).
     """
     path = Path(path)
     label = _read(path, "label")
@@ -452,7 +454,7 @@ def load_label_map(path: Path, cfg: VolumeConfig) -> tuple[torch.Tensor, np.ndar
             "empty label map: every voxel is background (0); a generated volume needs labelled structures",
             path=path,
         )
-    out = _pipeline(cfg, ("label",))({"label": label})["label"]
+    out = _pipeline(cfg, ("label",), crop=crop)({"label": label})["label"]
     return out.as_tensor().long(), out.affine.numpy()
 
 

@@ -4,6 +4,7 @@ models.conditioning."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,46 @@ from synthmed.errors import SynthmedError
 MAX_ROTATION_DEG = 10.0
 MAX_SCALE = 0.1
 MAX_SHIFT_VOXELS = 3.0
+
+
+def lost_shares(full: torch.Tensor, fitted: torch.Tensor) -> dict[int, float]:
+    """Share of each foreground label's voxels in the (N, 1, X, Y, Z) or (1, X, Y, Z) maps ``full`` that
+    their crops ``fitted`` no longer hold (0 where nothing is cut)."""
+    labels = [int(v) for v in full.unique().tolist() if v > 0]
+    return {v: 1.0 - int((fitted == v).sum()) / int((full == v).sum()) for v in labels}
+
+
+def keeping_size(maps: Sequence[torch.Tensor]) -> tuple[int, ...]:
+    """The smallest size per axis whose centred crop (as :func:`fit` crops) keeps every labelled voxel of
+    each (1, X, Y, Z) map in ``maps``."""
+    need = [0, 0, 0]
+    for label in maps:
+        found = label[0].nonzero()
+        if not len(found):
+            continue
+        for axis, n in enumerate(label.shape[1:]):
+            lo, hi = int(found[:, axis].min()), int(found[:, axis].max())
+            # MONAI's centred crop of s voxels keeps [n // 2 - s // 2, n // 2 - s // 2 + s)
+            s = next(s for s in range(1, n + 1) if n // 2 - s // 2 <= lo and n // 2 - s // 2 + s > hi)
+            need[axis] = max(need[axis], s)
+    return tuple(need)
+
+
+def check_crop(
+    lost: dict[int, float], extent: tuple[int, ...], size: Sequence[int], limit: float, what: str
+) -> None:
+    """Warn with each label's share lost to a crop to ``size``; refuse above ``limit`` (naming ``what``)."""
+    cut = {v: s for v, s in sorted(lost.items()) if s > 0}
+    if not cut:
+        return
+    shares = ", ".join(f"label {v} loses {s:.0%}" for v, s in cut.items())
+    message = (
+        f"{what}: --size {tuple(size)} crops the labelled structures ({shares}); give --size of at least "
+        f"{extent} (keeps every labelled voxel at this spacing)"
+    )
+    if max(cut.values()) > limit:
+        raise SynthmedError(f"{message}, or raise max_label_loss (now {limit})", field="size")
+    warnings.warn(message, stacklevel=3)
 
 
 def fit(label: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

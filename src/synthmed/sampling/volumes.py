@@ -40,7 +40,7 @@ from synthmed.evaluation.quality import check_volume
 from synthmed.models.conditioning import check_label_range
 from synthmed.progress import progress_bar
 from synthmed.runtime import step_seed
-from synthmed.sampling.label_maps import CandidateLabelMaps, fit
+from synthmed.sampling.label_maps import CandidateLabelMaps, check_crop, fit, keeping_size, lost_shares
 from synthmed.sampling.pipeline import Pipeline, VolumeCondition
 
 # Settings that must agree for an existing volume in an output folder to count as already generated.
@@ -82,8 +82,13 @@ class LabelMaps:
         self.source = "none"  # for the manifest: file sha256, "candidates" or "none"
         if cfg.label_map is not None:
             cn = pipe.require_controlnet()
-            label, affine = load_label_map(cfg.label_map, VolumeConfig(size=size, spacing=spacing))
+            grid = VolumeConfig(size=size, spacing=spacing)
+            label, affine = load_label_map(cfg.label_map, grid)
             check_label_range(label, cn.meta.num_labels, cfg.label_map)
+            full = load_label_map(cfg.label_map, grid, crop=False)[0]
+            check_crop(
+                lost_shares(full, label), keeping_size([full]), size, cfg.max_label_loss, str(cfg.label_map)
+            )
             info = {"file": str(cfg.label_map), "sha256": file_sha256(cfg.label_map)}
             self.fixed = VolumeLabelMap(label, affine, info)
             self.source = info["sha256"]
@@ -95,6 +100,17 @@ class LabelMaps:
             keys = [k for k, kept in zip(state["keys"], keep.tolist(), strict=True) if kept]
             self.candidates = CandidateLabelMaps(state["label_maps"][keep].long(), keys, state["spacing"])
             self.source = "candidates"
+            self._check_candidate_crop(cfg.max_label_loss)
+
+    def _check_candidate_crop(self, limit: float) -> None:
+        """The training label maps, at the requested spacing, against a smaller requested size."""
+        assert self.candidates is not None
+        grid = np.array(self.candidates.labels.shape[2:]) * np.array(self.candidates.spacing) / self.spacing
+        if all(g <= s for g, s in zip(grid, self.size, strict=True)):
+            return  # every map fits: nothing can be cut
+        full = [_resample(m, self.candidates.spacing, self.spacing) for m in self.candidates.labels]
+        lost = lost_shares(torch.stack(full), torch.stack([fit(m, self.size) for m in full]))
+        check_crop(lost, keeping_size(full), self.size, limit, "the run's training label maps")
 
     def for_seed(self, seed: int) -> VolumeLabelMap:
         if self.fixed is not None:
