@@ -264,7 +264,16 @@ def test_three_view_fid_on_volumes_matches_the_2d_path(
         cache_dir=eval_cache,
         **(FAST | {"msssim_pairs": 10}),
     )
-    report = json.loads((evaluate(cfg) / "report.json").read_text())
+    phases: list[str] = []  # the CLI's progress lines
+    report = json.loads((evaluate(cfg, on_phase=phases.append) / "report.json").read_text())
+    assert phases == ["load", "extractor", "fidelity", "privacy", "views", "diversity", "condition_fidelity"]
+    assert set(report["timings_s"]) == set(phases)
+    assert report["grid"] == {  # no manifest in these folders: the option, and each file's own spacing
+        "size": [32, 48, 32],
+        "spacing": None,
+        "size_from": "option",
+        "spacing_from": "default",
+    }
     assert set(report["fidelity"]) == set(VIEWS)
     assert report["fid_25d"]["synthetic"] == pytest.approx(
         np.mean([report["fidelity"][v]["synthetic"]["fid"]["value"] for v in VIEWS])

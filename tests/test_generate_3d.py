@@ -282,3 +282,27 @@ def test_a_size_that_crops_the_labels_is_warned_about_or_refused(
     )
     with pytest.warns(UserWarning, match=r"the run's training label maps: --size \(16, 16, 16\) crops"):
         generate_to_folder(drawn.model_copy(update={"max_label_loss": 1.0}), progress=False)
+
+
+def test_evaluation_takes_the_grid_the_volumes_were_generated_at(run3d: Path, tmp_path: Path) -> None:
+    from synthmed.config import EvaluateConfig
+    from synthmed.evaluation.volumetric import volume_grid
+
+    out = tmp_path / "g"
+    cfg = GenerateConfig(run_dir=run3d, out=out, count=1, steps=2, spacing=(1.25, 1.25, 1.25), qc_retries=0)
+    generate_to_folder(cfg.model_copy(update={"max_label_loss": 1.0}), progress=False)
+    grid = volume_grid(EvaluateConfig(synthetic=out, out=tmp_path / "report"))
+    assert grid == {
+        "size": [16, 24, 16],
+        "spacing": [1.25, 1.25, 1.25],
+        "size_from": "synthetic manifest",
+        "spacing_from": "synthetic manifest",
+    }
+    given = volume_grid(EvaluateConfig(synthetic=out, out=tmp_path / "r", volume_size=(32, 32, 32)))
+    assert given["size"] == [32, 32, 32] and given["size_from"] == "option"
+    assert given["spacing"] == [1.25, 1.25, 1.25]
+    generate_to_folder(cfg.model_copy(update={"seed": 5, "size": (16, 16, 16), "max_label_loss": 1.0}))
+    with pytest.raises(
+        SynthmedError, match=r"several sizes \[\(16, 16, 16\), \(16, 24, 16\)\]; give --volume-size"
+    ):
+        volume_grid(EvaluateConfig(synthetic=out, out=tmp_path / "report"))

@@ -59,10 +59,16 @@ class EvaluateConfig(Strict):
     )
     c2st_permutations: int = Field(200, ge=10, description="C2ST linear probe: permutations for its p-value.")
     slice_fraction: float = Field(0.5, gt=0.0, le=1.0, description="3D: central fraction of slices per view.")
-    volume_size: tuple[int, int, int] = Field(
-        (64, 64, 64), description="3D: voxels (x, y, z) after resampling."
+    volume_size: tuple[int, int, int] | None = Field(
+        None,
+        description="3D: voxels (x, y, z) after resampling; default: the size the synthetic folder's volumes "
+        "were generated at (its manifest), else 64 x 64 x 64.",
     )
-    volume_spacing: tuple[float, float, float] | None = Field(None, description="3D: target spacing in mm.")
+    volume_spacing: tuple[float, float, float] | None = Field(
+        None,
+        description="3D: target spacing in mm; default: the spacing the synthetic folder's volumes were "
+        "generated at (its manifest), else each file's own.",
+    )
     modality: Literal["mri", "ct"] = Field(
         "mri", description="3D intensity handling: MRI percentiles, CT window."
     )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,21 @@ from rich.table import Table
 
 from synthmed.cli_support import command_config, err, user_errors
 from synthmed.config import EvaluateConfig
+
+#: What each phase of the evaluation does, as the progress lines say it.
+PHASES = {
+    "load": "loading the sets",
+    "extractor": "training (or reading the cached) feature extractor",
+    "fidelity": "FID, precision and recall",
+    "frd": "texture (FRD)",
+    "sharpness": "sharpness",
+    "c2st": "machine Turing test (C2ST)",
+    "views": "C2ST, sharpness and FRD on the three central views",
+    "diversity": "diversity (MS-SSIM)",
+    "privacy": "memorisation",
+    "label_fidelity": "label fidelity",
+    "condition_fidelity": "condition fidelity",
+}
 
 
 @user_errors
@@ -50,6 +66,22 @@ def evaluate(
     extractor: Annotated[
         Path | None, typer.Option(help="Local .pt2/TorchScript feature network instead of the in-house one.")
     ] = None,
+    volume_size: Annotated[
+        tuple[int, int, int] | None,
+        typer.Option(
+            help="3D: voxels X Y Z every set is resampled to (default: the synthetic volumes' generation "
+            "size from their manifest, else 64 64 64).",
+            show_default=False,
+        ),
+    ] = None,
+    volume_spacing: Annotated[
+        tuple[float, float, float] | None,
+        typer.Option(
+            help="3D: spacing in mm X Y Z (default: the synthetic volumes' generation spacing, else each "
+            "file's own).",
+            show_default=False,
+        ),
+    ] = None,
     max_images: Annotated[int | None, typer.Option(help="Seeded random subset per set.")] = None,
     bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples for 95% intervals.")] = None,
     copy_percentile: Annotated[
@@ -73,7 +105,12 @@ def evaluate(
     from synthmed.evaluation.run import evaluate as run_evaluation
 
     cfg = command_config(EvaluateConfig, config, options)
-    report = run_evaluation(cfg)
+    started = time.perf_counter()
+
+    def say_phase(name: str) -> None:  # progress: each phase as it starts, with the time so far
+        err.print(f"evaluate: {PHASES.get(name, name)} ({time.perf_counter() - started:.0f} s so far)")
+
+    report = run_evaluation(cfg, on_phase=say_phase)
     print_summary(json.loads((report / "report.json").read_text()))
     err.print(f"done: {report / 'report.html'}")
 

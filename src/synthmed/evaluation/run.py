@@ -98,17 +98,16 @@ def _groups(sets: dict[str, ImageSet], classes: list[str]) -> Groups:
 
 def evaluate(cfg: EvaluateConfig, on_phase: Callable[[str], None] | None = None) -> Path:
     """Compute every figure and write ``report.json`` and ``report.html`` under ``cfg.out``; ``on_phase``
-    hears each phase's name as it starts (2D)."""
+    hears each phase's name as it starts."""
     for name, root in (("real", cfg.real), ("holdout", cfg.holdout), ("synthetic", cfg.synthetic)):
         if root is not None and not Path(root).exists():
             raise SynthmedError(f"the {name} folder does not exist", path=root)
     if not Path(cfg.synthetic).is_dir():
         raise SynthmedError("the synthetic set must be a folder of images", path=cfg.synthetic)
-    if is_volume_folder(cfg.synthetic) or (cfg.real is not None and is_volume_folder(cfg.real)):
-        return evaluate_volumes(cfg)
+    volumes = is_volume_folder(cfg.synthetic) or (cfg.real is not None and is_volume_folder(cfg.real))
     token = phase_hook.set(on_phase)
     try:
-        return evaluate_images(cfg)
+        return evaluate_volumes(cfg) if volumes else evaluate_images(cfg)
     finally:
         phase_hook.reset(token)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from synthmed.artifacts.manifest import MANIFEST, read_manifest
 from synthmed.config import EvaluateConfig
 from synthmed.data.volumes import NIFTI_SUFFIXES, VolumeConfig, load_volumes
 from synthmed.errors import SynthmedError
@@ -31,6 +32,7 @@ from synthmed.evaluation.sections import (
     diversity_section,
     fidelity_section,
     frd_section,
+    phase,
     privacy_section,
     set_summary,
     sharpness_section,
@@ -39,6 +41,9 @@ from synthmed.evaluation.sections import (
 from synthmed.evaluation.sets import ImageSet
 from synthmed.evaluation.verdict import finish
 from synthmed.evaluation.views import VIEWS, three_view_slices, view_slices
+
+#: Evaluation grid when neither the options nor the synthetic folder's manifest give one.
+DEFAULT_VOLUME_SIZE = (64, 64, 64)
 
 
 def is_volume_folder(root: Path) -> bool:
@@ -49,9 +54,38 @@ def is_volume_folder(root: Path) -> bool:
     return False
 
 
+def volume_grid(cfg: EvaluateConfig) -> dict[str, Any]:
+    """The grid every set is resampled to, and where it comes from: volume_size / volume_spacing, else the
+    size and spacing the synthetic folder's volumes were generated at (the rows of its manifest), else
+    64 x 64 x 64 at each file's own spacing."""
+    rows = [r for r in read_manifest(Path(cfg.synthetic) / MANIFEST) if r.get("size") and r.get("file")]
+    sizes = sorted({tuple(r["size"]) for r in rows})
+    spacings = sorted({tuple(r["spacing"]) for r in rows if r.get("spacing")})
+    for name, found, given in (("size", sizes, cfg.volume_size), ("spacing", spacings, cfg.volume_spacing)):
+        if given is None and len(found) > 1:
+            raise SynthmedError(
+                f"the synthetic volumes were generated at several {name}s {found}; give --volume-{name}",
+                path=cfg.synthetic,
+            )
+    size = cfg.volume_size or (sizes[0] if sizes else DEFAULT_VOLUME_SIZE)
+    spacing = cfg.volume_spacing or (spacings[0] if spacings else None)
+
+    def origin(given: object, found: list) -> str:
+        return "option" if given is not None else "synthetic manifest" if found else "default"
+
+    return {
+        "size": list(size),
+        "spacing": list(spacing) if spacing else None,
+        "size_from": origin(cfg.volume_size, sizes),
+        "spacing_from": origin(cfg.volume_spacing, spacings),
+    }
+
+
 def load_volume_sets(cfg: EvaluateConfig) -> tuple[dict[str, ImageSet], dict[str, torch.Tensor | None]]:
     """The three sets as (N, 1, X, Y, Z) volumes, and their label maps (None where a set has none)."""
-    vcfg = VolumeConfig(size=cfg.volume_size, spacing=cfg.volume_spacing, modality=cfg.modality)
+    grid = volume_grid(cfg)
+    spacing = tuple(grid["spacing"]) if grid["spacing"] else None
+    vcfg = VolumeConfig(size=tuple(grid["size"]), spacing=spacing, modality=cfg.modality)
     if cfg.real is None or cfg.holdout is None:
         raise SynthmedError("3D evaluation needs --real and --holdout folders of volumes", field="real")
     roots = {"train": cfg.real, "holdout": cfg.holdout, "synthetic": cfg.synthetic}
@@ -157,36 +191,52 @@ def view_measures(views: dict[str, dict[str, torch.Tensor]], cfg: EvaluateConfig
 
 
 def evaluate_volumes(cfg: EvaluateConfig) -> Path:
-    sets, label_maps = load_volume_sets(cfg)
-    slices = {
-        n: three_view_slices(s.images, size=cfg.image_size, fraction=cfg.slice_fraction)
-        for n, s in sets.items()
-    }
-    extractor, info = view_extractor(slices["train"], cfg)
+    """The 3D report; each phase is told to ``phase_hook`` as it starts (the CLI's progress)."""
+    timings: dict[str, float] = {}
+    with phase(timings, "load"):
+        sets, label_maps = load_volume_sets(cfg)
+        slices = {
+            n: three_view_slices(s.images, size=cfg.image_size, fraction=cfg.slice_fraction)
+            for n, s in sets.items()
+        }
+    with phase(timings, "extractor"):
+        extractor, info = view_extractor(slices["train"], cfg)
     fidelity: dict[str, Any] = {}
-    for view in VIEWS:
-        feats = {n: extractor.features(slices[n][view]) for n in SET_NAMES}
-        groups = {view: {n: torch.arange(len(f)) for n, f in feats.items()}}
-        fidelity |= fidelity_section(groups, feats, cfg)
-    vol_feats = {n: volume_features(extractor, slices[n], len(sets[n])) for n in SET_NAMES}
-    privacy, pairs = privacy_section(sets, vol_feats, cfg)
+    with phase(timings, "fidelity"):
+        for view in VIEWS:
+            feats = {n: extractor.features(slices[n][view]) for n in SET_NAMES}
+            groups = {view: {n: torch.arange(len(f)) for n, f in feats.items()}}
+            fidelity |= fidelity_section(groups, feats, cfg)
+    with phase(timings, "privacy"):
+        vol_feats = {n: volume_features(extractor, slices[n], len(sets[n])) for n in SET_NAMES}
+        privacy, pairs = privacy_section(sets, vol_feats, cfg)
     all_volumes = {"all": {n: torch.arange(len(s)) for n, s in sets.items()}}
+    with phase(timings, "views"):  # C2ST, sharpness and FRD on the central slices
+        views = view_measures(central_views(sets, cfg.image_size), cfg)
+    with phase(timings, "diversity"):
+        diversity = diversity_section(all_volumes, sets, cfg)
+    with phase(timings, "condition_fidelity"):
+        condition = (
+            label_map_section(sets, label_maps, cfg)
+            if cfg.masks
+            else {"not_computed": "run with --masks to evaluate label maps"}
+        )
     report = {
         "settings": cfg.model_dump(mode="json"),
         "reference": {"kind": "given folders", "real": str(cfg.real), "holdout": str(cfg.holdout)},
+        "grid": volume_grid(cfg),
         "sets": {n: set_summary(s) for n, s in sets.items()},
         "extractor": info
         | {"kind": "in-house ResNet on slices of all three views", "feature_dim": extractor_dim(extractor)},
         "fidelity": fidelity,
         "fid_25d": view_mean(fidelity, "fid"),
         "recall_25d": view_mean(fidelity, "recall"),
-        **view_measures(central_views(sets, cfg.image_size), cfg),
-        "diversity": diversity_section(all_volumes, sets, cfg),
+        **views,
+        "diversity": diversity,
         "privacy": privacy,
         "label_fidelity": {"not_computed": "volumes carry no class labels"},
-        "condition_fidelity": label_map_section(sets, label_maps, cfg)
-        if cfg.masks
-        else {"not_computed": "run with --masks to evaluate label maps"},
+        "condition_fidelity": condition,
+        "timings_s": timings,
     }
     shown = {
         n: ImageSet(
