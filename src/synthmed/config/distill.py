@@ -22,7 +22,7 @@ class DistillConfig(StageConfig):
     ``min_steps``. ``steps`` (and the other optimiser fields) apply to every round.
     """
 
-    run_dir: Path = Path("runs/default")
+    run_dir: Path = Field(description="The trained run to distil (--run).")
     teacher_steps: int = Field(
         32, ge=2, le=1024, description="Steps of the guidance-distilled student, where halving starts."
     )

@@ -114,14 +114,17 @@ def distill(
     checkpoints, log and previews; --resume continues inside the round that was interrupted.
     """
     options = locals()  # each option sets the DistillConfig field of its name
+    import torch
+
     from synthmed.cli_support import command_config
     from synthmed.config import DistillConfig
     from synthmed.training.distill import distill as run_distill
+    from synthmed.training.duration import StepTimer
 
-    if run_dir is None and config is None:
-        raise SynthmedError("give --run (the trained run to distil)", field="run_dir")
     cfg = command_config(DistillConfig, config, options)
-    students = run_distill(cfg, resume=resume, progress=progress)
+    # The "steps in an hour" hint is for CPUs; runs on device auto use CUDA where there is one.
+    timer = StepTimer(lambda line: err.print(line, highlight=False), cpu=not torch.cuda.is_available())
+    students = run_distill(cfg, resume=resume, progress=progress, on_step=timer)
     err.print(f"done: distilled students of {students} steps in {cfg.run_dir / 'distilled'}")
 
 

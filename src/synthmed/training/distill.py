@@ -254,9 +254,15 @@ def distill(
                 cfg, kind, steps, teacher, student.to(device), (train, val), train_cfg, decode, extra
             )
             trainer = Trainer(
-                task, cfg, folder, seed=train_cfg.seed, device=device, dtype=dtype, progress=progress
+                task,
+                cfg,
+                folder,
+                seed=train_cfg.seed,
+                device=device,
+                dtype=dtype,
+                progress=progress,
+                on_step=on_step,
             )
-            trainer.on_step = on_step
             trainer.run(resume=resume)
         else:
             console.print(f"distilled: the {steps}-step student is already trained, skipped")
