@@ -13,7 +13,14 @@ from PIL import Image
 
 from synthmed.data.volumes import LoadedVolumes, VolumeConfig, load_volumes
 from synthmed.errors import SynthmedError
-from synthmed.evaluation.previews import ALPHA, GUTTER, PALETTE, save_three_view_preview, three_view_preview
+from synthmed.evaluation.previews import (
+    ALPHA,
+    GUTTER,
+    LEGEND_HEIGHT,
+    PALETTE,
+    save_three_view_preview,
+    three_view_preview,
+)
 from synthmed.evaluation.quality import check_volume, intensity_bounds
 from synthmed.evaluation.views import VIEWS, view_slices
 
@@ -126,10 +133,16 @@ def test_preview_png_shape_and_plain_views_match_the_evaluation_slices(
     path = tmp_path / "previews" / "case.png"
     save_three_view_preview(image, label, path, size=SIZE)
     with Image.open(path) as png:
-        assert png.mode == "RGB" and png.size == (3 * SIZE + 2 * GUTTER, SIZE)
-        written = np.asarray(png)
+        assert png.mode == "RGB" and png.size == (3 * SIZE + 2 * GUTTER, SIZE + LEGEND_HEIGHT)
+        written, strip = np.asarray(png)[:SIZE], np.asarray(png)[SIZE:]
     overlay = three_view_preview(image, label, size=SIZE)
     np.testing.assert_array_equal(written, np.round(overlay * 255).astype(np.uint8))
+    # The legend below: a swatch of each label's overlay colour (labels 1 and 2 here), and text
+    for value in (1, 2):
+        colour = np.round(PALETTE[value - 1] * 255).astype(np.uint8)
+        assert (np.abs(strip.astype(int) - colour).max(axis=-1) == 0).sum() >= 25, value
+    assert (np.abs(strip.astype(int) - np.round(PALETTE[2] * 255)).max(axis=-1) == 0).sum() == 0
+    assert (strip.max(axis=-1) < 60).sum() > 20  # dark text pixels
     assert (np.ptp(written, axis=-1) > 0).sum() > 100  # the label colours survive 8 bits
     plain = three_view_preview(image, None, size=SIZE)
     assert plain.shape == (SIZE, 3 * SIZE + 2 * GUTTER, 3)

@@ -1,5 +1,5 @@
 """Three-view PNG previews of 3D volumes: axial, coronal and sagittal mid-slices side by side, with the
-label map overlaid in a fixed colour per label.
+label map overlaid in a fixed colour per label and, below, a legend: each label's colour and value.
 
 Slices are taken and oriented by `synthmed.evaluation.views` (RAS, anatomy upright, fitted into
 ``size`` x ``size``), so a preview shows exactly what the 2.5D evaluation compares.
@@ -37,6 +37,7 @@ PALETTE = (
 )
 ALPHA = 0.4
 GUTTER = 2  # white pixels between the views
+LEGEND_HEIGHT = 16  # the legend strip below the views: a swatch and "label N" per label present
 
 
 def three_view_preview(
@@ -55,8 +56,34 @@ def three_view_preview(
 def save_three_view_preview(
     image: torch.Tensor, label: torch.Tensor | None, path: Path, *, size: int = 128
 ) -> None:
-    """Write `three_view_preview` as an RGB PNG (atomically); without a label map, the plain image."""
-    save_png(three_view_preview(image, label, size=size), Path(path))
+    """Write `three_view_preview` as an RGB PNG (atomically), with the legend of the labels present below it;
+    without a label map, the plain image."""
+    views = three_view_preview(image, label, size=size)
+    if label is not None:
+        present = [int(v) for v in torch.unique(label).tolist() if v > 0]
+        views = np.concatenate([views, legend(present, views.shape[1])], axis=0)
+    save_png(views, Path(path))
+
+
+def legend(labels: list[int], width: int) -> np.ndarray:
+    """(LEGEND_HEIGHT, width, 3) RGB in [0, 1]: on white, each label's overlay colour and its value."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (width, LEGEND_HEIGHT), "white")
+    draw = ImageDraw.Draw(strip)
+    x, box = 4, LEGEND_HEIGHT - 6
+    for value in labels:
+        colour = tuple(np.round(swatch(value) * 255).astype(int).tolist())
+        draw.rectangle((x, 3, x + box, 3 + box), fill=colour)
+        text = f"label {value}"
+        draw.text((x + box + 4, 2), text, fill="black")
+        x += box + 12 + int(draw.textlength(text))
+    return np.asarray(strip, dtype=np.float32) / 255.0
+
+
+def swatch(value: int | np.ndarray) -> np.ndarray:
+    """The RGB colour in [0, 1] label ``value`` (or each of an array of labels) is overlaid in."""
+    return PALETTE[(value - 1) % len(PALETTE)]
 
 
 def _panel(image: torch.Tensor, label: torch.Tensor | None, view: str, size: int) -> np.ndarray:
@@ -66,7 +93,7 @@ def _panel(image: torch.Tensor, label: torch.Tensor | None, view: str, size: int
         return rgb
     classes = _label_plane(_middle(label, view), view, size)
     fg = classes > 0
-    rgb[fg] = (1.0 - ALPHA) * rgb[fg] + ALPHA * PALETTE[(classes[fg] - 1) % len(PALETTE)]
+    rgb[fg] = (1.0 - ALPHA) * rgb[fg] + ALPHA * swatch(classes[fg])
     return rgb
 
 
