@@ -72,7 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-steps", type=int, default=32, help="distill: the guidance student's steps")
     p.add_argument("--round-steps", type=int, default=400, help="distill: optimiser steps per round")
     p.add_argument("--distill-batch", type=int, default=32, help="distill: training batch")
-    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="of the synthmed rows")
+    p.add_argument(
+        "--precision", default="bf16", choices=["fp32", "bf16"], help="of distillation and the synthmed rows"
+    )
     p.add_argument("--extractor-steps", type=int, default=600, help="in-house extractor training steps")
     p.add_argument("--permutations", type=int, default=200, help="C2ST probe permutation test")
     p.add_argument("--smoke", action="store_true", help="toy sizes: proves the code path, not the claim")
@@ -116,6 +118,7 @@ def _distill(run_dir: Path, args: argparse.Namespace, work: Path) -> dict[str, A
         teacher_steps=args.teacher_steps,
         steps=args.round_steps,
         batch_size=args.distill_batch,
+        precision=args.precision,
     )
     before = set(RunDir(run_dir).distilled_steps())
     t0 = time.perf_counter()

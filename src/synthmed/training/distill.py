@@ -243,7 +243,7 @@ def distill(
         return autoencoder.decode(z).float().clamp(0, 1)
 
     teacher: nn.Module = load_unet(train_cfg, meta, device)
-    dtype = resolve_precision(train_cfg.runtime.precision, device)
+    dtype = resolve_precision(cfg.precision or train_cfg.runtime.precision, device)
     for k, steps in enumerate(rounds):
         folder = run.student(steps)
         if not _round_done(folder, cfg.steps, teacher_sha):
