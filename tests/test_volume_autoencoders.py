@@ -106,3 +106,26 @@ def test_slicewise_sizes_are_checked_per_axis() -> None:
     with pytest.raises(SynthmedError, match=r"autoencoder\.arch differs from the foundation"):
         cfg = build_train_config({"preset": "tiny3d", "autoencoder": {"source": "foundation"}})
         foundation.foundation_weights(cfg.autoencoder.arch)
+
+
+def test_train_says_the_expected_time_of_every_stage_before_the_first(pairs: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from synthmed.cli import app
+
+    config = tmp_path / "c.yaml"
+    stage = "{steps: 4, batch_size: 2, preview_every: 4}"
+    config.write_text(
+        f"preset: tiny3d\nrun_dir: {tmp_path / 'run'}\ndata: {{source: {pairs}}}\n"
+        f"autoencoder: {stage}\ndiffusion: {stage}\ncontrolnet: {stage}\n"
+    )
+    result = CliRunner().invoke(app, ["train", "-c", str(config), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    (said,) = [i for i, line in enumerate(lines) if line.startswith("expected training time on this machine")]
+    for name in ("autoencoder 4 steps ~", "diffusion 4 steps ~", "controlnet 4 steps ~", "; total ~"):
+        assert name in lines[said], lines[said]
+    first_stage = next(i for i, line in enumerate(lines) if line.startswith("autoencoder: 4 steps take"))
+    assert said < first_stage  # before the long part, not after it
+    again = CliRunner().invoke(app, ["train", "--run", str(tmp_path / "run"), "--resume", "--no-progress"])
+    assert again.exit_code == 0 and "expected training time" not in again.output  # nothing left to train

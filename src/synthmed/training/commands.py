@@ -4,9 +4,10 @@ stay inside the functions so that `synthmed --help` stays fast."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +15,12 @@ from rich.console import Console
 from synthmed.cli_support import ConditionName, err, user_errors
 from synthmed.config import PRESETS, load_train_config
 from synthmed.errors import SynthmedError
+
+if TYPE_CHECKING:  # annotations only: torch stays out of `synthmed --help`
+    import torch
+
+    from synthmed.config import TrainConfig
+    from synthmed.training.run import TrainingData
 
 
 class Stage(StrEnum):
@@ -47,14 +54,22 @@ def train(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            help="Before the first stage, time a few steps of every stage to train and print the expected "
+            "duration of each and in total."
+        ),
+    ] = True,
 ) -> None:
     """Train the autoencoder, the class-conditional diffusion model and (3D) the label-map ControlNet.
 
     2D ControlNets are trained after those with `synthmed train controlnet --condition mask|edges|sobel`.
 
     Checkpoints, logs (log.jsonl) and preview grids go to the run directory; --resume continues exactly where
-    a killed run stopped. On resume without --config the run's saved config.yaml is used. After the first
-    few steps of each stage the expected duration on this machine is printed.
+    a killed run stopped. On resume without --config the run's saved config.yaml is used. Before the first
+    stage the expected duration of every stage and the total is printed (a few timed steps each; --no-estimate
+    skips them), and after the first few real steps of each stage its duration again.
 
     Several GPUs (or CPU processes): torchrun --nproc_per_node N --no-python synthmed train ... splits each
     batch_size batch across the N processes (DistributedDataParallel); rank 0 writes the files.
@@ -83,8 +98,10 @@ def train(
     main = os.environ.get("RANK", "0") == "0"  # under torchrun: rank 0 prints
     cpu = resolve_device(cfg.runtime.device).type == "cpu"
     timer = StepTimer(lambda line: err.print(line, highlight=False), cpu) if main else None
+    alone = os.environ.get("WORLD_SIZE", "1") == "1"  # the probe times one process
+    before = _say_estimate if estimate and main and alone else None
     with torchrun_command():
-        run_training(cfg, stages, resume=resume, progress=progress, on_step=timer)
+        run_training(cfg, stages, resume=resume, progress=progress, on_step=timer, before_stages=before)
     if main:
         err.print(f"done: {cfg.run_dir}")
 
@@ -129,6 +146,15 @@ def distill(
     timer = StepTimer(lambda line: err.print(line, highlight=False), cpu=not torch.cuda.is_available())
     students = run_distill(cfg, resume=resume, progress=progress, on_step=timer)
     err.print(f"done: distilled students of {students} steps in {cfg.run_dir / 'distilled'}")
+
+
+def _say_estimate(cfg: TrainConfig, stages: Sequence[str], data: TrainingData, device: torch.device) -> None:
+    """training.run's before_stages: the expected duration of the stages to train (training.estimate)."""
+    from synthmed.training.estimate import describe, estimate_stages
+
+    seconds = estimate_stages(cfg, stages, data, device)
+    if seconds:
+        err.print(describe(seconds, cfg), highlight=False, soft_wrap=True)
 
 
 @user_errors

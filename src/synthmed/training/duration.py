@@ -32,15 +32,16 @@ class StepTimer:
         self._told = True
         rate = (step - first) / max(self._clock() - started, 1e-9)  # steps per second
         line = (
-            f"{stage}: {steps} steps take about {_duration(steps / rate)} on this machine "
-            f"({rate:.2f} steps/s over {step - first} steps; {_duration((steps - step) / rate)} to go)"
+            f"{stage}: {steps} steps take about {format_duration(steps / rate)} on this machine "
+            f"({rate:.2f} steps/s over {step - first} steps; {format_duration((steps - step) / rate)} to go)"
         )
         if self._cpu:
             line += f"; on this CPU an hour fits about {int(rate * 3600):,} {stage} steps"
         self._say(line)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """Seconds as "42 s", "17 min" or "2.3 h"."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:

@@ -84,6 +84,10 @@ class TrainingData:
     records: list[Record] | None = None  # 2D: every record with its split (mask ControlNet pairs)
 
 
+#: Called as before_stages(cfg, stages, data, device) once the data are loaded, before the first stage.
+BeforeStages = Callable[[TrainConfig, Sequence[str], TrainingData, torch.device], None]
+
+
 def default_stages(cfg: TrainConfig) -> tuple[str, ...]:
     """`synthmed train all`: the autoencoder and diffusion UNet, plus the label-map ControlNet for 3D."""
     return STAGES if cfg.data.volume is not None else STAGES[:2]
@@ -253,9 +257,11 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[str, int, int], None] | None = None,
+    before_stages: BeforeStages | None = None,
 ) -> Path:
     """Train the requested stages in order (default: `default_stages`); returns the run directory.
-    ``on_step(stage, step, steps)`` follows every optimiser step (a job's progress)."""
+    ``on_step(stage, step, steps)`` follows every optimiser step (a job's progress); ``before_stages`` is
+    called once the data are loaded, before the first stage (the CLI's time estimate, training.estimate)."""
     stages = default_stages(cfg) if stages is None else stages
     for stage in stages:
         if stage not in STAGES:
@@ -264,7 +270,7 @@ def train(
     device = resolve_device(cfg.runtime.device)
     join_process_group(device)
     with _quiet_unless_main():
-        _train_stages(cfg, stages, device, resume, progress, on_step)
+        _train_stages(cfg, stages, device, resume, progress, on_step, before_stages)
     return cfg.run_dir
 
 
@@ -294,6 +300,7 @@ def _train_stages(
     resume: bool,
     progress: bool,
     on_step: Callable[[str, int, int], None] | None = None,
+    before_stages: BeforeStages | None = None,
 ) -> None:
     check_against_saved(cfg, resume)
     data = main_first(lambda: _prepare_run(cfg, device))
@@ -302,6 +309,8 @@ def _train_stages(
         f"[bold]{cfg.run_dir}[/]: {len(data.train_images)} training and {len(data.val_images)} "
         f"validation {items}, classes {data.class_names}, device {device}"
     )
+    if before_stages is not None:
+        before_stages(cfg, stages, data, device)
     for stage in stages:
         stage_cfg = getattr(cfg, stage)
         if stage == "autoencoder" and cfg.autoencoder.source == "foundation":
