@@ -19,7 +19,10 @@ class GenerateConfig(Strict):
     label: str | None = None
     count: int = Field(16, gt=0)
     steps: int | None = Field(
-        None, gt=0, le=1000, description="Denoising steps (default: 10 for ddpm, 30 for rflow, else 25)."
+        None,
+        gt=0,
+        le=1000,
+        description="Denoising steps (default: 10 for ddpm, 30 for rflow, 4 for distilled, else 25).",
     )
     guidance: float | None = Field(
         None,
@@ -27,7 +30,11 @@ class GenerateConfig(Strict):
         description="Classifier-free guidance (default 3; 1 for models trained without label dropout).",
     )
     seed: int = 0
-    sampler: str | None = Field(None, description="Default: ddim for DDPM-trained models, rflow for rflow.")
+    sampler: str | None = Field(
+        None,
+        description="Default: ddim for DDPM-trained models, rflow for rflow; distilled: the run's distilled "
+        "students (synthmed distill).",
+    )
     batch_size: int = Field(16, gt=0)
     bit_depth: Literal[8, 16] = 8
     checkpoint: Literal["ema", "raw"] = "ema"

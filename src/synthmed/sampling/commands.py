@@ -31,7 +31,10 @@ def generate_command(handle_requests: RequestsHandler) -> Callable[..., None]:
         label: Annotated[str | None, typer.Option(help="Class to generate (omit for unconditional).")] = None,
         count: Annotated[int | None, typer.Option(help="Number of images.")] = None,
         steps: Annotated[
-            int | None, typer.Option(help="Sampler steps (default: 25 for ddim, 10 ddpm, 30 rflow, else 25).")
+            int | None,
+            typer.Option(
+                help="Sampler steps (default: 25 for ddim, 10 ddpm, 30 rflow, 4 distilled, else 25)."
+            ),
         ] = None,
         guidance: Annotated[
             float | None, typer.Option(help="Classifier-free guidance scale (1 = none).")
