@@ -133,6 +133,9 @@ def test_distillation_interrupted_mid_round_resumes_to_the_same_weights(
     other = DistillConfig(run_dir=run, teacher_steps=8, **ROUND)
     with pytest.raises(SynthmedError, match=r"started with other \['teacher_steps'\]"):
         distill(other, resume=True, progress=False)
+    longer = DistillConfig(run_dir=run, teacher_steps=4, **(ROUND | {"steps": 12}))
+    with pytest.raises(SynthmedError, match=r"started with other \['steps'\]; resume with the saved"):
+        distill(longer, resume=True, progress=False)
 
 
 def test_generate_distilled_with_the_mask_controlnet_regenerates_bit_for_bit(

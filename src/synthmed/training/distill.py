@@ -35,7 +35,7 @@ from synthmed.models.builders import noise_process
 from synthmed.models.distilled import BoundGuidance, load_student, student_from_teacher
 from synthmed.models.trained import load_unet
 from synthmed.runtime import resolve_device, resolve_precision, set_threads
-from synthmed.training.run import RESUMABLE_CHANGES, _diff, _latent_sets, load_training_data
+from synthmed.training.run import _diff, _latent_sets, load_training_data
 from synthmed.training.tasks import VAL_ITEMS, LatentSet, global_randn
 from synthmed.training.trainer import Trainer
 
@@ -196,7 +196,9 @@ def _check_saved(cfg: DistillConfig, resume: bool) -> None:
         return
     saved = DistillConfig.model_validate(read_yaml(path) | {"run_dir": str(cfg.run_dir)})
     changed = _diff(saved.model_dump(mode="json"), cfg.model_dump(mode="json"))
-    changed = [c for c in changed if c not in RESUMABLE_CHANGES]
+    # Unlike a training stage, more steps cannot be added later: the rounds after a longer one would keep
+    # students distilled from its shorter version.
+    changed += ["steps"] if saved.steps != cfg.steps else []
     if changed:
         fix = "resume with the saved settings" if resume else "delete the distilled folder to start again"
         raise SynthmedError(f"the distilled stage was started with other {sorted(changed)}; {fix}", path=path)
