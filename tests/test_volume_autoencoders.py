@@ -49,6 +49,8 @@ def test_3d_autoencoder_trains_with_adversarial_gradient_spectral_losses(pairs: 
     for row in steps:  # every loss term is computed and finite, the discriminator optimised beside the AE
         for key in ("l1", "kl", "grad", "spectral", "adv_g", "loss_discriminator"):
             assert np.isfinite(row[key]) and row[key] > 0, (key, row)
+    (val,) = [r for r in rows if "val_l1" in r]  # the blur it adds, measured in 3D too
+    assert 0 < val["val_sharpness"] < 10 and val["val_l1"] > 0
     last = ckpt.load(run / "autoencoder" / "last.pt")
     disc = last["models"]["discriminator"]
     assert any(v.ndim == 5 for v in disc.values())  # a 3D PatchDiscriminator (Conv3d kernels)

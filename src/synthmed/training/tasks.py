@@ -206,10 +206,9 @@ class AutoencoderTask:
         x = self.val[: VAL_ITEMS if self.val.ndim == 4 else VAL_VOLUMES]
         recon = self._reconstruct(model, x)
         metrics = {"l1": F.l1_loss(recon, x).item()}
-        if x.ndim == 4:  # the blur an autoencoder adds: reconstructed / real mean |Laplacian|
-            metrics["sharpness"] = (
-                laplacian_energy(recon.clamp(0, 1)).mean() / laplacian_energy(x).mean()
-            ).item()
+        # The blur an autoencoder adds: reconstructed / real mean |Laplacian| (3D: central axial slices)
+        real, fake = as_images(x), as_images(recon.clamp(0, 1))
+        metrics["sharpness"] = (laplacian_energy(fake).mean() / laplacian_energy(real).mean()).item()
         return metrics
 
     def preview(self, model: nn.Module, path: Path) -> None:
