@@ -348,3 +348,20 @@ def test_config_accepts_yaml_lists_and_rejects_bad_values() -> None:
     ):
         with pytest.raises(pydantic.ValidationError):
             VolumeConfig.model_validate(bad)
+
+
+def test_reading_a_volume_does_not_log_the_missing_gpu_dicom_decoder(
+    hippocampus: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MONAI logs "nvImageCodec is not available" whenever its loader is built on a machine without the GPU
+    DICOM decoder (every CPU machine): the line used to open every 3D command's output."""
+    import logging
+
+    from synthmed.data import volumes
+
+    volumes._loader.cache_clear()  # build the loader again, as a fresh command does
+    with caplog.at_level(logging.DEBUG):
+        pair = volumes.discover_volumes(hippocampus, require_labels=True).pairs[0]
+        image, _, _ = volumes.load_volume_pair(pair, volumes.VolumeConfig(size=(16, 16, 16)))
+    assert image.shape == (1, 16, 16, 16)
+    assert not [r for r in caplog.records if "nvImageCodec" in r.getMessage()]
