@@ -20,16 +20,7 @@ from synthmed.errors import SynthmedError
 
 MANIFEST = "manifest.jsonl"
 # Settings that must agree for an existing image in an output folder to count as already generated.
-SETTINGS = (
-    "label",
-    "sampler",
-    "steps",
-    "guidance",
-    "checkpoint",
-    "precision",
-    "diffusion_sha256",
-    "distilled_sha256",  # only rows of the distilled sampler have it
-)
+SETTINGS = ("label", "sampler", "steps", "guidance", "checkpoint", "precision", "diffusion_sha256")
 CONDITION_SETTINGS = ("condition", "condition_sha256", "conditioning_scale", "controlnet_sha256")
 
 

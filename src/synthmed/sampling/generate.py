@@ -283,7 +283,8 @@ def _already_done(
     if row.get("dropped") is None and not (cfg.out / row["file"]).exists():
         return None
     wanted = _wanted(pipe, cfg, seed, ann)
-    keys = (*SETTINGS, "bit_depth", "privacy_filter", *CONDITION_SETTINGS)
+    # distilled_sha256: rows of the distilled sampler only (a student distilled again is other weights)
+    keys = (*SETTINGS, "distilled_sha256", "bit_depth", "privacy_filter", *CONDITION_SETTINGS)
     differing = [k for k in keys if row.get(k) != wanted.get(k)]
     if differing:
         raise SynthmedError(
