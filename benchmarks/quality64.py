@@ -11,9 +11,12 @@ Arms, each trained on Kermany *train* (NORMAL + PNEUMONIA) at 64 px on this mach
   decay) and today's default sampler, trained for the budget. Its figures are the ``headline``.
 - ``busi``: the new recipe on BUSI (normal, benign, malignant) at 64 px, for the same budget.
 
-A budget in steps is found by timing: each arm first trains ``CALIBRATION_STEPS`` steps, then resumes to the
-steps its measured rate fits into the rest of the budget. ``user_train_minutes`` is the wall time of the whole
-``synthmed train`` of the new arm (data loading and latent encoding included): what a user waits for.
+A budget in steps is found by timing (``--budget timed``, on an otherwise idle machine): each arm first
+trains ``CALIBRATION_STEPS`` steps, then resumes to the steps its measured rate fits into the rest of the
+budget. On a machine shared with other jobs a timed budget would measure them instead: ``--budget train64``
+gives the new arms the UNet steps that the old recipe's training time buys on free cores
+(results/train64.json). ``user_train_minutes`` is the wall time of the whole ``synthmed train`` of an arm
+(data loading and latent encoding included): what a user waits for.
 """
 
 from __future__ import annotations
@@ -55,27 +58,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--old-diffusion-steps", type=int, default=1000)
     p.add_argument("--images", type=int, default=300, help="synthetic images per class")
     p.add_argument("--budget-s", type=float, default=None, help="training budget (default: the old arm's)")
+    p.add_argument(
+        "--budget",
+        choices=["timed", "train64"],
+        default="timed",
+        help="timed: the new arms train for the old arm's wall time in this run; train64: for as many UNet "
+        "steps as the old recipe's time on free cores buys (results/train64.json), on a shared machine",
+    )
     p.add_argument("--work-dir", default="runs/bench-quality64")
     p.add_argument("--arms", nargs="+", default=["old", "new", "busi", "foundation_ae"])
     p.add_argument("--resume", action="store_true", help="reuse arms finished by a stopped run")
 
 
-def _train(values: dict[str, Any], budget_s: float | None) -> tuple[Path, float, int]:
-    """Train a run (to ``diffusion.steps``, or to what fits ``budget_s``); its dir, wall seconds and steps."""
+def _train(values: dict[str, Any], budget: float | int | None, resume: bool) -> tuple[Path, float, int]:
+    """Train a run: to ``diffusion.steps`` (budget None), that many steps (an int), or what fits a number of
+    seconds (a float); its dir, wall seconds and diffusion steps. ``resume`` continues a stopped run."""
     from synthmed.config import build_train_config
     from synthmed.training.run import train
 
     run_dir = Path(values["run_dir"])
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    resume = resume and (run_dir / "config.yaml").is_file()
     t0 = time.perf_counter()
-    if budget_s is None:
-        train(build_train_config(values), progress=False)
+    if isinstance(budget, int):
+        values = {**values, "diffusion": {**values["diffusion"], "steps": budget}}
+    if not isinstance(budget, float):
+        train(build_train_config(values), progress=False, resume=resume)
         return run_dir, time.perf_counter() - t0, values["diffusion"]["steps"]
     first = {**values, "diffusion": {**values["diffusion"], "steps": CALIBRATION_STEPS}}
-    train(build_train_config(first), progress=False)
+    train(build_train_config(first), progress=False, resume=resume)
     rows = [json.loads(x) for x in (run_dir / "diffusion" / "log.jsonl").read_text().splitlines()]
     rate = [r["steps_per_s"] for r in rows if "steps_per_s" in r][-1]
-    left = budget_s - (time.perf_counter() - t0)
+    left = budget - (time.perf_counter() - t0)
     steps = max(CALIBRATION_STEPS, CALIBRATION_STEPS + int(left * rate))
     train(
         build_train_config({**values, "diffusion": {**values["diffusion"], "steps": steps}}),
@@ -83,6 +98,17 @@ def _train(values: dict[str, Any], budget_s: float | None) -> tuple[Path, float,
         progress=False,
     )
     return run_dir, time.perf_counter() - t0, steps
+
+
+def train64_steps(results: Path) -> tuple[int, dict[str, Any]]:
+    """Diffusion steps that the old recipe's whole training time buys the new one on free cores, from
+    train64's figures for that recipe (500 autoencoder + 1000 UNet steps of the same UNet and batch): the
+    UNet gets the autoencoder's training time on top of its own steps. For machines shared with other jobs,
+    where a timed budget would measure the other jobs."""
+    t = json.loads((results / "train64.json").read_text())["train"]
+    ae_seconds = t["autoencoder_steps"] / t["autoencoder_steps_per_s"]
+    steps = t["diffusion_steps"] + int(ae_seconds * t["diffusion_steps_per_s"])
+    return steps, {"mode": "steps from train64", "train64": t, "diffusion_steps": steps}
 
 
 def _generate(run_dir: Path, out: Path, classes: list[str], n: int, sampler: dict[str, Any]) -> None:
@@ -130,7 +156,7 @@ def _arm(
     from synthmed.evaluation.run import evaluate
 
     work = Path(args.work_dir)
-    run_dir, wall, steps = _train({**values, "run_dir": str(work / name / "run")}, budget_s)
+    run_dir, wall, steps = _train({**values, "run_dir": str(work / name / "run")}, budget_s, args.resume)
     t0 = time.perf_counter()
     _generate(run_dir, work / name / "synthetic", classes, args.images, sampler)
     generation_s = time.perf_counter() - t0
@@ -155,10 +181,20 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     old = {
         **base,
         "data": kermany,
-        "autoencoder": {**OLD_AUTOENCODER, "steps": args.old_ae_steps, "preview_every": 100000},
-        "diffusion": {**OLD_DIFFUSION, "steps": args.old_diffusion_steps, "preview_every": 100000},
+        "autoencoder": {
+            **OLD_AUTOENCODER,
+            "steps": args.old_ae_steps,
+            "preview_every": 100000,
+            "checkpoint_every": 250,
+        },
+        "diffusion": {
+            **OLD_DIFFUSION,
+            "steps": args.old_diffusion_steps,
+            "preview_every": 100000,
+            "checkpoint_every": 250,
+        },
     }
-    new = {**base, "data": kermany, "diffusion": {"preview_every": 100000}}
+    new = {**base, "data": kermany, "diffusion": {"preview_every": 100000, "checkpoint_every": 250}}
     arms = {
         "old": (old, OLD_SAMPLER, ["NORMAL", "PNEUMONIA"]),
         "foundation_ae": (
@@ -170,7 +206,10 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "busi": ({**new, "data": busi}, {}, ["normal", "benign", "malignant"]),
     }
     results: dict[str, Any] = {}
-    budget = args.budget_s
+    budget: float | int | None = args.budget_s
+    budget_info: dict[str, Any] = {"mode": "timed", "seconds": budget}
+    if args.budget == "train64":
+        budget, budget_info = train64_steps(Path(__file__).parent / "results")
     for name in args.arms:
         values, sampler, classes = arms[name]
         classes = classes or ["NORMAL", "PNEUMONIA"]
@@ -182,6 +221,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             done.write_text(json.dumps(results[name], indent=1))
         if name == "old" and budget is None:
             budget = results["old"]["user_train_minutes"] * 60
+            budget_info["seconds"] = budget
     from synthmed.models.foundation import shipped_card
 
     card = shipped_card()
@@ -191,7 +231,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "headline": {k: head.get(k) for k in keys},
         "old": {k: results["old"][k] for k in keys} if "old" in results else None,
         "busi": {k: results["busi"][k] for k in keys} if "busi" in results else None,
-        "budget_s": budget,
+        "budget": budget_info,
         "foundation_autoencoder": {k: card[k] for k in ("sha256", "steps")},
         "arms": results,
     }

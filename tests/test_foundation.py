@@ -90,7 +90,7 @@ def test_config_takes_foundation_for_volumes_and_refuses_weights_without_it(tmp_
     assert cfg.slicewise and cfg.latent_factors == (4, 4, 1) and cfg.autoencoder.arch == _arch()
     with pytest.raises(SynthmedError, match="set source: foundation"):
         build_train_config({"preset": "tiny", "autoencoder": {"weights": str(tmp_path / "x.safetensors")}})
-    with pytest.raises(SynthmedError, match="image_size 60 must be divisible by 16.*use 64"):
+    with pytest.raises(SynthmedError, match=r"image_size 60 must be divisible by 16.*use 64"):
         build_train_config({"data": {"image_size": 60}})
     with pytest.raises(SynthmedError, match="snr_gamma"):
         build_train_config({"preset": "tiny", "diffusion": {"noise": {"kind": "rflow"}, "snr_gamma": 5.0}})
