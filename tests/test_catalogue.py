@@ -109,7 +109,7 @@ def test_import_generation_catalogues_run_model_and_samples(
         run_id = run.id
         assert run.dataset.name == "cxr-syn" and run.dataset.origin == "synthetic"
         assert run.dataset.spatial_dims == 2 and run.out_dir == str(out_copy.resolve())
-        assert run.settings["sampler"] == "ddpm" and run.settings["steps"] == 2
+        assert run.settings["sampler"] == "ddim" and run.settings["steps"] == 2
         model = run.model
         assert model.run_dir == str(tiny_run.resolve())
         assert model.diffusion_sha256 == file_sha256(tiny_run / "diffusion" / "model.pt")
