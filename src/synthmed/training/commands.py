@@ -62,7 +62,8 @@ def train(
         ),
     ] = True,
 ) -> None:
-    """Train the autoencoder, the class-conditional diffusion model and (3D) the label-map ControlNet.
+    """Train the autoencoder (or install the shipped one: autoencoder.source foundation, the small64 default),
+    the class-conditional diffusion model and (3D) the label-map ControlNet.
 
     2D ControlNets are trained after those with `synthmed train controlnet --condition mask|edges|sobel`.
 
