@@ -151,7 +151,9 @@ def _arm(
     budget_s: float | None,
     args,
     classes: list[str],
+    reference_split: str = "holdout",
 ) -> dict[str, Any]:
+    """Train, generate and evaluate one arm; ``reference_split`` val when the figures choose a setting."""
     from synthmed.config import EvaluateConfig
     from synthmed.evaluation.run import evaluate
 
@@ -161,7 +163,10 @@ def _arm(
     _generate(run_dir, work / name / "synthetic", classes, args.images, sampler)
     generation_s = time.perf_counter() - t0
     cfg = EvaluateConfig(
-        synthetic=work / name / "synthetic", out=work / name / "report", cache_dir=work / "cache"
+        synthetic=work / name / "synthetic",
+        out=work / name / "report",
+        cache_dir=work / "cache",
+        reference_split=reference_split,
     )
     report = json.loads((evaluate(cfg) / "report.json").read_text())
     return {

@@ -24,6 +24,9 @@ diffusion stages, bf16) against MONAI's tutorial training loops (fp32, latents e
 quality64 (benchmarks/quality64.py): the old and the new generator recipe at the same training wall time on
 Kermany 64 px (and the new one on BUSI), evaluated against each run's own holdout split.
 
+recipe64 (benchmarks/recipe64.py): each choice of the small64 diffusion recipe left out in turn (v-prediction,
+min-SNR, warm-up + cosine decay, EMA, UNet width) at equal training wall time, judged on the val split.
+
 quality3d (benchmarks/quality3d.py): today's 3D recipe against the 3D autoencoder with adversarial, gradient
 and spectral losses and against the slice-wise foundation autoencoder, at the same training wall time on
 hippocampus MRI at 1 mm: 2.5D FID and recall on three views, condition Dice, sharpness; ``--smoke`` for toy
@@ -68,6 +71,7 @@ from benchmarks import (
     eval_controls,
     quality3d,
     quality64,
+    recipe64,
     sampling,
     training,
     utility,
@@ -457,6 +461,9 @@ def main() -> None:
     quality64.add_arguments(
         sub.add_parser("quality64", help="old vs new generator recipe at equal training time, own holdout")
     )
+    recipe64.add_arguments(
+        sub.add_parser("recipe64", help="small64 recipe choices left out in turn, equal time, val split")
+    )
     quality3d.add_arguments(
         sub.add_parser("quality3d", help="3D recipes at equal training time, hippocampus 1 mm, three views")
     )
@@ -504,6 +511,8 @@ def main() -> None:
         result = {"machine": machine(), **eval_controls.run(args, DATA)}
     elif args.name == "quality64":
         result = {"machine": machine(), **quality64.run(args, DATA)}
+    elif args.name == "recipe64":
+        result = {"machine": machine(), **recipe64.run(args, DATA)}
     elif args.name == "sampling":
         result = {"machine": machine(), **sampling.run(args, DATA)}
     elif args.name == "controlnet64":

@@ -16,7 +16,7 @@ from scipy.ndimage import gaussian_filter
 from synthmed.config import EvaluateConfig
 from synthmed.data.splits import read_split_file
 from synthmed.evaluation.intervals import bias_corrected_interval
-from synthmed.evaluation.run import evaluate
+from synthmed.evaluation.run import evaluate, load_sets
 
 pytestmark = pytest.mark.slow
 SIZE = 64
@@ -146,6 +146,18 @@ def test_run_split_gives_the_same_distribution_floor(
     for name in ("train", "holdout"):
         assert report["sets"][name]["n"] == sum(r.split == name for r in split.records)
     assert "fid" in report["reference"]["given_holdout"]
+
+
+def test_val_split_can_stand_in_for_the_holdout_while_choosing_settings(
+    generate_tiny, tiny_run: Path, tmp_path: Path
+) -> None:
+    cfg = EvaluateConfig(
+        synthetic=generate_tiny(), out=tmp_path / "r", cache_dir=tmp_path, reference_split="val", **FAST
+    )
+    sets, reference = load_sets(cfg)
+    split = read_split_file(tiny_run / "split.json")
+    assert reference["reference_split"] == "val"
+    assert sorted(sets["holdout"].sources) == sorted(r.source for r in split.records if r.split == "val")
 
 
 def test_an_npz_gives_the_real_sets(data_root: Path, tmp_path: Path) -> None:

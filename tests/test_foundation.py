@@ -154,3 +154,63 @@ def test_cosine_decay_ends_at_its_final_share() -> None:
     assert f(0) == pytest.approx(0.01) and f(99) == pytest.approx(1.0)
     assert f(100) == pytest.approx(1.0) and f(550) == pytest.approx(0.55) and f(1000) == pytest.approx(0.1)
     assert lr_factor(StageConfig(steps=1000))(999) == 1.0
+
+
+def _tiny_task(adaptive: bool, kermany: Path):
+    from synthmed.config import AutoencoderConfig
+    from synthmed.models.builders import build_autoencoder
+    from synthmed.training.tasks import AutoencoderTask
+
+    arch = {
+        "channels": [8, 8, 16],
+        "attention_levels": [False] * 3,
+        "latent_channels": 2,
+        "norm_num_groups": 4,
+    }
+    cfg = AutoencoderConfig.model_validate(
+        {"arch": arch, "adv_weight": 0.5, "adv_adaptive": adaptive, "disc_channels": 8, "batch_size": 4}
+    )
+    torch.manual_seed(0)
+    x = _xrays(kermany, 8)
+    return AutoencoderTask(build_autoencoder(cfg.arch, 2), cfg, x, x)
+
+
+def test_adaptive_adversarial_weight_matches_the_reconstruction_gradient(kermany: Path) -> None:
+    """VQGAN's rule: the weighted adversarial gradient at the decoder's last layer is adv_weight x the
+    reconstruction loss's, whatever the two losses' scales."""
+    task = _tiny_task(True, kermany)
+    recon = task.model(task.train[:4])[0]
+    rec = (recon - task.train[:4]).abs().mean()
+    adv = 100.0 * (task.disc(recon)[-1] - 1).pow(2).mean()
+    weight = task._adaptive_weight(rec, adv)
+    last = task.model.decoder.blocks[-1].conv.weight
+    g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0].norm()
+    g_adv = torch.autograd.grad(weight * adv, last)[0].norm()
+    assert g_adv == pytest.approx(float(g_rec), rel=1e-3)
+    logs = task.losses(torch.arange(4), step=0)[1]
+    assert logs["adv_weight"] > 0 and logs["adv_weight"] != 0.5
+
+
+def test_decoder_phase_freezes_the_encoder_and_takes_over_the_discriminator(
+    kermany: Path, tmp_path: Path
+) -> None:
+    from synthmed.training.foundation import ENCODER_PARTS, _start_decoder_phase
+
+    first = _tiny_task(False, kermany)
+    state = {
+        "ema": {f"module.{k}": v + 0.01 for k, v in first.model.state_dict().items()},
+        "models": {"discriminator": first.disc.state_dict()},
+        "step": 7,
+    }
+    ckpt.atomic_save(state, tmp_path / "step.pt")
+    task = _tiny_task(True, kermany)
+    _start_decoder_phase(task, tmp_path / "step.pt")
+    for k, v in task.model.state_dict().items():
+        assert torch.equal(v, state["ema"][f"module.{k}"])
+    for k, v in task.disc.state_dict().items():
+        assert torch.equal(v, state["models"]["discriminator"][k])
+    loss = task.losses(torch.arange(4), step=0)[0]["autoencoder"]
+    loss.backward()
+    for name, p in task.model.named_parameters():
+        frozen = name.split(".")[0] in ENCODER_PARTS
+        assert (p.grad is None) == frozen, name

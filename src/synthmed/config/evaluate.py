@@ -24,6 +24,11 @@ class EvaluateConfig(Strict):
         "split of that run (same distribution). Given beside a run, it is reported as a second floor and "
         "checked for a shift.",
     )
+    reference_split: Literal["holdout", "val"] = Field(
+        "holdout",
+        description="Which split of the run is the unseen real reference: holdout to report a generator; val "
+        "to compare settings while choosing them, so the holdout stays untouched by the choice.",
+    )
     synthetic: Path = Field(description="Synthetic images, e.g. the output folder of `synthmed generate`.")
     run_dir: Path | None = Field(
         None, description="Run whose split gives the real sets (default: the one the manifest names)."

@@ -59,6 +59,11 @@ class AutoencoderConfig(StageConfig):
     kl_weight: float = Field(1e-6, ge=0)
     adv_weight: float = Field(0.0, ge=0, description="PatchDiscriminator loss weight; 0 disables it.")
     adv_start: int = Field(0, ge=0, description="Step at which the adversarial loss switches on.")
+    adv_adaptive: bool = Field(
+        False,
+        description="Scale the adversarial loss each step so its gradient at the decoder's last layer is "
+        "adv_weight x the reconstruction loss's (the adaptive weight of VQGAN and latent diffusion).",
+    )
     disc_channels: int = Field(32, ge=4)
     disc_layers: int = Field(2, ge=1)
     perceptual_weights: Path | None = Field(

@@ -49,6 +49,13 @@ def evaluate(
     run_dir: Annotated[
         Path | None, typer.Option(help="Run whose split gives the real sets (default: the manifest's run).")
     ] = None,
+    reference_split: Annotated[
+        str | None,
+        typer.Option(
+            help="The run's split used as unseen reference: holdout (default; to report) or val (to compare "
+            "settings while choosing them, leaving the holdout untouched)."
+        ),
+    ] = None,
     synthetic: Annotated[
         Path | None, typer.Option(help="Synthetic images, e.g. a `synthmed generate` folder.")
     ] = None,

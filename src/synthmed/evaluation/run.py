@@ -52,10 +52,18 @@ def load_sets(cfg: EvaluateConfig) -> tuple[dict[str, ImageSet], dict[str, Any]]
     sets = {"synthetic": load_set("synthetic", cfg.synthetic, **common)}
     run = cfg.run_dir or manifest_run(cfg.synthetic)
     if run is not None:
-        sets |= {n: load_run_split(n, Path(run), n, **common) for n in ("train", "holdout")}
+        sets |= {
+            "train": load_run_split("train", Path(run), "train", **common),
+            "holdout": load_run_split("holdout", Path(run), cfg.reference_split, **common),
+        }
         if cfg.holdout is not None:
             sets["given_holdout"] = load_set("given_holdout", cfg.holdout, **common)
-        return sets, {"kind": "run split", "run_dir": str(run), "ignored_real": str(cfg.real or "") or None}
+        return sets, {
+            "kind": "run split",
+            "run_dir": str(run),
+            "reference_split": cfg.reference_split,
+            "ignored_real": str(cfg.real or "") or None,
+        }
     if cfg.real is None or cfg.holdout is None:
         raise SynthmedError(
             "the synthetic folder names no run with a split (no manifest.jsonl with run_dir); give --real "

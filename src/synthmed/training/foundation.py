@@ -185,6 +185,20 @@ FOUNDATION_AUTOENCODER = AutoencoderConfig.model_validate(
     }
 )
 
+# Second phase: the encoder (and so the latent space) frozen, the decoder trained on with a stronger, adaptive
+# adversarial loss (Stable Diffusion's VAE decoder fine-tune). Latents, and UNets trained on them, stay valid.
+FOUNDATION_DECODER = FOUNDATION_AUTOENCODER.model_copy(
+    update={
+        "steps": 6000,
+        "lr": 2e-4,
+        "warmup_steps": 100,
+        "adv_weight": 0.5,
+        "adv_start": 0,
+        "adv_adaptive": True,
+    }
+)
+ENCODER_PARTS = ("encoder", "quant_conv_mu", "quant_conv_log_sigma")
+
 
 def train_foundation(
     data_root: Path,
@@ -194,8 +208,13 @@ def train_foundation(
     seed: int = 0,
     precision: str = "bf16",
     progress: bool = True,
+    init: Path | None = None,
+    stage: str = "autoencoder",
 ) -> Path:
-    """Train (or resume) the foundation autoencoder in ``out_dir``; returns the exported model.pt."""
+    """Train (or resume) the foundation autoencoder in ``out_dir / stage``; returns the exported model.pt.
+
+    ``init``: a first-phase checkpoint whose EMA weights start a decoder phase (FOUNDATION_DECODER): the
+    encoder frozen, the discriminator taken over from that checkpoint."""
     from synthmed.models.builders import build_autoencoder
     from synthmed.runtime import resolve_precision
     from synthmed.training.tasks import AutoencoderTask
@@ -209,16 +228,29 @@ def train_foundation(
     device = torch.device("cpu")
     model = build_autoencoder(cfg.arch, 2)
     task = AutoencoderTask(model, cfg, train, val)
+    if init is not None:
+        _start_decoder_phase(task, init)
     trainer = Trainer(
         task,
         cfg,
-        out_dir / "autoencoder",
+        out_dir / stage,
         seed=seed,
         device=device,
         dtype=resolve_precision(precision, device),
         progress=progress,
     )
-    return trainer.run(resume=(out_dir / "autoencoder" / "last.pt").exists())
+    return trainer.run(resume=(out_dir / stage / "last.pt").exists())
+
+
+def _start_decoder_phase(task, checkpoint: Path) -> None:
+    """Load ``checkpoint``'s EMA autoencoder and its discriminator into ``task`` and freeze the encoder."""
+    from synthmed.artifacts import checkpoint as ckpt
+
+    weights, _ = ema_weights(checkpoint)
+    task.model.load_state_dict(weights)
+    task.disc.load_state_dict(ckpt.load(checkpoint)["models"]["discriminator"])
+    for part in ENCODER_PARTS:
+        getattr(task.model, part).requires_grad_(False)
 
 
 # --- shipping: reconstruction metrics per modality, the safetensors file and its model card -----------------

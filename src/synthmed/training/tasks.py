@@ -189,12 +189,24 @@ class AutoencoderTask:
         losses = {"autoencoder": loss}
         if self.disc is not None and step >= self.cfg.adv_start:
             gen_adv = self.adv_loss(self.disc(recon)[-1], target_is_real=True, for_discriminator=False)
-            losses["autoencoder"] = loss + self.cfg.adv_weight * gen_adv
+            adaptive = self._adaptive_weight(loss, gen_adv) if self.cfg.adv_adaptive else 1.0
+            weight = self.cfg.adv_weight * adaptive
+            losses["autoencoder"] = loss + weight * gen_adv
             fake = self.adv_loss(self.disc(recon.detach())[-1], target_is_real=False, for_discriminator=True)
             real = self.adv_loss(self.disc(x)[-1], target_is_real=True, for_discriminator=True)
             losses["discriminator"] = self.cfg.adv_weight * 0.5 * (fake + real)
             logs["adv_g"] = gen_adv.item()
+            logs["adv_weight"] = float(weight)
         return losses, logs
+
+    def _adaptive_weight(self, rec_loss: torch.Tensor, gen_adv: torch.Tensor) -> torch.Tensor:
+        """||grad of rec_loss|| / ||grad of gen_adv|| at the decoder's last layer (VQGAN, Esser et al. 2021):
+        the adversarial term then pulls as hard as adv_weight x the reconstruction terms, whatever their
+        scales. Written here because neither MONAI nor diffusers exposes it as a function."""
+        last = self.model.decoder.blocks[-1].conv.weight
+        g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+        g_adv = torch.autograd.grad(gen_adv, last, retain_graph=True)[0]
+        return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(max=1e4).detach()
 
     @torch.inference_mode()
     def _reconstruct(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
