@@ -7,7 +7,9 @@ Leave-one-out from today's recipe (``new``: v-prediction, min-SNR-5, 100 warm-up
 - ``no_snr``: no min-SNR weighting;
 - ``constant_lr``: no warm-up, constant lr;
 - ``no_ema``: samples from the raw weights (EMA decay 0);
-- ``wide``: UNet [96, 192, 192] (fewer steps in the same time).
+- ``wide``: UNet [96, 192, 192] (fewer steps in the same time);
+- ``augment``: adds light geometric augmentation (two seeded copies of each image, +-5 degrees, +-5% zoom,
+  +-3% shift; no flips).
 
 Every arm trains for the same seconds (``--budget-s``: a timed budget, so run the arms one after another on a
 machine whose load does not change while they run), then generates with the default sampler and is evaluated
@@ -39,6 +41,7 @@ ARMS: dict[str, dict[str, Any]] = {
             "norm_num_groups": 32,
         }
     },
+    "augment": {"augment": {"copies": 2}},
 }
 KEYS = ("fid", "fid_floor", "recall", "recall_floor", "sharpness_ratio", "msssim", "msssim_real")
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.export import Dim
 
@@ -97,3 +99,39 @@ def test_rectified_flow_trains_and_samples(kermany_small: Path, tmp_path: Path) 
     assert torch.equal(a, pipe.generate(label="NORMAL", n=2, steps=5, sampler="rflow").images)
     with pytest.raises(SynthmedError, match="sampler"):
         pipe.generate(label="NORMAL", n=1, steps=5, sampler="ddim")
+
+
+def test_geometric_augmentation_adds_seeded_unflipped_copies(kermany: Path) -> None:
+    from synthmed.data.augment import affine_copies
+
+    files = sorted((kermany / "test" / "NORMAL").glob("*.jpeg"))[:4]
+    x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("L").resize((64, 64)))) for f in files])
+    x = x[:, None].float() / 255
+    a = affine_copies(x, 2, seed=3, rotate_deg=5.0, scale=0.05, translate=0.03)
+    assert a.shape == (8, 1, 64, 64) and torch.equal(a, affine_copies(x, 2, 3, 5.0, 0.05, 0.03))
+    for k in range(2):
+        for i in range(4):
+            copy, same, mirrored = a[k * 4 + i].flatten(), x[i].flatten(), x[i].flip(-1).flatten()
+            assert not torch.equal(copy, same)
+            assert (
+                torch.corrcoef(torch.stack([copy, same]))[0, 1]
+                > torch.corrcoef(torch.stack([copy, mirrored]))[0, 1]
+            )
+
+
+def test_diffusion_stage_trains_on_augmented_copies(kermany_small: Path, tmp_path: Path) -> None:
+    values = {
+        "preset": "tiny",
+        "run_dir": str(tmp_path / "run"),
+        "data": {"source": str(kermany_small)},
+        "autoencoder": {"steps": 2},
+        "diffusion": {"steps": 2, "augment": {"copies": 2}},
+    }
+    cfg = build_train_config(values)
+    train(cfg, progress=False)
+    latents = sorted((cfg.run_dir / "diffusion").glob("latents-*.pt"))
+    sizes = sorted(len(ckpt.load(p)["train"]) for p in latents)
+    assert len(latents) == 2 and sizes[1] == 2 * sizes[0]
+    volume = {"size": [16, 16, 16], "spacing": [1.0, 1.0, 1.0]}
+    with pytest.raises(SynthmedError, match=r"diffusion\.augment is for 2D"):
+        build_train_config({**values, "preset": "tiny3d", "data": {"source": "x", "volume": volume}})

@@ -88,8 +88,20 @@ class AutoencoderConfig(StageConfig):
         return self
 
 
+class GeometricAugment(Strict):
+    """Light geometric augmentation of a 2D diffusion stage: seeded randomly rotated, scaled and shifted
+    copies of every training image, encoded once beside the originals. Left-right flips are not offered:
+    they put a chest X-ray's heart on the wrong side."""
+
+    copies: int = Field(0, ge=0, le=8, description="Augmented copies per training image; 0 disables it.")
+    rotate_deg: float = Field(5.0, ge=0.0, le=30.0, description="Rotation drawn from +-this many degrees.")
+    scale: float = Field(0.05, ge=0.0, le=0.3, description="Zoom drawn from 1 +- this.")
+    translate: float = Field(0.03, ge=0.0, le=0.2, description="Shift drawn from +- this share of the size.")
+
+
 class DiffusionConfig(StageConfig):
     arch: UNetArch = UNetArch()
+    augment: GeometricAugment = GeometricAugment()
     noise: NoiseConfig = NoiseConfig()
     label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Classifier-free guidance label dropout.")
     scale_factor_samples: int = Field(
@@ -190,6 +202,10 @@ class TrainConfig(Strict):
     def _check_3d(self) -> Self:
         if self.data.volume is None:
             return self
+        if self.diffusion.augment.copies:
+            raise ValueError(
+                "diffusion.augment is for 2D images; 3D runs augment with data.volume.train_spacings"
+            )
         unet = 2 ** (len(self.diffusion.arch.channels) - 1)
         divisors = [f * unet for f in self.latent_factors]
         if any(s % d for s, d in zip(self.data.volume.size, divisors, strict=True)):

@@ -8,6 +8,7 @@ and the other ranks then read them; rank 0 alone writes config.yaml and every fi
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -27,6 +28,7 @@ from synthmed.config import (
     read_yaml,
     save_yaml,
 )
+from synthmed.data.augment import affine_copies
 from synthmed.data.integrity import require_kept_classes, skip_summary
 from synthmed.data.masks import load_image_mask_pairs
 from synthmed.data.sources import Record, require_source, source_kind, source_root
@@ -385,8 +387,30 @@ def _latent_sets(
     return autoencoder, train, val, scale
 
 
+def _augmented(cfg: TrainConfig, autoencoder: Autoencoder, data: TrainingData, train: LatentSet) -> LatentSet:
+    """``train`` with diffusion.augment's copies of every training image appended, encoded once (cached by
+    the autoencoder weights, the settings and the seed)."""
+    aug = cfg.diffusion.augment
+    run = RunDir(cfg.run_dir)
+    key = f"{file_sha256(run.weights('autoencoder'))}|{aug.model_dump_json()}|{cfg.seed}"
+    path = run.latents(hashlib.sha256(key.encode()).hexdigest())
+    if path.exists():
+        extra = ckpt.load(path)["train"].to(train.latents.device)
+    else:
+        images = affine_copies(
+            data.train_images.cpu(), aug.copies, cfg.seed, aug.rotate_deg, aug.scale, aug.translate
+        )
+        extra = encode_dataset(autoencoder, images.to(data.train_images.device))
+        if is_main():
+            ckpt.atomic_save({"train": extra.cpu()}, path)
+    console.print(f"diffusion: {aug.copies} augmented copies of each of {len(train.latents)} training images")
+    return LatentSet(torch.cat([train.latents, extra]), train.labels.repeat(aug.copies + 1))
+
+
 def _diffusion_task(cfg: TrainConfig, data: TrainingData, device: torch.device) -> DiffusionTask:
     autoencoder, train, val, scale = _latent_sets(cfg, data, device)
+    if cfg.diffusion.augment.copies:
+        train = _augmented(cfg, autoencoder, data, train)
     torch.manual_seed(cfg.seed)
     return DiffusionTask(cfg.diffusion, autoencoder, train, val, data.class_names, scale)
 
