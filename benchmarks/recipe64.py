@@ -8,6 +8,7 @@ Leave-one-out from today's recipe (``new``: v-prediction, min-SNR-5, 100 warm-up
 - ``constant_lr``: no warm-up, constant lr;
 - ``no_ema``: samples from the raw weights (EMA decay 0);
 - ``wide``: UNet [96, 192, 192] (fewer steps in the same time);
+- ``mean``: the UNet learns the posterior-mean latents instead of sampled ones;
 - ``augment``: adds light geometric augmentation (two seeded copies of each image, +-5 degrees, +-5% zoom,
   +-3% shift; no flips).
 
@@ -41,6 +42,7 @@ ARMS: dict[str, dict[str, Any]] = {
             "norm_num_groups": 32,
         }
     },
+    "mean": {"latents": "mean"},
     "augment": {"augment": {"copies": 2}},
 }
 KEYS = ("fid", "fid_floor", "recall", "recall_floor", "sharpness_ratio", "msssim", "msssim_real")

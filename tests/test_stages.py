@@ -119,19 +119,27 @@ def test_geometric_augmentation_adds_seeded_unflipped_copies(kermany: Path) -> N
             )
 
 
-def test_diffusion_stage_trains_on_augmented_copies(kermany_small: Path, tmp_path: Path) -> None:
+def test_diffusion_stage_on_augmented_copies_and_posterior_means(kermany_small: Path, tmp_path: Path) -> None:
+    from synthmed.artifacts.run import RunDir
+    from synthmed.training.tasks import latent_scale_factor
+
     values = {
         "preset": "tiny",
         "run_dir": str(tmp_path / "run"),
         "data": {"source": str(kermany_small)},
         "autoencoder": {"steps": 2},
-        "diffusion": {"steps": 2, "augment": {"copies": 2}},
+        "diffusion": {"steps": 2, "augment": {"copies": 2}, "latents": "mean"},
     }
     cfg = build_train_config(values)
     train(cfg, progress=False)
     latents = sorted((cfg.run_dir / "diffusion").glob("latents-*.pt"))
     sizes = sorted(len(ckpt.load(p)["train"]) for p in latents)
     assert len(latents) == 2 and sizes[1] == 2 * sizes[0]
+    encoded = next(ckpt.load(p)["train"] for p in latents if len(ckpt.load(p)["train"]) == sizes[0])
+    n = cfg.diffusion.scale_factor_samples
+    mean = latent_scale_factor(encoded, n, cfg.seed, posterior_mean=True)
+    assert RunDir(cfg.run_dir).metadata().scale_factor == pytest.approx(mean)
+    assert mean != pytest.approx(latent_scale_factor(encoded, n, cfg.seed), rel=1e-4)
     volume = {"size": [16, 16, 16], "spacing": [1.0, 1.0, 1.0]}
     with pytest.raises(SynthmedError, match=r"diffusion\.augment is for 2D"):
         build_train_config({**values, "preset": "tiny3d", "data": {"source": "x", "volume": volume}})

@@ -102,6 +102,11 @@ class GeometricAugment(Strict):
 class DiffusionConfig(StageConfig):
     arch: UNetArch = UNetArch()
     augment: GeometricAugment = GeometricAugment()
+    latents: Literal["sample", "mean"] = Field(
+        "sample",
+        description="What the UNet learns: latents sampled from the encoder's posterior each step (LDM, "
+        "MONAI), or the posterior mean (one fixed latent per image).",
+    )
     noise: NoiseConfig = NoiseConfig()
     label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Classifier-free guidance label dropout.")
     scale_factor_samples: int = Field(

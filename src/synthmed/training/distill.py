@@ -36,7 +36,7 @@ from synthmed.models.distilled import BoundGuidance, load_student, student_from_
 from synthmed.models.trained import load_unet
 from synthmed.runtime import resolve_device, resolve_precision, set_threads
 from synthmed.training.run import _diff, _latent_sets, load_training_data
-from synthmed.training.tasks import VAL_ITEMS, LatentSet, global_randn
+from synthmed.training.tasks import VAL_ITEMS, LatentSet, draw_latents, global_randn
 from synthmed.training.trainer import Trainer
 
 console = Console(stderr=True)
@@ -69,6 +69,7 @@ class DistillTask:
         self.num_t = len(self.alphas)
         self.null_label = int(extra["null_label"])
         self.label_dropout = train_cfg.diffusion.label_dropout
+        self.latents = train_cfg.diffusion.latents  # the teacher's training latents
         self.scale_factor = float(extra["scale_factor"])
         self.decode, self.extra = decode, extra
 
@@ -78,8 +79,7 @@ class DistillTask:
     def _items(self, index: torch.Tensor, part: slice, drop: bool) -> tuple[torch.Tensor, ...]:
         """Clean latents, noise, labels (some dropped) and guidance scales of items ``index[part]``."""
         n, mine = len(index), index[part]
-        stats = self.train.latents[mine]
-        z = (stats[:, 0] + stats[:, 1] * global_randn(n, part, stats[:, 0])) * self.scale_factor
+        z = draw_latents(self.train.latents[mine], n, part, self.latents) * self.scale_factor
         noise = global_randn(n, part, z)
         labels = self.train.labels[mine].clone()
         if drop:

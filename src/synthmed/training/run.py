@@ -381,7 +381,8 @@ def _latent_sets(
     for p in autoencoder.parameters():
         p.requires_grad_(False)
     train_lat, val_lat = _latents(cfg, autoencoder, data)
-    scale = latent_scale_factor(train_lat, cfg.diffusion.scale_factor_samples, cfg.seed)
+    mean = cfg.diffusion.latents == "mean"
+    scale = latent_scale_factor(train_lat, cfg.diffusion.scale_factor_samples, cfg.seed, posterior_mean=mean)
     train = LatentSet(train_lat, data.train_labels, data.train_spacings, data.train_maps)
     val = LatentSet(val_lat, data.val_labels, data.val_spacings, data.val_maps)
     return autoencoder, train, val, scale

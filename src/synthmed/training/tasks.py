@@ -242,11 +242,22 @@ def encode_dataset(autoencoder: Autoencoder, images: torch.Tensor, batch_size: i
     return torch.cat(out)
 
 
-def latent_scale_factor(latents: torch.Tensor, samples: int, seed: int) -> float:
-    """1 / std of sampled training latents, so the diffusion model sees unit-variance inputs (MONAI/MAISI)."""
+def draw_latents(stats: torch.Tensor, n: int, part: slice, kind: str) -> torch.Tensor:
+    """Clean latents of encoded items (N, 2, C, ...) of a global batch of ``n``: drawn from the posterior
+    (``kind`` sample) or its mean (mean)."""
+    if kind == "mean":
+        return stats[:, 0]
+    return stats[:, 0] + stats[:, 1] * global_randn(n, part, stats[:, 0])
+
+
+def latent_scale_factor(
+    latents: torch.Tensor, samples: int, seed: int, posterior_mean: bool = False
+) -> float:
+    """1 / std of training latents as the UNet sees them (sampled, or the posterior mean), so the diffusion
+    model gets unit-variance inputs (MONAI/MAISI)."""
     g = torch.Generator().manual_seed(seed)
     sub = latents[torch.randperm(len(latents), generator=g)[:samples]].cpu()
-    z = sub[:, 0] + sub[:, 1] * torch.randn(sub[:, 0].shape, generator=g)
+    z = sub[:, 0] + (0.0 if posterior_mean else sub[:, 1] * torch.randn(sub[:, 0].shape, generator=g))
     return float(1.0 / z.std())
 
 
@@ -311,8 +322,7 @@ class DiffusionTask:
         """Loss on items ``index[part]`` of the global batch ``index``; the step's random numbers are drawn
         for the whole global batch and sliced (see :func:`global_randn`)."""
         n, mine = len(index), index[part]
-        stats = self.train.latents[mine]
-        z = (stats[:, 0] + stats[:, 1] * global_randn(n, part, stats[:, 0])) * self.scale_factor
+        z = draw_latents(self.train.latents[mine], n, part, self.cfg.latents) * self.scale_factor
         noise = global_randn(n, part, z)
         t = self._timesteps(z, n)[part]
         labels = self.train.labels[mine].clone()
