@@ -169,8 +169,13 @@ def _arm(
         reference_split=reference_split,
     )
     report = json.loads((evaluate(cfg) / "report.json").read_text())
+    from synthmed.config import read_run_config
+    from synthmed.models.foundation import shipped_card
+
+    shipped = read_run_config(run_dir).autoencoder.source == "foundation"
     return {
         **_figures(report, classes),
+        "foundation_sha256": shipped_card()["sha256"] if shipped else None,  # a resumed arm keeps its own
         "user_train_minutes": round(wall / 60, 2),
         "diffusion_steps": steps,
         "sampler": sampler or "default",
