@@ -188,15 +188,22 @@ class AutoencoderTask:
             logs["spectral"] = spec.item()
         losses = {"autoencoder": loss}
         if self.disc is not None and step >= self.cfg.adv_start:
-            gen_adv = self.adv_loss(self.disc(recon)[-1], target_is_real=True, for_discriminator=False)
+            n = len(x)
+            # Real and reconstructed images pass the discriminator as one batch: given a batch each, it learns
+            # to tell the batches apart by its BatchNorm statistics, not the images (it then scores a blurred
+            # and a sharp image alike, one at a time), and teaches the decoder no detail.
+            gen_adv = self.adv_loss(
+                self.disc(torch.cat([x, recon]))[-1][n:], target_is_real=True, for_discriminator=False
+            )
             adaptive = self._adaptive_weight(loss, gen_adv) if self.cfg.adv_adaptive else 1.0
             weight = self.cfg.adv_weight * adaptive
             losses["autoencoder"] = loss + weight * gen_adv
-            fake = self.adv_loss(self.disc(recon.detach())[-1], target_is_real=False, for_discriminator=True)
-            real = self.adv_loss(self.disc(x)[-1], target_is_real=True, for_discriminator=True)
+            scores = self.disc(torch.cat([x, recon.detach()]))[-1]
+            fake = self.adv_loss(scores[n:], target_is_real=False, for_discriminator=True)
+            real = self.adv_loss(scores[:n], target_is_real=True, for_discriminator=True)
             losses["discriminator"] = self.cfg.adv_weight * 0.5 * (fake + real)
-            logs["adv_g"] = gen_adv.item()
-            logs["adv_weight"] = float(weight)
+            logs |= {"adv_g": gen_adv.item(), "adv_weight": float(weight)}
+            logs |= {"d_real": scores[:n].mean().item(), "d_fake": scores[n:].mean().item()}
         return losses, logs
 
     def _adaptive_weight(self, rec_loss: torch.Tensor, gen_adv: torch.Tensor) -> torch.Tensor:
