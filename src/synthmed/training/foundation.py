@@ -298,32 +298,46 @@ def ema_weights(checkpoint: Path) -> tuple[dict[str, torch.Tensor], int]:
     return weights, int(state["step"])
 
 
+def _phase(cfg: AutoencoderConfig, steps: int) -> dict:
+    keys = ("kl_weight", "adv_weight", "adv_start", "adv_adaptive", "grad_weight", "spectral_weight")
+    return {"steps": steps, "lr": cfg.lr, "losses": {k: getattr(cfg, k) for k in keys}}
+
+
 def export_foundation(
     checkpoint: Path,
     data_root: Path,
     cache: Path,
     out_dir: Path,
-    cfg: AutoencoderConfig = FOUNDATION_AUTOENCODER,
+    encoder_checkpoint: Path | None = None,
+    notes: tuple[str, ...] = (),
 ) -> dict:
     """Measure a checkpoint's EMA weights on every modality's validation images and write them as the shipped
-    foundation autoencoder (safetensors and its JSON record) in ``out_dir``; returns the record."""
+    foundation autoencoder (safetensors and its JSON record) in ``out_dir``; returns the record.
+
+    ``encoder_checkpoint``: ``checkpoint`` is of the decoder phase, started from this first-phase one.
+    ``notes``: what a reader of the model card should know about how these weights were trained."""
     from synthmed.models.builders import build_autoencoder
 
     weights, step = ema_weights(checkpoint)
+    cfg = FOUNDATION_AUTOENCODER
     model = build_autoencoder(cfg.arch, 2)
     model.load_state_dict(weights)
     model.eval()
     sets = load_foundation_sets(data_root, cache)
     metrics = {s.name: reconstruction_metrics(model, s.val) for s in sets}
+    phases = {"autoencoder": _phase(cfg, step)}
+    if encoder_checkpoint is not None:
+        phases = {
+            "autoencoder": _phase(cfg, ema_weights(encoder_checkpoint)[1]),
+            "decoder": _phase(FOUNDATION_DECODER, step),
+        }
     card = {
         "arch": cfg.arch.model_dump(),
-        "steps": step,
+        "steps": sum(p["steps"] for p in phases.values()),
+        "phases": phases,
+        "notes": list(notes),
         "image_size": SIZE,
-        "losses": {
-            k: getattr(cfg, k)
-            for k in ("kl_weight", "adv_weight", "adv_start", "grad_weight", "spectral_weight")
-        },
-        "training": {"batch_size": cfg.batch_size, "lr": cfg.lr, "precision": "bf16 autocast, CPU"},
+        "training": {"batch_size": cfg.batch_size, "precision": "bf16 autocast, CPU"},
         "data": {
             s.name: {"train": len(s.train), "val": len(s.val), "licence": LICENCES[s.name]} for s in sets
         },
@@ -347,7 +361,13 @@ def model_card(record: dict) -> str:
         f"{m['sharpness_ratio']:.2f} | {m['high_frequency_ratio']:.2f} |"
         for name, m in record["metrics_val"].items()
     )
-    losses = ", ".join(f"{k} {v}" for k, v in record["losses"].items())
+    notes = "\n".join(f"- {n}" for n in record.get("notes", []))
+    phases = "\n".join(
+        f"| {name} | {p['steps']} | {p['lr']} | "
+        + ", ".join(f"{k} {v}" for k, v in p["losses"].items() if v not in (0, 0.0, False))
+        + " |"
+        for name, p in record["phases"].items()
+    )
     return f"""# synthmed foundation autoencoder (2D, greyscale, 64 px)
 
 `{record["file"]}` (sha256 `{record["sha256"]}`) is a MONAI `AutoencoderKL`:
@@ -358,10 +378,17 @@ runs use it by default (`autoencoder.source: foundation`) and train only their d
 Written by `synthmed.training.foundation.export_foundation` with `{CARD_FILE}`; do not edit by hand.
 
 ## Training
-{record["steps"]} steps of batch {record["training"]["batch_size"]}, AdamW lr {record["training"]["lr"]},
-{record["training"]["precision"]}; weights are the exponential moving average. Losses: L1 + KL and {losses}
-(MONAI PatchDiscriminator, least squares; gradient-L1; Fourier-amplitude MSE). No pretrained network and no
-downloaded weights were used. Recipe and data loading: `src/synthmed/training/foundation.py`.
+{record["steps"]} steps of batch {record["training"]["batch_size"]}, AdamW, {record["training"]["precision"]};
+weights are the exponential moving average. Losses: L1 + KL and the weights below (MONAI
+PatchDiscriminator, least squares; adaptive: VQGAN's weight,
+the adversarial gradient at the decoder's last layer = adv_weight x the reconstruction's; gradient-L1;
+Fourier-amplitude MSE). The decoder phase, if listed, trains only the decoder: the encoder, and so the
+latent space, stay those of the first phase. No pretrained network and no downloaded weights were used.
+Recipe and data loading: `src/synthmed/training/foundation.py`.
+
+| phase | steps | lr | losses |
+|---|---|---|---|
+{phases}
 
 ## Data (never a holdout, validation or test image; splits: the project's seed-0 split of each set)
 | set | training images | validation images | licence and citation |
@@ -377,6 +404,9 @@ Training images are 64 px whole images and, for the 2D sets, random 64 px crops 
 
 Sharpness ratio: mean |Laplacian| of the reconstructions / of the real images; high-frequency ratio: the same
 for the share of spectral power above half Nyquist. 1.0 keeps all detail.
+
+## Notes
+{notes or "None."}
 
 ## Limits
 Greyscale only; trained at 64 px (it runs at any size divisible by 4, but detail at larger sizes is
