@@ -156,7 +156,7 @@ def test_cosine_decay_ends_at_its_final_share() -> None:
     assert lr_factor(StageConfig(steps=1000))(999) == 1.0
 
 
-def _tiny_task(adaptive: bool, kermany: Path):
+def _tiny_task(adaptive: bool, kermany: Path, **extra: float):
     from synthmed.config import AutoencoderConfig
     from synthmed.models.builders import build_autoencoder
     from synthmed.training.tasks import AutoencoderTask
@@ -168,7 +168,14 @@ def _tiny_task(adaptive: bool, kermany: Path):
         "norm_num_groups": 4,
     }
     cfg = AutoencoderConfig.model_validate(
-        {"arch": arch, "adv_weight": 0.5, "adv_adaptive": adaptive, "disc_channels": 8, "batch_size": 4}
+        {
+            "arch": arch,
+            "adv_weight": 0.5,
+            "adv_adaptive": adaptive,
+            "disc_channels": 8,
+            "batch_size": 4,
+            **extra,
+        }
     )
     torch.manual_seed(0)
     x = _xrays(kermany, 8)
@@ -243,3 +250,14 @@ def test_discriminator_learns_to_tell_blurred_reconstructions(kermany: Path) -> 
         x = task.train[:16]
         gap = task.disc(x)[-1].mean() - task.disc(blurred(x, 16, slice(None))[0])[-1].mean()
     assert gap > 0.3
+
+
+def test_discriminator_lr_factor_sets_its_optimiser(kermany: Path, tmp_path: Path) -> None:
+    from synthmed.training.trainer import Trainer
+
+    task = _tiny_task(True, kermany, disc_lr_factor=4.0, lr=1e-4)
+    trainer = Trainer(
+        task, task.cfg, tmp_path, seed=0, device=torch.device("cpu"), dtype=None, progress=False
+    )
+    lrs = {name: opt.param_groups[0]["initial_lr"] for name, opt in trainer.optimizers.items()}
+    assert lrs == {"autoencoder": pytest.approx(1e-4), "discriminator": pytest.approx(4e-4)}

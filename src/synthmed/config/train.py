@@ -64,6 +64,13 @@ class AutoencoderConfig(StageConfig):
         description="Scale the adversarial loss each step so its gradient at the decoder's last layer is "
         "adv_weight x the reconstruction loss's (the adaptive weight of VQGAN and latent diffusion).",
     )
+    disc_lr_factor: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="Discriminator lr as a multiple of lr (two time-scale update rule, Heusel et al. 2017): "
+        "a faster discriminator keeps up with the decoder it judges.",
+    )
     disc_channels: int = Field(32, ge=4)
     disc_layers: int = Field(2, ge=1)
     perceptual_weights: Path | None = Field(

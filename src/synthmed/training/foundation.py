@@ -195,6 +195,7 @@ FOUNDATION_DECODER = FOUNDATION_AUTOENCODER.model_copy(
         "adv_weight": 0.5,
         "adv_start": 0,
         "adv_adaptive": True,
+        "disc_lr_factor": 4.0,
     }
 )
 ENCODER_PARTS = ("encoder", "quant_conv_mu", "quant_conv_log_sigma")
@@ -299,7 +300,15 @@ def ema_weights(checkpoint: Path) -> tuple[dict[str, torch.Tensor], int]:
 
 
 def _phase(cfg: AutoencoderConfig, steps: int) -> dict:
-    keys = ("kl_weight", "adv_weight", "adv_start", "adv_adaptive", "grad_weight", "spectral_weight")
+    keys = (
+        "kl_weight",
+        "adv_weight",
+        "adv_start",
+        "adv_adaptive",
+        "disc_lr_factor",
+        "grad_weight",
+        "spectral_weight",
+    )
     return {"steps": steps, "lr": cfg.lr, "losses": {k: getattr(cfg, k) for k in keys}}
 
 

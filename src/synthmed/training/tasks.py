@@ -157,6 +157,7 @@ class AutoencoderTask:
             else None
         )
         self.adv_loss = PatchAdversarialLoss(criterion="least_squares")
+        self.lr_scale = {"discriminator": cfg.disc_lr_factor}
         self.perceptual = (
             LocalPerceptualLoss(cfg.perceptual_weights).to(device) if cfg.perceptual_weights else None
         )

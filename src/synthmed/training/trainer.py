@@ -133,8 +133,11 @@ class Trainer:
             use_sdpa(module, device)
             if self.world > 1 and device.type == "cuda":  # discriminator BatchNorm: global batch statistics
                 nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        scale = getattr(task, "lr_scale", {})  # per-module lr multiples (the autoencoder's discriminator)
         self.optimizers = {
-            name: torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            name: torch.optim.AdamW(
+                module.parameters(), lr=cfg.lr * scale.get(name, 1.0), weight_decay=cfg.weight_decay
+            )
             for name, module in task.trainables().items()
         }
         self.lr_schedulers = {
