@@ -261,3 +261,13 @@ def test_discriminator_lr_factor_sets_its_optimiser(kermany: Path, tmp_path: Pat
     )
     lrs = {name: opt.param_groups[0]["initial_lr"] for name, opt in trainer.optimizers.items()}
     assert lrs == {"autoencoder": pytest.approx(1e-4), "discriminator": pytest.approx(4e-4)}
+
+
+def test_decode_mean_trains_the_decoder_on_posterior_means(kermany: Path) -> None:
+    x = _xrays(kermany, 4)
+    for decode_mean in (False, True):
+        task = _tiny_task(False, kermany, decode_mean=decode_mean)
+        with torch.no_grad():
+            recon = task.net(x, 4, slice(None))[0]
+            of_mean = task.model.decode(task.model.encode(x)[0])
+        assert torch.equal(recon, of_mean) == decode_mean

@@ -64,6 +64,11 @@ class AutoencoderConfig(StageConfig):
         description="Scale the adversarial loss each step so its gradient at the decoder's last layer is "
         "adv_weight x the reconstruction loss's (the adaptive weight of VQGAN and latent diffusion).",
     )
+    decode_mean: bool = Field(
+        False,
+        description="Train the decoder on the posterior mean instead of posterior samples: for a decoder "
+        "phase under a diffusion model that learns posterior means (diffusion.latents: mean).",
+    )
     disc_lr_factor: float = Field(
         1.0,
         gt=0,

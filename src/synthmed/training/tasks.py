@@ -128,15 +128,15 @@ class SampledAutoencoder(nn.Module):
     what runs inside its wrapper's forward: the task must call the autoencoder through one forward.
     """
 
-    def __init__(self, model: AutoencoderKL) -> None:
+    def __init__(self, model: AutoencoderKL, sample: bool = True) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.sample = model, sample
 
     def forward(
         self, x: torch.Tensor, n: int, part: slice
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z_mu, z_sigma = self.model.encode(x)
-        z = z_mu + global_randn(n, part, z_sigma) * z_sigma
+        z = z_mu + global_randn(n, part, z_sigma) * z_sigma if self.sample else z_mu
         return self.model.decode(z), z_mu, z_sigma
 
 
@@ -147,7 +147,7 @@ class AutoencoderTask:
         self, model: AutoencoderKL, cfg: AutoencoderConfig, train: torch.Tensor, val: torch.Tensor
     ) -> None:
         self.model, self.cfg, self.train, self.val = model, cfg, train, val
-        self.net: nn.Module = SampledAutoencoder(model)
+        self.net: nn.Module = SampledAutoencoder(model, sample=not cfg.decode_mean)
         self.num_items = len(train)
         device = train.device
         dims = train.ndim - 2
