@@ -56,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="reuse arms finished by a stopped run")
 
 
+def _intervals(report: Path) -> dict[str, Any]:
+    """The FID's and recall's 95% bootstrap intervals from an arm's evaluation report."""
+    synthetic = json.loads(report.read_text())["fidelity"]["all"]["synthetic"]
+    return {f"{k}_ci95": synthetic[k]["ci95"] for k in ("fid", "recall")}
+
+
 def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     base = {
         "preset": "small64",
@@ -78,6 +84,8 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         name: {
             "diffusion_steps": r["diffusion_steps"],
             **{k: r[k] for k in KEYS},
+            **_intervals(Path(args.work_dir) / name / "report" / "report.json"),
+            "recall_per_class": {c: v["recall"] for c, v in r["recall_per_class"].items()},
             "minus_new": {k: round(r[k] - ref[k], 4) for k in ("fid", "recall", "sharpness_ratio", "msssim")}
             if ref
             else None,
