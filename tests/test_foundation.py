@@ -271,3 +271,20 @@ def test_decode_mean_trains_the_decoder_on_posterior_means(kermany: Path) -> Non
             recon = task.net(x, 4, slice(None))[0]
             of_mean = task.model.decode(task.model.encode(x)[0])
         assert torch.equal(recon, of_mean) == decode_mean
+
+
+def test_model_card_lists_every_training_phase() -> None:
+    from synthmed.training.foundation import FOUNDATION_AUTOENCODER, FOUNDATION_DECODER, _phase, model_card
+
+    record = foundation.shipped_card()
+    assert f"| autoencoder | {record['steps']} |" in model_card(record)  # a record from before phases
+    record |= {
+        "phases": {
+            "autoencoder": _phase(FOUNDATION_AUTOENCODER, 10),
+            "decoder": _phase(FOUNDATION_DECODER, 5),
+        }
+    }
+    record |= {"notes": ["the decoder phase was stopped early"]}
+    card = model_card(record)
+    assert "| decoder | 5 | 0.0002 |" in card and "adv_adaptive True" in card
+    assert "- the decoder phase was stopped early" in card

@@ -362,6 +362,15 @@ def export_foundation(
     return record
 
 
+def _phases(record: dict) -> dict:
+    """The record's training phases; records written before phases existed had one, described flat."""
+    if "phases" in record:
+        return record["phases"]
+    return {
+        "autoencoder": {"steps": record["steps"], "lr": record["training"]["lr"], "losses": record["losses"]}
+    }
+
+
 def model_card(record: dict) -> str:
     """MODEL_CARD.md of the shipped weights, written from their JSON record (so the two never disagree)."""
     arch = record["arch"]
@@ -378,7 +387,7 @@ def model_card(record: dict) -> str:
         f"| {name} | {p['steps']} | {p['lr']} | "
         + ", ".join(f"{k} {v}" for k, v in p["losses"].items() if v not in (0, 0.0, False))
         + " |"
-        for name, p in record["phases"].items()
+        for name, p in _phases(record).items()
     )
     return f"""# synthmed foundation autoencoder (2D, greyscale, 64 px)
 
