@@ -211,7 +211,7 @@ class AutoencoderTask:
         """||grad of rec_loss|| / ||grad of gen_adv|| at the decoder's last layer (VQGAN, Esser et al. 2021):
         the adversarial term then pulls as hard as adv_weight x the reconstruction terms, whatever their
         scales. Written here because neither MONAI nor diffusers exposes it as a function."""
-        last = self.model.decoder.blocks[-1].conv.weight
+        last = cast(nn.ModuleList, self.model.decoder.blocks)[-1].get_parameter("conv.weight")
         g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
         g_adv = torch.autograd.grad(gen_adv, last, retain_graph=True)[0]
         return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(max=1e4).detach()
