@@ -10,8 +10,11 @@ image of that image's class is generated for its mask, with seed i:
 A lesion segmenter (the evaluation stage's MONAI UNet), trained only on the real BUSI training images with
 lesion masks (benign, malignant), segments every generated image; Dice against the conditioning mask is
 reported for both, beside the same segmenter's Dice on the real holdout images (the ceiling a perfect
-generator could reach with this segmenter). Seconds per image are timed for both arms (one image at a time,
-25 DDIM steps, guidance 3, VAE decoding included). ``--reuse-run`` keeps the trained run and its training
+generator could reach with this segmenter). With ``--distilled 1 2 4`` the run is also distilled
+(``synthmed distill``, default rounds, no lightweight decoder) and the teacher's ControlNet is put in front of
+each student (``distilled_<N>``, scale 1; ``distilled_<N>_scale0`` beside it): does the ControlNet transfer?
+Seconds per image are timed for every arm (one image at a time, the teacher's 25 DDIM steps or the student's,
+guidance 3, VAE decoding included). ``--reuse-run`` keeps the trained run and its training
 figures and measures again.
 """
 
@@ -74,14 +77,31 @@ def _pairs(cfg, split: str):
 
 
 @torch.inference_mode()
-def _generate(pipe: Pipeline, masks: torch.Tensor, labels: list[str], scale: float, steps: int) -> tuple:
+def _generate(
+    pipe: Pipeline, masks: torch.Tensor, labels: list[str], scale: float, steps: int, sampler: str = "ddim"
+) -> tuple:
     images, t0 = [], time.perf_counter()
     for i, (mask, label) in enumerate(zip(masks, labels, strict=True)):
         control = ImageCondition(mask[None].float(), "mask", scale)
         images.append(
-            pipe.sample_batch([i], label, steps=steps, guidance=3.0, sampler="ddim", control=control)
+            pipe.sample_batch([i], label, steps=steps, guidance=3.0, sampler=sampler, control=control)
         )
     return torch.cat(images), (time.perf_counter() - t0) / len(labels)
+
+
+def _distil(args: argparse.Namespace) -> dict:
+    """The run's students (made now unless they exist; resumable) and the minutes it took."""
+    from synthmed.config import DistillConfig
+    from synthmed.training.distill import distill
+
+    t0 = time.perf_counter()
+    cfg = DistillConfig(run_dir=Path(args.run_dir), decoder_steps=0, precision=args.precision)
+    students = distill(cfg, resume=True, progress=False)
+    return {
+        "students": students,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "config": cfg.model_dump(mode="json"),
+    }
 
 
 def run(args: argparse.Namespace, data: Path) -> dict:
@@ -99,6 +119,10 @@ def run(args: argparse.Namespace, data: Path) -> dict:
     generated, seconds = {}, {}
     for arm, scale in (("controlnet", 1.0), ("baseline_scale0", 0.0)):
         generated[arm], seconds[arm] = _generate(pipe, holdout.masks, labels, scale, args.steps)
+    distillation = _distil(args) if args.distilled else None
+    for k in args.distilled:
+        for arm, scale in ((f"distilled_{k}", 1.0), (f"distilled_{k}_scale0", 0.0)):
+            generated[arm], seconds[arm] = _generate(pipe, holdout.masks, labels, scale, k, "distilled")
     dice = {arm: dice_hd95(segment(segmenter, x), holdout.masks) for arm, x in generated.items()}
     dice["real_holdout_ceiling"] = dice_hd95(segment(segmenter, holdout.images), holdout.masks)
     return {
@@ -114,7 +138,7 @@ def run(args: argparse.Namespace, data: Path) -> dict:
         "dice": {arm: d["dice"] for arm, d in dice.items()},
         "hd95_px": {arm: d["hd95"] for arm, d in dice.items()},
         "seconds_per_image": {arm: round(s, 3) for arm, s in seconds.items()},
-    }
+    } | ({"distillation": distillation} if distillation else {})
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,3 +151,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--run-dir", default="runs/bench-controlnet64")
     p.add_argument("--reuse-run", action="store_true", help="keep the trained run and its training figures")
+    p.add_argument(
+        "--distilled",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also distil the run and measure the ControlNet in front of these students' step counts",
+    )

@@ -2,19 +2,22 @@
 MONAI's DDPM-1000 recipe, all in one run on the same weights, Kermany 64 px.
 
 - Distillation: ``synthmed distill`` on ``--run-dir`` (a trained v-prediction run, the generator issue's
-  recipe) unless its students exist; its wall time is ``distill_minutes`` (read back from the round logs,
-  and said so, when the students were made before).
+  recipe) unless its students and lightweight decoder exist; its wall time is ``distill_minutes``, the sum of
+  the parts timed when they were made (kept in the work folder; read back from the round logs, and said so,
+  for parts made outside this benchmark).
 - Rows: the teacher at its default sampler and steps (guidance 3), the students at 1, 2 and 4 steps
-  (guidance 3, one network evaluation per step), and MONAI's tutorial recipe (``LatentDiffusionInferer``,
+  (guidance 3, one network evaluation per step) with the autoencoder's decoder (``student``) and with the
+  lightweight decoder (``student_lite``), and MONAI's tutorial recipe (``LatentDiffusionInferer``,
   DDPM 1000 steps, fp32, no guidance). Each: images/s with decoding (one timed batch after a warm-up;
   MONAI's from the timed generation itself), peak memory added, FID and recall (k = 5) in the in-house
   extractor's features trained on real Kermany training images, sharpness (mean |Laplacian|) as a ratio to the
   teacher's, and C2ST (linear probe on the same features, real vs generated; the real-vs-real floor beside).
-- Decode cost: seconds per image of the autoencoder's decoder against one UNet pass at the row's batch, and
-  the decoder's share of each row's generation time.
-- The default: the student with the fewest steps that meets the quality targets (FID <= 1.1 x the teacher's,
-  recall >= 0.95 x the teacher's, sharpness within 10% of the teacher's); if none does, the one meeting most,
-  then the lowest FID. ``headline`` holds its figures.
+- Decode cost: seconds per image of the autoencoder's decoder and of the lightweight one against one UNet
+  pass at the row's batch, and the decoder's share of each row's generation time; the lightweight decoder's
+  own check (PSNR and sharpness against the full decoder on validation latents) from its last validation.
+- The default: the student row with the fewest steps that meets the quality targets (FID <= 1.1 x the
+  teacher's, recall >= 0.95 x the teacher's, sharpness within 10% of the teacher's), the faster decoder on a
+  tie; if none does, the one meeting most, then the lowest FID. ``headline`` holds its figures.
 
 ``--smoke`` trains a ``tiny`` v-prediction teacher on 16 Kermany images per class, distils it in a few steps
 per round and measures everything at toy sizes: it proves the code path, not the claim, and writes
@@ -46,6 +49,7 @@ HEADLINE = (
 )
 STUDENT_STEPS = (1, 2, 4)
 CLASSES = ("NORMAL", "PNEUMONIA")
+DECODERS = ("full", "lite")
 GUIDANCE = 3.0
 SMOKE = {
     "images": 24,
@@ -54,6 +58,7 @@ SMOKE = {
     "teacher_steps": 4,
     "round_steps": 4,
     "distill_batch": 8,
+    "decoder_steps": 4,
     "extractor_steps": 20,
     "permutations": 10,
 }
@@ -72,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-steps", type=int, default=32, help="distill: the guidance student's steps")
     p.add_argument("--round-steps", type=int, default=400, help="distill: optimiser steps per round")
     p.add_argument("--distill-batch", type=int, default=32, help="distill: training batch")
+    p.add_argument(
+        "--decoder-steps", type=int, default=2000, help="distill: the lightweight decoder's optimiser steps"
+    )
     p.add_argument(
         "--precision", default="bf16", choices=["fp32", "bf16"], help="of distillation and the synthmed rows"
     )
@@ -106,80 +114,108 @@ def _smoke_teacher(work: Path, data: Path) -> Path:
 
 
 def _distill(run_dir: Path, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """The students of the run (made now unless they exist) and the distillation's wall time."""
+    """The students and lightweight decoder of the run (made now where missing) and the distillation's wall
+    time: each part's minutes as timed when it was made in this benchmark, else from its logs."""
     from synthmed.artifacts.files import file_sha256
     from synthmed.artifacts.run import RunDir
     from synthmed.config import DistillConfig
     from synthmed.training.distill import distill
 
-    record = work / f"distill-{file_sha256(run_dir / 'diffusion' / 'model.pt')[:16]}.json"
+    run = RunDir(run_dir)
+    record = work / f"distill-{file_sha256(run.weights('diffusion'))[:16]}.json"
+    parts: dict[str, Any] = json.loads(record.read_text()) if record.is_file() else {}
     cfg = DistillConfig(
         run_dir=run_dir,
         teacher_steps=args.teacher_steps,
         steps=args.round_steps,
+        decoder_steps=args.decoder_steps,
         batch_size=args.distill_batch,
         precision=args.precision,
     )
-    before = set(RunDir(run_dir).distilled_steps())
+    had = {"students": bool(run.distilled_steps()), "decoder": (run.lite_decoder / "model.pt").is_file()}
     t0 = time.perf_counter()
     students = distill(cfg, resume=True, progress=not args.smoke)
-    seconds = time.perf_counter() - t0
-    if not before:
-        found = {"distill_minutes": round(seconds / 60, 2), "source": "timed in this run"}
-        record.write_text(json.dumps(found))
-    elif not record.is_file():  # made before, outside this benchmark (or partly)
-        found = {"distill_minutes": _minutes_from_logs(run_dir), "source": "the rounds' logs (made before)"}
-        record.write_text(json.dumps(found))
-    return json.loads(record.read_text()) | {"students": students, "config": cfg.model_dump(mode="json")}
+    minutes = round((time.perf_counter() - t0) / 60, 2)
+    made = [k for k, v in had.items() if not v]
+    if made:
+        parts["+".join(made)] = {"minutes": minutes, "source": "timed in this benchmark"}
+    for part in [k for k, v in had.items() if v and not any(k in key.split("+") for key in parts)]:
+        parts[part] = {"minutes": _minutes_from_logs(run, part), "source": "its logs (made before)"}
+    record.write_text(json.dumps(parts))
+    total = round(sum(p["minutes"] for p in parts.values()), 2)
+    return {
+        "distill_minutes": total,
+        "parts": parts,
+        "students": students,
+        "config": cfg.model_dump(mode="json"),
+    }
 
 
-def _minutes_from_logs(run_dir: Path) -> float:
-    """Training time of every round from its log: steps over the last logged steps/s."""
+def _minutes_from_logs(run, part: str) -> float:
+    """Training time of the students' rounds (or the lightweight decoder) from their logs: steps over the last
+    logged steps/s."""
+    logs = run.distilled.glob("steps-*/log.jsonl") if part == "students" else [run.lite_decoder / "log.jsonl"]
     seconds = 0.0
-    for log in (run_dir / "distilled").glob("steps-*/log.jsonl"):
+    for log in logs:
         rows = [json.loads(line) for line in log.read_text().splitlines()]
         last = [r for r in rows if "steps_per_s" in r][-1]
         seconds += last["step"] / last["steps_per_s"]
     return round(seconds / 60, 2)
 
 
-def _generate(pipe, sampler: str, steps: int, n: int, batch: int) -> torch.Tensor:
-    return torch.cat(
-        [
-            pipe.generate(
-                label=c, n=n // 2, steps=steps, guidance=GUIDANCE, sampler=sampler, batch_size=batch
-            ).images
-            for c in CLASSES
-        ]
-    )
+def _generate(pipe, sampler: str, steps: int, decoder: str, n: int, batch: int) -> torch.Tensor:
+    settings = {"steps": steps, "guidance": GUIDANCE, "sampler": sampler, "decoder": decoder}
+    return torch.cat([pipe.generate(label=c, n=n // 2, batch_size=batch, **settings).images for c in CLASSES])
 
 
-def _rate(pipe, sampler: str, steps: int, batch: int) -> dict[str, float]:
+def _rate(pipe, sampler: str, steps: int, decoder: str, batch: int) -> dict[str, float]:
     """Images/s and peak MiB of one batch with decoding, after a warm-up batch."""
     seeds = list(range(batch))
-    pipe.sample_batch(seeds, CLASSES[0], steps=steps, guidance=GUIDANCE, sampler=sampler)
+    settings = {"steps": steps, "guidance": GUIDANCE, "sampler": sampler, "decoder": decoder}
+    pipe.sample_batch(seeds, CLASSES[0], **settings)
     with PeakMemory(pipe.device) as memory:
-        seconds = timed(
-            lambda: pipe.sample_batch(seeds, CLASSES[0], steps=steps, guidance=GUIDANCE, sampler=sampler),
-            pipe.device,
-        )
+        seconds = timed(lambda: pipe.sample_batch(seeds, CLASSES[0], **settings), pipe.device)
     return {"images_per_s": round(batch / seconds, 2), "peak_mib": memory.mib, "seconds_per_batch": seconds}
 
 
 def _decode_cost(pipe, batch: int) -> dict[str, float]:
-    """Seconds per image of decoding and of one UNet pass (conditional only) at ``batch``."""
+    """Seconds per image of decoding (full and lightweight) and of one UNet pass (conditional only) at
+    ``batch``."""
     from synthmed.runtime import autocast
 
     z = torch.randn((batch, *pipe.latent_shape), generator=torch.Generator().manual_seed(0))
     labels = torch.zeros(batch, dtype=torch.long)
     t = torch.full((batch,), 500)
+    cost = {}
     with torch.inference_mode():
-        pipe.decode(z)
-        decode = timed(lambda: pipe.decode(z), pipe.device) / batch
+        for decoder in DECODERS:
+            pipe.decode(z, decoder)
+            cost[decoder] = timed(lambda d=decoder: pipe.decode(z, d), pipe.device) / batch
         with autocast(pipe.device, pipe.dtype):
             pipe.unet(z, timesteps=t, class_labels=labels)
             unet = timed(lambda: pipe.unet(z, timesteps=t, class_labels=labels), pipe.device) / batch
-    return {"decode_s_per_image": decode, "unet_pass_s_per_image": unet, "decode_vs_unet_pass": decode / unet}
+    return {
+        "decode_s_per_image": cost["full"],
+        "lite_decode_s_per_image": cost["lite"],
+        "unet_pass_s_per_image": unet,
+        "decode_vs_unet_pass": cost["full"] / unet,
+        "lite_decode_vs_unet_pass": cost["lite"] / unet,
+    }
+
+
+def _lite_check(run_dir: Path) -> dict[str, float]:
+    """The lightweight decoder's last validation: PSNR (dB) and sharpness against the full decoder."""
+    from synthmed.artifacts.run import RunDir
+
+    rows = [
+        json.loads(line) for line in (RunDir(run_dir).lite_decoder / "log.jsonl").read_text().splitlines()
+    ]
+    last = [r for r in rows if "val_psnr_vs_full" in r][-1]
+    return {
+        "step": last["step"],
+        "psnr_vs_full": last["val_psnr_vs_full"],
+        "sharpness_vs_full": last["val_sharpness_vs_full"],
+    }
 
 
 def _monai_images(pipe, n: int, batch: int) -> tuple[torch.Tensor, float, float]:
@@ -249,15 +285,21 @@ class Scorer:
 
 
 def _rows(pipe, teacher: tuple[str, int], students: list[int], scorer: Scorer, args) -> list[dict[str, Any]]:
-    """The teacher's and each student's row: quality of ``images`` images, speed of one timed batch."""
+    """The teacher's and each student's rows (with each decoder): quality of ``images`` images, speed of one
+    timed batch."""
     rows = []
-    plan = [("teacher", *teacher, 2 * teacher[1])] + [("student", "distilled", k, k) for k in students]
-    for role, sampler, steps, nfe in plan:
+    plan = [("teacher", *teacher, 2 * teacher[1], "full")]
+    plan += [
+        (role, "distilled", k, k, d)
+        for role, d in (("student", "full"), ("student_lite", "lite"))
+        for k in students
+    ]
+    for role, sampler, steps, nfe, decoder in plan:
         t0 = time.perf_counter()
-        images = _generate(pipe, sampler, steps, args.images, args.batch)
-        row = {"row": role, "sampler": sampler, "steps": steps, "nfe": nfe}
+        images = _generate(pipe, sampler, steps, decoder, args.images, args.batch)
+        row = {"row": role, "sampler": sampler, "steps": steps, "nfe": nfe, "decoder": decoder}
         row |= scorer.score(images) | {"generate_seconds": round(time.perf_counter() - t0, 2)}
-        row |= _rate(pipe, sampler, steps, args.batch)
+        row |= _rate(pipe, sampler, steps, decoder, args.batch)
         rows.append(row)
         print({k: v for k, v in row.items() if k != "seconds_per_batch"}, flush=True)
     return rows
@@ -275,7 +317,8 @@ def _meets(row: dict[str, Any], teacher: dict[str, Any]) -> dict[str, bool]:
 def _choose(students: list[dict[str, Any]]) -> dict[str, Any]:
     quality = [r for r in students if all(v for k, v in r["meets"].items() if k != "images_per_s_100")]
     if quality:
-        return min(quality, key=lambda r: r["steps"]) | {"meets_quality_targets": True}
+        fastest = min(quality, key=lambda r: (r["steps"], -r["images_per_s"]))
+        return fastest | {"meets_quality_targets": True}
     best = min(students, key=lambda r: (-sum(r["meets"].values()), r["fid"]))
     return best | {"meets_quality_targets": False}
 
@@ -299,7 +342,13 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         load(run_dir, precision="fp32"), args.monai_images, args.batch
     )
     rows.append(
-        {"row": "monai_ddpm1000_fp32", "sampler": "ddpm (MONAI)", "steps": 1000, "nfe": 1000}
+        {
+            "row": "monai_ddpm1000_fp32",
+            "sampler": "ddpm (MONAI)",
+            "steps": 1000,
+            "nfe": 1000,
+            "decoder": "full",
+        }
         | scorer.score(monai)
         | {"images_per_s": round(monai_rate, 4), "peak_mib": monai_mib}
     )
@@ -307,11 +356,14 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     for row in rows:
         row["sharpness_ratio"] = round(row["sharpness"] / rows[0]["sharpness"], 3)
         if "seconds_per_batch" in row:
-            share = decode["decode_s_per_image"] * args.batch / row.pop("seconds_per_batch")
-            row["decode_share"] = round(min(share, 1.0), 3)
-    for row in rows[1 : 1 + len(students)]:
+            per_image = decode[
+                "lite_decode_s_per_image" if row["decoder"] == "lite" else "decode_s_per_image"
+            ]
+            row["decode_share"] = round(min(per_image * args.batch / row.pop("seconds_per_batch"), 1.0), 3)
+    student_rows = [r for r in rows if r["row"].startswith("student")]
+    for row in student_rows:
         row["meets"] = _meets(row, rows[0])
-    chosen = _choose(rows[1 : 1 + len(students)]) if students else None
+    chosen = _choose(student_rows) if student_rows else None
     headline = None
     if chosen is not None:
         headline = {
@@ -334,6 +386,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "distillation": distilled,
         "same_distribution_floor": scorer.floor,
         "decode_cost": {k: round(v, 6) for k, v in decode.items()},
+        "lite_decoder_check": _lite_check(run_dir),
         "rows": rows,
         "default": chosen,
         "headline": headline,

@@ -1,6 +1,6 @@
 """Distilled few-step generation (issue 23) on real BUSI ultrasound: guidance distillation, progressive
-halving rounds with exact resume, the distilled sampler with the teacher's mask ControlNet, manifests and
-bit-exact regeneration, the dashboard's sampler list, and the errors users meet."""
+halving rounds with exact resume, the lightweight decoder, the distilled sampler with the teacher's mask
+ControlNet, manifests and bit-exact regeneration, the dashboard's sampler list, and the errors users meet."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from synthmed.config import DistillConfig, build_train_config
 from synthmed.diffusion import distilled as dd
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import noise_process
-from synthmed.models.distilled import GuidedUNet, student_from_teacher
+from synthmed.models.distilled import GuidedUNet, build_lite_decoder, student_from_teacher
 from synthmed.training.distill import distill
 from synthmed.training.run import train
 from synthmed.web.run_options import read_run
@@ -32,8 +32,16 @@ from synthmed.web.run_options import read_run
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 runner = CliRunner()
-# Tiny rounds: 4-step guidance student, then 2 and 1 steps; 6 optimiser steps each, a checkpoint every 3.
-ROUND = {"steps": 6, "batch_size": 8, "checkpoint_every": 3, "preview_every": 6, "log_every": 2}
+# Tiny rounds: 4-step guidance student, then 2 and 1 steps, then the lightweight decoder; 6 optimiser steps
+# each, a checkpoint every 3.
+ROUND = {
+    "steps": 6,
+    "decoder_steps": 6,
+    "batch_size": 8,
+    "checkpoint_every": 3,
+    "preview_every": 6,
+    "log_every": 2,
+}
 
 
 def _distill_cli(run: Path, *extra: str) -> str:
@@ -105,8 +113,27 @@ def test_distill_trains_every_round_with_logs_previews_and_a_guidance_input(stud
     with torch.no_grad():
         low, high = (student(x, t, labels, torch.full((2,), w)) for w in (1.0, 5.0))
     assert not torch.allclose(low, high)
+    # The lightweight decoder's round: its own stage, validated against the full decoder.
+    folder = student_run / "distilled" / "decoder"
+    state = ckpt.load(folder / "model.pt")
+    assert state["step"] == 6 and state["extra"]["round"] == "decoder" and state["extra"]["width"] == 0.5
+    assert state["extra"]["teacher_sha256"] == pipe.hashes["autoencoder_sha256"]
+    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert any(np.isfinite(r.get("val_psnr_vs_full", np.nan)) for r in rows)
+    assert list((folder / "previews").glob("*.png"))
     # Run again: every round is finished, nothing is trained.
     assert "already trained, skipped" in _distill_cli(student_run)
+
+
+def test_lite_decoder_has_the_autoencoders_levels_at_a_fraction_of_its_cost(teacher: Path) -> None:
+    pipe = synthmed.load(teacher)
+    arch = pipe.cfg.autoencoder.arch
+    lite = build_lite_decoder(arch, 0.5, out_channels=1).eval()
+    z = torch.randn(2, *pipe.latent_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert lite(z).shape == pipe.autoencoder.decode(z).shape
+    full = sum(p.numel() for p in pipe.autoencoder.decoder.parameters())
+    assert sum(p.numel() for p in lite.parameters()) < full / 2
 
 
 def test_distillation_interrupted_mid_round_resumes_to_the_same_weights(
@@ -172,11 +199,58 @@ def test_generate_distilled_with_the_mask_controlnet_regenerates_bit_for_bit(
     assert not torch.equal(with_cn, without)
 
 
-def test_dashboard_offers_distilled_only_once_distilled(teacher: Path, student_run: Path) -> None:
+def test_generate_with_the_lite_decoder_records_it_and_regenerates_bit_for_bit(
+    student_run: Path, tmp_path: Path
+) -> None:
+    def generate(out: Path, *extra: str) -> list[dict]:
+        args = ["generate", "--run", str(student_run), "--label", "benign", "--count", "2", "--steps", "1"]
+        args += ["--sampler", "distilled", "--out", str(out), "--no-progress", *extra]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+    lite_rows = generate(tmp_path / "lite", "--decoder", "lite")
+    full_rows = generate(tmp_path / "full")
+    sha = synthmed.load(student_run).lite_decoder().sha256
+    assert {(r["decoder"], r["lite_decoder_sha256"]) for r in lite_rows} == {("lite", sha)}
+    assert all("decoder" not in r and "lite_decoder_sha256" not in r for r in full_rows)
+    lite, full = (
+        np.asarray(Image.open(d / rows[0]["file"]))
+        for d, rows in ((tmp_path / "lite", lite_rows), (tmp_path / "full", full_rows))
+    )
+    assert lite.shape == full.shape and not np.array_equal(lite, full)  # same latents, other decoder
+    again = tmp_path / "again.png"
+    replay = runner.invoke(
+        app,
+        [
+            "regenerate",
+            str(tmp_path / "lite" / "manifest.jsonl"),
+            "--file",
+            lite_rows[0]["file"],
+            "--out",
+            str(again),
+        ],
+    )
+    assert replay.exit_code == 0, replay.output
+    assert np.array_equal(np.asarray(Image.open(again)), lite)
+    # A row made with another lightweight decoder is refused, naming the field.
+    with pytest.raises(SynthmedError, match="another lightweight decoder") as info:
+        synthmed.load(student_run).regenerate(lite_rows[0] | {"lite_decoder_sha256": "0" * 64})
+    assert info.value.field == "lite_decoder_sha256"
+    # Continuing the folder with the other decoder is refused: the settings differ.
+    args = ["generate", "--run", str(student_run), "--label", "benign", "--count", "2", "--steps", "1"]
+    result = runner.invoke(
+        app, [*args, "--sampler", "distilled", "--out", str(tmp_path / "lite"), "--no-progress"]
+    )
+    assert result.exit_code != 0 and "other settings" in result.output
+
+
+def test_dashboard_offers_distilled_and_lite_only_once_distilled(teacher: Path, student_run: Path) -> None:
     assert "distilled" not in read_run(teacher, "a").samplers
+    assert read_run(teacher, "a").decoders == ("full",)
     run = read_run(student_run, "b")
     assert run.samplers[0] == "ddim" and run.samplers[-1] == "distilled"
-    assert run.distilled_steps() == [1, 2, 4]
+    assert run.distilled_steps() == [1, 2, 4] and run.decoders == ("full", "lite")
 
 
 def test_distilled_sampler_errors_name_the_fix(teacher: Path, student_run: Path, tiny_run: Path) -> None:
@@ -194,6 +268,9 @@ def test_distilled_sampler_errors_name_the_fix(teacher: Path, student_run: Path,
     )
     assert "guidance 9.0 is outside the range the student was distilled for (1.0 to 5.0)" in generate(
         student_run, "--steps", "1", "--guidance", "9"
+    )
+    assert f"this run has no lightweight decoder; make one with synthmed distill --run {teacher}" in generate(
+        teacher, "--sampler", "ddim", "--decoder", "lite"
     )
     # An epsilon-prediction run cannot be distilled by this sampler's maths: the field is named.
     result = runner.invoke(app, ["distill", "--run", str(tiny_run), "--no-progress"])
@@ -221,15 +298,21 @@ def test_distill64_smoke_run_end_to_end(data_root: Path, tmp_path: Path) -> None
         "distill_minutes",
     ]
     rows = {(r["row"], r["steps"]) for r in result["rows"]}
-    assert rows == {
-        ("teacher", 25),
-        ("student", 1),
-        ("student", 2),
-        ("student", 4),
-        ("monai_ddpm1000_fp32", 1000),
-    }
+    students = {(role, k) for role in ("student", "student_lite") for k in (1, 2, 4)}
+    assert rows == {("teacher", 25), ("monai_ddpm1000_fp32", 1000)} | students
+    assert {r["decoder"] for r in result["rows"] if r["row"] == "student_lite"} == {"lite"}
     assert result["rows"][0]["sampler"] == "ddim" and result["rows"][1]["nfe"] == 1
     assert all(r["images_per_s"] > 0 and r["fid"] >= 0 for r in result["rows"])
     assert result["decode_cost"]["decode_s_per_image"] > 0 and result["distillation"]["students"] == [1, 2, 4]
-    assert result["default"]["row"] == "student" and result["headline"]["fid"] == result["default"]["fid"]
+    assert result["decode_cost"]["lite_decode_s_per_image"] > 0
+    assert np.isfinite(result["lite_decoder_check"]["psnr_vs_full"])
+    parts = result["distillation"]["parts"]
+    assert (
+        list(parts) == ["students+decoder"]
+        and parts["students+decoder"]["source"] == "timed in this benchmark"
+    )
+    assert (
+        result["default"]["row"].startswith("student")
+        and result["headline"]["fid"] == result["default"]["fid"]
+    )
     assert not (REPO / "benchmarks" / "results" / "distill64_smoke.json").exists()

@@ -158,6 +158,7 @@ def test_spacing_and_label_map_reach_the_network(run3d: Path) -> None:
         ({"privacy_filter": True}, "2D images only"),
         ({"sampler": "ddim"}, "unknown sampler 'ddim'"),
         ({"condition_file": Path("mask.png")}, "3D runs follow label maps"),
+        ({"decoder": "lite"}, "3D runs have no lightweight decoder"),
     ],
 )
 def test_bad_3d_requests_are_refused(run3d: Path, tmp_path: Path, update: dict, message: str) -> None:

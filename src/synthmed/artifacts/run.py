@@ -124,6 +124,11 @@ class RunDir:
         """The folder of the distilled student that samples in ``steps`` steps."""
         return self.distilled / f"steps-{steps}"
 
+    @property
+    def lite_decoder(self) -> Path:
+        """The folder of the lightweight decoder distilled from the run's autoencoder decoder."""
+        return self.distilled / "decoder"
+
     def distilled_steps(self) -> list[int]:
         """Step counts of the finished distilled students (those with exported weights), fewest first."""
         found = [p.parent.name.removeprefix("steps-") for p in self.distilled.glob("steps-*/model.pt")]

@@ -17,7 +17,7 @@ from synthmed.config.data import DataConfig, EnhanceConfig, VolumeConfig, Volume
 from synthmed.config.distill import DistillConfig
 from synthmed.config.downstream import AugmentationConfig, SelectionConfig
 from synthmed.config.evaluate import EvaluateConfig
-from synthmed.config.generate import EditConfig, GenerateConfig
+from synthmed.config.generate import DecoderKind, EditConfig, GenerateConfig
 from synthmed.config.jobs import WorkerConfig
 from synthmed.config.model import AutoencoderArch, NetworkArch, NoiseConfig, UNetArch
 from synthmed.config.review import StudyConfig
@@ -51,6 +51,7 @@ __all__ = [
     "ControlNetConfig",
     "DataConfig",
     "DatabaseConfig",
+    "DecoderKind",
     "DiffusionConfig",
     "DistillConfig",
     "EditConfig",

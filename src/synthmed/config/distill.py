@@ -20,7 +20,9 @@ class DistillConfig(StageConfig):
     Round 1 teaches a student that takes the guidance scale as an input to match the guided teacher
     (two network evaluations per step) in one evaluation; it samples at ``teacher_steps``. Each further round
     halves the steps: a student of N steps learns one step from two of the previous student's, down to
-    ``min_steps``. ``steps`` (and the other optimiser fields) apply to every round.
+    ``min_steps``. ``steps`` (and the other optimiser fields) apply to every round. Last, unless
+    ``decoder_steps`` is 0, a lightweight decoder learns the run's autoencoder decoder (TAESD's idea), for
+    ``generate --decoder lite`` when decoding costs more than the student's few steps.
     """
 
     run_dir: Path = Field(description="The trained run to distil (--run).")
@@ -40,6 +42,13 @@ class DistillConfig(StageConfig):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-4, gt=0)
     ema_decay: float = Field(0.995, ge=0.0, lt=1.0)
+    decoder_steps: int = Field(
+        2000, ge=0, description="Optimiser steps of the lightweight decoder (0: none is made)."
+    )
+    decoder_width: float = Field(
+        0.5, gt=0.0, le=1.0, description="The lightweight decoder's channels as a share of the autoencoder's."
+    )
+    decoder_lr: float = Field(1e-3, gt=0, description="Its learning rate (it starts from scratch).")
     checkpoint_every: int = Field(100, ge=1)
     preview_every: int = Field(200, ge=1)
 

@@ -10,6 +10,9 @@ from pydantic import Field
 from synthmed.config.base import Strict
 from synthmed.config.train import Condition
 
+#: full: the autoencoder's decoder; lite: the run's lightweight decoder (synthmed distill)
+DecoderKind = Literal["full", "lite"]
+
 
 class GenerateConfig(Strict):
     """Everything `synthmed generate` needs."""
@@ -34,6 +37,11 @@ class GenerateConfig(Strict):
         None,
         description="Default: ddim for DDPM-trained models, rflow for rflow; distilled: the run's distilled "
         "students (synthmed distill).",
+    )
+    decoder: DecoderKind = Field(
+        "full",
+        description="full: the autoencoder's decoder; lite: the run's lightweight decoder (synthmed "
+        "distill), a fraction of the cost for a little fidelity (2D).",
     )
     batch_size: int = Field(16, gt=0)
     bit_depth: Literal[8, 16] = 8

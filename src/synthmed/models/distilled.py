@@ -1,4 +1,5 @@
-"""The distilled student: the teacher's UNet taking the classifier-free guidance scale as an input.
+"""The distilled student: the teacher's UNet taking the classifier-free guidance scale as an input; and the
+lightweight decoder that stands in for the autoencoder's decoder.
 
 The guidance scale enters as an embedding added to the class embedding, which MONAI's DiffusionModelUNet adds
 to the time embedding of every block (Meng et al. 2023, "On distillation of guided diffusion models", add it
@@ -6,6 +7,10 @@ to the time embedding the same way). The UNet itself stays MONAI's: its ``class_
 :class:`GuidedClassEmbedding`, which reads (label, guidance) pairs, and :class:`GuidedUNet` packs them, so
 the teacher's weights, ControlNet residuals and forward pass are used unchanged. The guidance branch's last
 layer starts at zero: a new student predicts exactly what the teacher predicts for the label alone.
+
+The lightweight decoder is TAESD's idea (a small decoder distilled from Stable Diffusion's) with MONAI's
+AutoencoderKL decoder as the network: the autoencoder's levels at a fraction of its channels, one residual
+block per level, no attention. It maps the same latents to the same images at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -14,14 +19,17 @@ import copy
 from pathlib import Path
 
 import torch
+from monai.networks.nets.autoencoderkl import Decoder
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
 from synthmed.artifacts import checkpoint as ckpt
 from synthmed.artifacts.run import RunMetadata
 from synthmed.config import TrainConfig
+from synthmed.config.model import AutoencoderArch
 from synthmed.models.builders import build_unet
 
+LITE_GROUPS = 8  # GroupNorm groups of the lightweight decoder: its channels are multiples of this
 GUIDANCE_SCALE = 100.0  # the sinusoidal embedding resolves steps of about 1 / GUIDANCE_SCALE in guidance
 
 
@@ -101,3 +109,36 @@ def load_student(
     student = GuidedUNet(unet).to(device)
     state = ckpt.load_exported(student, path, which)
     return student.eval(), state["extra"]
+
+
+def build_lite_decoder(
+    arch: AutoencoderArch, width: float, out_channels: int, spatial_dims: int = 2
+) -> Decoder:
+    """A lightweight decoder for latents of an autoencoder of ``arch``: same levels (so the same compression),
+    ``width`` times its channels (multiples of 8), one residual block per level, no attention."""
+    channels = tuple(max(LITE_GROUPS, round(c * width / LITE_GROUPS) * LITE_GROUPS) for c in arch.channels)
+    return Decoder(
+        spatial_dims=spatial_dims,
+        channels=channels,
+        in_channels=arch.latent_channels,
+        out_channels=out_channels,
+        num_res_blocks=(1,) * len(channels),
+        norm_num_groups=LITE_GROUPS,
+        norm_eps=1e-6,
+        attention_levels=(False,) * len(channels),
+        with_nonlocal_attn=False,
+    )
+
+
+def load_lite_decoder(
+    cfg: TrainConfig, path: Path, device: torch.device, which: str = "ema"
+) -> tuple[Decoder, dict]:
+    """The run's lightweight decoder from its exported ``model.pt`` (its width and output channels are in the
+    file's ``extra``), and that ``extra``."""
+    state = ckpt.load(path)
+    extra = state["extra"]
+    decoder = build_lite_decoder(
+        cfg.autoencoder.arch, float(extra["width"]), int(extra["out_channels"]), cfg.data.spatial_dims
+    )
+    ckpt.load_exported(decoder, path, which, state)
+    return decoder.to(device).eval(), extra

@@ -48,6 +48,13 @@ def generate_command(handle_requests: RequestsHandler) -> Callable[..., None]:
                 "students (synthmed distill; --steps 1, 2, 4, ...)."
             ),
         ] = None,
+        decoder: Annotated[
+            str | None,
+            typer.Option(
+                help="full (the autoencoder's decoder) or lite: the run's lightweight decoder made by "
+                "synthmed distill, a fraction of the cost (2D; recorded in the manifest)."
+            ),
+        ] = None,
         batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
         bit_depth: Annotated[int | None, typer.Option(help="PNG bit depth: 8 or 16.")] = None,
         precision: Annotated[

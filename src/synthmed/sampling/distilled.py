@@ -1,6 +1,7 @@
 """The ``distilled`` sampler: a run's distilled students (``synthmed distill``) loaded and run for a
 Pipeline. A student samples in the step count it was distilled for, one network evaluation per step with the
-guidance scale as its input; the teacher's 2D ControlNets sit in front of it as in front of the teacher."""
+guidance scale as its input; the teacher's 2D ControlNets sit in front of it as in front of the teacher.
+Also the run's lightweight decoder (``--decoder lite``), which stands in for the autoencoder's decoder."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from synthmed.diffusion.sampler import StepCallback
 from synthmed.errors import SynthmedError
 from synthmed.models.builders import noise_process, use_sdpa
 from synthmed.models.conditioning import ConditionedUNet
-from synthmed.models.distilled import BoundGuidance, load_student
+from synthmed.models.distilled import BoundGuidance, load_lite_decoder, load_student
 from synthmed.sampling.rules import check_distilled_steps
 
 
@@ -77,6 +78,39 @@ class Students:
             net = cast(torch.nn.Module, torch.compile(net, dynamic=False))
         lo, hi = extra["guidance_range"]
         return Student(net, file_sha256(path), (float(lo), float(hi)))
+
+
+@dataclass
+class LiteDecoder:
+    """The run's lightweight decoder and its weights' sha256."""
+
+    model: torch.nn.Module
+    sha256: str
+
+
+def load_lite(
+    cfg: TrainConfig, autoencoder_sha256: str, device: torch.device, checkpoint: str
+) -> LiteDecoder:
+    """The lightweight decoder of the run ``cfg`` belongs to; refused where there is none or it was distilled
+    from other autoencoder weights than the run holds now."""
+    if cfg.data.volume is not None:
+        raise SynthmedError(
+            "3D runs have no lightweight decoder; decode with --decoder full", field="decoder"
+        )
+    path = RunDir(cfg.run_dir).lite_decoder / "model.pt"
+    if not path.is_file():
+        raise SynthmedError(
+            f"this run has no lightweight decoder; make one with synthmed distill --run {cfg.run_dir}",
+            field="decoder",
+        )
+    model, extra = load_lite_decoder(cfg, path, device, checkpoint)
+    if extra.get("teacher_sha256") != autoencoder_sha256:
+        raise SynthmedError(
+            "the lightweight decoder was made from other autoencoder weights than the run holds now; delete "
+            "distilled/decoder and run synthmed distill again",
+            path=path,
+        )
+    return LiteDecoder(model, file_sha256(path))
 
 
 def sample(

@@ -137,6 +137,8 @@ def _resolved(pipe: Pipeline, cfg: GenerateConfig) -> GenerateConfig:
             f"unknown sampler '{sampler}' for this model; choose one of {list(pipe.samplers)}",
             field="sampler",
         )
+    if cfg.decoder == "lite":  # it exists and was made from this run's autoencoder
+        pipe.lite_decoder()
     resolved = {
         "sampler": sampler,
         "steps": cfg.steps or default_steps(sampler),
@@ -147,6 +149,10 @@ def _resolved(pipe: Pipeline, cfg: GenerateConfig) -> GenerateConfig:
 
 
 def _check_volume_settings(cfg: GenerateConfig) -> None:
+    if cfg.decoder != "full":
+        raise SynthmedError(
+            "3D runs have no lightweight decoder; decode with --decoder full", field="decoder"
+        )
     if cfg.condition_file is not None or cfg.condition is not None:
         raise SynthmedError("3D runs follow label maps: use --label-map", field="condition_file")
     if world_size() > 1:
@@ -214,10 +220,7 @@ def _filtered_batch(
     pipe: Pipeline, cfg: GenerateConfig, ann: Annotation | None, guard: CopyGuard, batch: list[int]
 ) -> int:
     """Sample ``batch``, save the images the guard lets through, record every seed; returns the kept count."""
-    control = ann.control if ann else None
-    images = pipe.sample_batch(
-        batch, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler, control=control
-    )
+    images = _sample(pipe, cfg, batch, ann)
     rows = _save_batch(cfg, pipe, batch, images, guard.check(images), ann)
     append_rows(cfg.out / MANIFEST, rows)
     return sum(row["file"] is not None for row in rows)
@@ -239,15 +242,25 @@ def _generate_dealt(
         rows: list[dict[str, Any]] = []
         if first + rank() < len(batches):
             batch = batches[first + rank()]
-            control = ann.control if ann else None
-            images = pipe.sample_batch(
-                batch, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler, control=control
-            )
+            images = _sample(pipe, cfg, batch, ann)
             rows = _save_batch(cfg, pipe, batch, images, [None] * len(batch), ann)
         round_rows = [row for part in all_gather_objects(rows) for row in part]
         if is_main():
             append_rows(manifest, round_rows)
         advance(len(round_rows))
+
+
+def _sample(pipe: Pipeline, cfg: GenerateConfig, batch: list[int], ann: Annotation | None) -> torch.Tensor:
+    """One batch of images with the resolved settings of ``cfg`` (and the annotation's condition)."""
+    return pipe.sample_batch(
+        batch,
+        cfg.label,
+        steps=cfg.steps,
+        guidance=cfg.guidance,
+        sampler=cfg.sampler,
+        control=ann.control if ann else None,
+        decoder=cfg.decoder,
+    )
 
 
 def _too_many_dropped(cfg: GenerateConfig) -> SynthmedError:
@@ -260,7 +273,7 @@ def _too_many_dropped(cfg: GenerateConfig) -> SynthmedError:
 
 
 def _wanted(pipe: Pipeline, cfg: GenerateConfig, seed: int, ann: Annotation | None) -> dict[str, Any]:
-    row = pipe.manifest_row(seed, [], cfg.label, cfg.steps, cfg.guidance, cfg.sampler)
+    row = pipe.manifest_row(seed, [], cfg.label, cfg.steps, cfg.guidance, cfg.sampler, cfg.decoder)
     row |= {"bit_depth": cfg.bit_depth, "privacy_filter": _filter_setting(cfg)}
     return row | (ann.info if ann else {})
 
@@ -283,8 +296,16 @@ def _already_done(
     if row.get("dropped") is None and not (cfg.out / row["file"]).exists():
         return None
     wanted = _wanted(pipe, cfg, seed, ann)
-    # distilled_sha256: rows of the distilled sampler only (a student distilled again is other weights)
-    keys = (*SETTINGS, "distilled_sha256", "bit_depth", "privacy_filter", *CONDITION_SETTINGS)
+    # distilled_sha256, lite_decoder_sha256: rows of the distilled sampler or lightweight decoder only
+    keys = (
+        *SETTINGS,
+        "distilled_sha256",
+        "decoder",
+        "lite_decoder_sha256",
+        "bit_depth",
+        "privacy_filter",
+        *CONDITION_SETTINGS,
+    )
     differing = [k for k in keys if row.get(k) != wanted.get(k)]
     if differing:
         raise SynthmedError(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from synthmed.artifacts.files import file_sha256
 from synthmed.artifacts.run import ControlNetMetadata, RunDir, RunMetadata
-from synthmed.config import Condition, TrainConfig, read_run_config
+from synthmed.config import Condition, DecoderKind, TrainConfig, read_run_config
 from synthmed.data.structure import read_condition_file
 from synthmed.diffusion.sampler import Known, StepCallback, denoise, initial_noise, step_generators
 from synthmed.diffusion.tiled import decode_latents
@@ -121,6 +121,7 @@ class Pipeline(RunRules):
         self.tile_overlap = 0.25
         self.batch_hook: BatchHook | None = None  # a job's live view (synthmed.jobs.runner)
         self.students = distilled.Students(run_dir, cfg, hashes["diffusion_sha256"], device, checkpoint)
+        self._lite: distilled.LiteDecoder | None = None
 
     @classmethod
     def load(
@@ -181,11 +182,13 @@ class Pipeline(RunRules):
         volume: VolumeCondition | None = None,
         control: ImageCondition | None = None,
         edit: EditTarget | None = None,
+        decoder: DecoderKind = "full",
     ) -> torch.Tensor:
         """Images (len(seeds), 1, H, W) or, for 3D runs, volumes (len(seeds), 1, X, Y, Z) in [0, 1].
 
         2D: ``control`` makes a ControlNet follow a structure map; ``edit`` edits given images instead of
-        generating from noise alone (inpainting, SDEdit). Sampler and steps: the model's defaults."""
+        generating from noise alone (inpainting, SDEdit); ``decoder`` lite: the run's lightweight decoder
+        (synthmed distill) instead of the autoencoder's. Sampler and steps: the model's defaults."""
         if not seeds:
             raise SynthmedError("at least one seed is needed", field="count")
         sampler = sampler or self.samplers[0]
@@ -202,7 +205,7 @@ class Pipeline(RunRules):
             z = self._denoised(
                 noise, labels, seeds, steps, guidance, sampler, callback, volume, control, edit
             )
-        return self.decode(z)
+        return self.decode(z, decoder)
 
     def _denoised(
         self,
@@ -266,11 +269,21 @@ class Pipeline(RunRules):
             callback=callback,
         )
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Clean scaled latents to images (3D: volumes) in [0, 1], float32 on the CPU."""
+    def lite_decoder(self) -> distilled.LiteDecoder:
+        """The run's lightweight decoder, loaded when first asked for."""
+        if self._lite is None:
+            sha = self.hashes["autoencoder_sha256"]
+            self._lite = distilled.load_lite(self.cfg, sha, self.device, self.checkpoint)
+        return self._lite
+
+    def decode(self, z: torch.Tensor, decoder: DecoderKind = "full") -> torch.Tensor:
+        """Clean scaled latents to images (3D: volumes) in [0, 1], float32 on the CPU, with the autoencoder's
+        decoder or (``lite``) the run's lightweight one."""
         z = z / self.scale_factor
         with autocast(self.device, self.dtype):
-            if self.cfg.data.volume is None:
+            if decoder == "lite":
+                images = self.lite_decoder().model(z)
+            elif self.cfg.data.volume is None:
                 images = decode_latents(self.autoencoder, z)
             else:  # volume by volume, tiled: memory bounded by one tile whatever the batch and volume size
                 tiled = [
@@ -349,11 +362,14 @@ class Pipeline(RunRules):
         steps: int | None,
         guidance: float | None,
         sampler: str | None,
+        decoder: DecoderKind = "full",
     ) -> dict[str, Any]:
         """The provenance row of one image, with the sampling settings as resolved by the caller."""
         student = {}
         if sampler == DISTILLED and steps:
             student = {"distilled_sha256": self.students.get(steps).sha256}
+        if decoder == "lite":
+            student |= {"decoder": "lite", "lite_decoder_sha256": self.lite_decoder().sha256}
         return student | {
             "label": label,
             "seed": seed,
@@ -388,9 +404,11 @@ class Pipeline(RunRules):
         batch_size: int = 16,
         on_batch: Callable[[int], None] | None = None,
         control: ImageCondition | None = None,
+        decoder: DecoderKind = "full",
     ) -> Generated:
         """``n`` images of class ``label`` with seeds ``seed .. seed+n-1``; 2D runs with a ControlNet follow
-        ``control`` (e.g. ``pipe.condition("mask.png")``). Sampler and steps: the model's defaults."""
+        ``control`` (e.g. ``pipe.condition("mask.png")``); ``decoder`` as for :meth:`sample_batch`. Sampler
+        and steps: the model's defaults."""
         sampler = sampler or self.samplers[0]
         steps = steps or default_steps(sampler)
         check_counts(n, steps, batch_size)
@@ -400,10 +418,16 @@ class Pipeline(RunRules):
         for batch in self.batches(list(range(seed, seed + n)), batch_size):
             images.append(
                 self.sample_batch(
-                    batch, label, steps=steps, guidance=guidance, sampler=sampler, control=control
+                    batch,
+                    label,
+                    steps=steps,
+                    guidance=guidance,
+                    sampler=sampler,
+                    control=control,
+                    decoder=decoder,
                 )
             )
-            rows += [self.manifest_row(s, batch, label, steps, guidance, sampler) for s in batch]
+            rows += [self.manifest_row(s, batch, label, steps, guidance, sampler, decoder) for s in batch]
             if on_batch is not None:
                 on_batch(len(batch))
         return Generated(torch.cat(images), rows)
@@ -432,6 +456,12 @@ class Pipeline(RunRules):
                 "manifest row was made with another distilled student (distilled_sha256 differs)",
                 field="distilled_sha256",
             )
+        decoder: DecoderKind = "lite" if row.get("decoder") == "lite" else "full"
+        if decoder == "lite" and self.lite_decoder().sha256 != row.get("lite_decoder_sha256"):
+            raise SynthmedError(
+                "manifest row was made with another lightweight decoder (lite_decoder_sha256 differs)",
+                field="lite_decoder_sha256",
+            )
         return self.sample_batch(
             [int(s) for s in row["batch_seeds"]],
             row["label"],
@@ -439,6 +469,7 @@ class Pipeline(RunRules):
             guidance=float(row["guidance"]),
             sampler=row["sampler"],
             control=self._replayed_condition(row),
+            decoder=decoder,
         )
 
     def _replayed_condition(self, row: dict[str, Any]) -> ImageCondition | None:

@@ -121,6 +121,12 @@ def distill(
         int | None, typer.Option(help="Steps of the guidance-distilled student; halving starts there (32).")
     ] = None,
     min_steps: Annotated[int | None, typer.Option(help="Fewest steps: the last student's (1).")] = None,
+    decoder_steps: Annotated[
+        int | None,
+        typer.Option(
+            help="Optimiser steps of the lightweight decoder for generate --decoder lite (2000; 0: none)."
+        ),
+    ] = None,
     precision: Annotated[
         str | None, typer.Option(help="auto, fp32, bf16 or fp16 (default: the run's runtime.precision).")
     ] = None,
@@ -131,8 +137,9 @@ def distill(
 
     Round 1 teaches a student that takes the guidance scale as an input to match the guided teacher in one
     network evaluation per step (at --teacher-steps); each further round halves the steps (progressive
-    distillation) down to --min-steps. Each round is a stage folder run/distilled/steps-<N>/ with
-    checkpoints, log and previews; --resume continues inside the round that was interrupted.
+    distillation) down to --min-steps. Last, a lightweight decoder learns the autoencoder's decoder
+    (run/distilled/decoder/; generate --decoder lite). Each round is a stage folder run/distilled/steps-<N>/
+    with checkpoints, log and previews; --resume continues inside the round that was interrupted.
     """
     options = locals()  # each option sets the DistillConfig field of its name
     import torch
@@ -146,7 +153,8 @@ def distill(
     # The "steps in an hour" hint is for CPUs; runs on device auto use CUDA where there is one.
     timer = StepTimer(lambda line: err.print(line, highlight=False), cpu=not torch.cuda.is_available())
     students = run_distill(cfg, resume=resume, progress=progress, on_step=timer)
-    err.print(f"done: distilled students of {students} steps in {cfg.run_dir / 'distilled'}")
+    lite = " and a lightweight decoder" if cfg.decoder_steps else ""
+    err.print(f"done: distilled students of {students} steps{lite} in {cfg.run_dir / 'distilled'}")
 
 
 def _say_estimate(cfg: TrainConfig, stages: Sequence[str], data: TrainingData, device: torch.device) -> None:

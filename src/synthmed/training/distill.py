@@ -10,6 +10,10 @@ log, previews), so an interrupted distillation resumes inside the round it stopp
 
 Training items are the run's own training latents, noised to the round's timesteps; labels are dropped at the
 run's label-dropout rate, so the student also samples without a label.
+
+Last (``decoder_steps`` > 0), a lightweight decoder (``distilled/decoder/``) learns to map posterior samples
+of the same training latents to what the run's autoencoder decoder makes of them; at one or two student steps
+the full decoder costs more than the student, and ``generate --decoder lite`` uses this one instead.
 """
 
 from __future__ import annotations
@@ -28,16 +32,18 @@ from synthmed.artifacts import checkpoint as ckpt
 from synthmed.artifacts.files import file_sha256
 from synthmed.artifacts.images import save_grid
 from synthmed.artifacts.run import DISTILL_CONFIG, RunDir
-from synthmed.config import DistillConfig, TrainConfig, read_run_config, read_yaml, save_yaml
+from synthmed.config import DistillConfig, StageConfig, TrainConfig, read_run_config, read_yaml, save_yaml
 from synthmed.diffusion import distilled as dd
 from synthmed.errors import SynthmedError
+from synthmed.evaluation.sharpness import laplacian_energy
 from synthmed.models.builders import noise_process
-from synthmed.models.distilled import BoundGuidance, load_student, student_from_teacher
+from synthmed.models.distilled import BoundGuidance, build_lite_decoder, load_student, student_from_teacher
+from synthmed.models.slicewise import Autoencoder
 from synthmed.models.trained import load_unet
 from synthmed.runtime import resolve_device, resolve_precision, set_threads
 from synthmed.training.run import _diff, _latent_sets, load_training_data
-from synthmed.training.tasks import VAL_ITEMS, LatentSet, draw_latents, global_randn
-from synthmed.training.trainer import Trainer
+from synthmed.training.tasks import VAL_ITEMS, LatentSet, draw_latents, global_randn, gradient_l1
+from synthmed.training.trainer import Task, Trainer
 
 console = Console(stderr=True)
 Kind = Literal["guidance", "halving"]
@@ -169,6 +175,61 @@ class DistillTask:
         return self.extra | {"steps": self.steps, "round": self.kind}
 
 
+class DecoderTask:
+    """The lightweight decoder learns the autoencoder's decoder: L1 on its images plus L1 on their gradients
+    (which keeps the edges a plain L1 would let it average away), at posterior samples of training latents."""
+
+    name = "distilled-decoder"
+
+    def __init__(
+        self,
+        lite: nn.Module,
+        autoencoder: Autoencoder,
+        data: tuple[LatentSet, LatentSet],
+        extra: dict[str, Any],
+    ) -> None:
+        self.model = self.net = lite
+        self.autoencoder = autoencoder.eval()
+        self.train, self.val = data
+        self.num_items = len(self.train.latents)
+        self.extra = extra
+
+    def trainables(self) -> dict[str, nn.Module]:
+        return {"decoder": self.model}
+
+    def losses(
+        self, index: torch.Tensor, step: int, part: slice = slice(None)
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        z = draw_latents(self.train.latents[index[part]], len(index), part, "sample")
+        with torch.no_grad():
+            target = self.autoencoder.decode(z).float()
+        out = self.net(z).float()
+        l1, grad = F.l1_loss(out, target), gradient_l1(out, target)
+        return {"decoder": l1 + grad}, {"l1": l1.item(), "grad_l1": grad.item()}
+
+    @torch.inference_mode()
+    def _pair(self, model: nn.Module, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full and the lightweight decoder's images of the first validation latents (posterior means)."""
+        z = self.val.latents[:count, 0]
+        full = self.autoencoder.decode(z).float().clamp(0, 1)
+        return full, model(z).float().clamp(0, 1)
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """PSNR against the full decoder's images and their sharpness ratio (lightweight / full)."""
+        full, lite = self._pair(model, VAL_ITEMS)
+        psnr = -10 * torch.log10(F.mse_loss(lite, full).clamp(min=1e-10))
+        ratio = laplacian_energy(lite).mean() / laplacian_energy(full).mean()
+        return {"psnr_vs_full": psnr.item(), "sharpness_vs_full": ratio.item()}
+
+    def preview(self, model: nn.Module, path: Path) -> None:
+        """The full decoder's images above the lightweight decoder's."""
+        full, lite = self._pair(model, 8)
+        save_grid(torch.cat([full, lite]), path, ncols=len(full))
+
+    def extra_state(self) -> dict[str, Any]:
+        return self.extra
+
+
 def check_teacher(train_cfg: TrainConfig) -> None:
     """Distillation needs what its sampler assumes: a 2D v-prediction DDPM model with guidance."""
     noise = train_cfg.diffusion.noise
@@ -225,7 +286,9 @@ def distill(
     device = resolve_device(train_cfg.runtime.device)
     teacher_sha = file_sha256(run.weights("diffusion"))
     rounds = cfg.round_steps()
-    if all(_round_done(run.student(n), cfg.steps, teacher_sha) for n in rounds):
+    ae_sha = file_sha256(run.weights("autoencoder"))
+    decoder_done = not cfg.decoder_steps or _round_done(run.lite_decoder, cfg.decoder_steps, ae_sha)
+    if decoder_done and all(_round_done(run.student(n), cfg.steps, teacher_sha) for n in rounds):
         console.print(f"distilled: students of {rounds} steps already trained, skipped")
         return run.distilled_steps()
     run.distilled.mkdir(parents=True, exist_ok=True)
@@ -246,42 +309,76 @@ def distill(
 
     teacher: nn.Module = load_unet(train_cfg, meta, device)
     dtype = resolve_precision(cfg.precision or train_cfg.runtime.precision, device)
+
+    def fit(task: Task, stage: StageConfig, folder: Path) -> None:
+        trainer = Trainer(
+            task,
+            stage,
+            folder,
+            seed=train_cfg.seed,
+            device=device,
+            dtype=dtype,
+            progress=progress,
+            on_step=on_step,
+        )
+        trainer.run(resume=resume)
+
     for k, steps in enumerate(rounds):
         folder = run.student(steps)
         if not _round_done(folder, cfg.steps, teacher_sha):
             torch.manual_seed(train_cfg.seed)
             student = student_from_teacher(teacher) if k == 0 else copy.deepcopy(teacher)
             kind: Kind = "guidance" if k == 0 else "halving"
-            task = DistillTask(
-                cfg, kind, steps, teacher, student.to(device), (train, val), train_cfg, decode, extra
-            )
-            trainer = Trainer(
-                task,
+            fit(
+                DistillTask(
+                    cfg, kind, steps, teacher, student.to(device), (train, val), train_cfg, decode, extra
+                ),
                 cfg,
                 folder,
-                seed=train_cfg.seed,
-                device=device,
-                dtype=dtype,
-                progress=progress,
-                on_step=on_step,
             )
-            trainer.run(resume=resume)
         else:
             console.print(f"distilled: the {steps}-step student is already trained, skipped")
         teacher, _ = load_student(train_cfg, meta, folder / "model.pt", device)
+    if not decoder_done:
+        _distil_decoder(cfg, train_cfg, autoencoder, (train, val), ae_sha, fit)
     return run.distilled_steps()
 
 
+def _distil_decoder(
+    cfg: DistillConfig,
+    train_cfg: TrainConfig,
+    autoencoder: Autoencoder,
+    data: tuple[LatentSet, LatentSet],
+    ae_sha: str,
+    fit: Callable[[Task, StageConfig, Path], None],
+) -> None:
+    """The lightweight decoder's round (``distilled/decoder/``), a trainer stage like the students'."""
+    with torch.inference_mode():
+        out_channels = autoencoder.decode(data[1].latents[:1, 0]).shape[1]
+    torch.manual_seed(train_cfg.seed)
+    device = data[1].latents.device
+    lite = build_lite_decoder(train_cfg.autoencoder.arch, cfg.decoder_width, out_channels).to(device)
+    extra = {
+        "teacher_sha256": ae_sha,
+        "width": cfg.decoder_width,
+        "out_channels": out_channels,
+        "round": "decoder",
+    }
+    stage = cfg.model_copy(update={"steps": cfg.decoder_steps, "lr": cfg.decoder_lr})
+    fit(DecoderTask(lite, autoencoder, data, extra), stage, RunDir(cfg.run_dir).lite_decoder)
+
+
 def _round_done(folder: Path, steps: int, teacher_sha: str) -> bool:
-    """A round is done when it exported weights for ``steps`` optimiser steps of today's teacher."""
+    """A round is done when it exported weights for ``steps`` optimiser steps of today's teacher (for the
+    lightweight decoder: of today's autoencoder)."""
     path = folder / "model.pt"
     if not path.is_file():
         return False
     state = ckpt.load(path)
     if state["extra"].get("teacher_sha256") != teacher_sha:
         raise SynthmedError(
-            "the distilled student was made from other diffusion weights than the run holds now; delete the "
-            "distilled folder and run synthmed distill again",
+            "the distilled stage was made from other weights than the run holds now; delete the distilled "
+            "folder and run synthmed distill again",
             path=path,
         )
     return int(state["step"]) >= steps

@@ -52,6 +52,12 @@ class RunOptions:
         """Step counts of the run's distilled students (none without a distilled stage)."""
         return RunDir(self.run_dir).distilled_steps()
 
+    @property
+    def decoders(self) -> tuple[str, ...]:
+        """``full``, and ``lite`` once synthmed distill has made the run's lightweight decoder (2D)."""
+        lite = (RunDir(self.run_dir).lite_decoder / "model.pt").is_file() and self.spatial_dims == 2
+        return ("full", "lite") if lite else ("full",)
+
     def checks(self) -> RunRules:
         """The rules the run's Pipeline checks labels, guidance and sizes by, without its weights, so the
         form refuses exactly what generation would refuse."""

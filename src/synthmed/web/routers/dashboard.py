@@ -76,6 +76,7 @@ def _defaults(run: RunOptions) -> dict[str, Any]:
         "count": 8,
         "sampler": run.samplers[0],
         "steps": default_steps(run.samplers[0]),
+        "decoder": "full",
         "guidance": "",
         "seed": 0,
         "condition": "",
@@ -111,6 +112,7 @@ def generate(
     count: Text = "8",
     sampler: Text = "",
     steps: Text = "25",
+    decoder: Text = "full",
     guidance: Text = "",
     seed: Text = "0",
     condition: Text = "",
@@ -128,6 +130,7 @@ def generate(
         "count": count,
         "sampler": sampler,
         "steps": steps,
+        "decoder": decoder,
         "guidance": guidance,
         "seed": seed,
         "condition": condition,
@@ -183,6 +186,7 @@ def _generate_config(
         "count": form["count"],
         "sampler": _blank_to_none(form["sampler"]),
         "steps": form["steps"],
+        "decoder": form["decoder"],
         "guidance": _blank_to_none(form["guidance"]),
         "seed": form["seed"],
         "conditioning_scale": form["conditioning_scale"],
@@ -199,6 +203,8 @@ def _generate_config(
         raise SynthmedError(f"choose one of {', '.join(run.samplers)}", field="sampler")
     if cfg.sampler == DISTILLED:
         check_distilled_steps(run.distilled_steps(), cfg.steps or default_steps(DISTILLED), run.run_dir)
+    if cfg.decoder not in run.decoders:
+        raise SynthmedError("this model has no lightweight decoder: choose full", field="decoder")
     if cfg.size is not None:
         checks.latent_shape_for(cfg.size)
     return cfg
