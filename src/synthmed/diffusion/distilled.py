@@ -1,5 +1,6 @@
 """Deterministic DDIM on the nested timestep grids of progressive distillation (Salimans & Ho 2022), for
-v-prediction models: the sampler of distilled students and the teacher steps they learn from.
+v-prediction models: the sampler of distilled students and the teacher steps they learn from; and the same for
+rectified-flow models (the 3D recipe), whose deterministic sampler is Euler's method on the velocity.
 
 Written here rather than with MONAI's DDIMScheduler because its grid starts at timestep 0 and ends at
 ``alphas_cumprod[0]`` (one step would start from almost clean latents); progressive distillation needs grids
@@ -90,6 +91,52 @@ def sample(
         t, s = points[i].expand(len(x)), points[i + 1].expand(len(x))
         v = net(x, t).float()
         x, x0 = ddim_step(alphas_cumprod, v, x, t, s)
+        if callback is not None:
+            callback(i, steps, x0)
+    return x
+
+
+def flow_grid(steps: int, num_train_timesteps: int) -> torch.Tensor:
+    """``steps`` + 1 rectified-flow timesteps from pure noise (``num_train_timesteps``) down to 0 (clean),
+    evenly spaced as MONAI's RFlowScheduler spaces them; the grid of 2N steps holds the grid of N."""
+    return torch.arange(steps, -1, -1, dtype=torch.float32) * num_train_timesteps / steps
+
+
+def _per_item(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.float().view(-1, *([1] * (x.ndim - 1)))
+
+
+def flow_step(
+    v: torch.Tensor, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, num_train_timesteps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Euler step of the velocity ``v`` from ``x`` at t to s (MONAI RFlowScheduler.step, with a timestep
+    per item): (x at s, predicted clean latent)."""
+    x_s = x + v * _per_item(t - s, x) / num_train_timesteps
+    return x_s, x + v * _per_item(t, x) / num_train_timesteps
+
+
+def flow_two_step_target(
+    x_t: torch.Tensor, x_s: torch.Tensor, t: torch.Tensor, s: torch.Tensor, T: int
+) -> torch.Tensor:
+    """The velocity whose one Euler step from ``x_t`` at t lands on ``x_s`` at s (the teacher's two steps)."""
+    return (x_s - x_t) * T / _per_item(t - s, x_t)
+
+
+def sample_flow(
+    net: Denoiser,
+    noise: torch.Tensor,
+    num_train_timesteps: int,
+    steps: int,
+    *,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """``steps`` Euler steps of a rectified-flow student from ``noise`` to a clean latent; ``callback`` as
+    for :func:`sample`."""
+    points = flow_grid(steps, num_train_timesteps).to(noise.device)
+    x = noise
+    for i in range(steps):
+        t, s = points[i].expand(len(x)), points[i + 1].expand(len(x))
+        x, x0 = flow_step(net(x, t).float(), x, t, s, num_train_timesteps)
         if callback is not None:
             callback(i, steps, x0)
     return x

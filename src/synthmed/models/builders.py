@@ -70,13 +70,25 @@ def use_sdpa(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+class MaisiUNet(DiffusionModelUNetMaisi):
+    """MONAI's MAISI UNet with a ControlNet's down-block residuals added out of place. MONAI adds them in
+    place, into activations its backward pass still needs, so a UNet trained with a ControlNet attached (a
+    distilled 3D student) could not backpropagate; the sums, weights and outputs are MONAI's."""
+
+    def _apply_down_blocks(self, h, emb, context, down_block_additional_residuals):  # type: ignore[no-untyped-def]
+        h, samples = super()._apply_down_blocks(h, emb, context, None)
+        if down_block_additional_residuals is not None:
+            samples = [s + r for s, r in zip(samples, down_block_additional_residuals, strict=True)]
+        return h, samples
+
+
 def build_unet(
     arch: UNetArch, latent_channels: int, num_classes: int, spatial_dims: int = 2
 ) -> DiffusionModelUNet | DiffusionModelUNetMaisi:
     """2D: MONAI's class-conditional UNet. 3D: MONAI's MAISI UNet, which also takes the voxel spacing."""
     args = _unet_args(arch, latent_channels, num_classes, spatial_dims)
     if spatial_dims == 3:
-        return DiffusionModelUNetMaisi(
+        return MaisiUNet(
             out_channels=latent_channels,
             num_channels=tuple(arch.channels),
             include_spacing_input=True,

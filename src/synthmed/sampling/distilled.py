@@ -125,9 +125,8 @@ def sample(
     bind: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Clean latents from ``noise`` in ``steps`` student steps; ``bind`` puts a ControlNet in front."""
-    if cfg.data.volume is not None:
-        raise SynthmedError("3D runs have no distilled sampler", field="sampler")
+    """Clean latents from ``noise`` in ``steps`` student steps of a v-prediction student; ``bind`` puts a
+    ControlNet in front."""
     student.check_guidance(guidance)
     net: torch.nn.Module = BoundGuidance(student.model, guidance)
     if bind is not None:
@@ -139,6 +138,27 @@ def sample(
             return net(x, timesteps=t, class_labels=labels)
 
     return distilled.sample(predict, noise, alphas, steps, callback=callback)
+
+
+def sample_flow(
+    net: torch.nn.Module,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    cfg: TrainConfig,
+    steps: int,
+    autocast: AbstractContextManager,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Clean latents from ``noise`` in ``steps`` Euler steps of a rectified-flow student; ``net`` is the
+    student with its conditioning (spacing, label-map ControlNet) bound."""
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            return net(x, timesteps=t, class_labels=labels)
+
+    T = cfg.diffusion.noise.num_train_timesteps
+    return distilled.sample_flow(predict, noise, T, steps, callback=callback)
 
 
 def with_controlnet(controlnet: torch.nn.Module, maps: torch.Tensor, scale: float):

@@ -200,7 +200,7 @@ class Pipeline(RunRules):
         shape = self.latent_shape if volume is None else self.latent_shape_for(volume.size)
         noise = initial_noise(seeds, shape, self.device)
         if sampler == DISTILLED:
-            z = self._distilled(noise, labels, steps, guidance, control, edit, callback)
+            z = self._distilled(noise, labels, steps, guidance, control, edit, callback, volume)
         else:  # the teacher
             z = self._denoised(
                 noise, labels, seeds, steps, guidance, sampler, callback, volume, control, edit
@@ -246,11 +246,21 @@ class Pipeline(RunRules):
         control: ImageCondition | None,
         edit: EditTarget | None,
         callback: StepCallback | None,
+        volume: VolumeCondition | None,
     ) -> torch.Tensor:
-        """A distilled student's steps (sampling.distilled), with the teacher's ControlNet if asked."""
+        """A distilled student's steps (sampling.distilled), with the teacher's ControlNet if asked (for a
+        rectified-flow run, conditioned as the teacher is: spacing and label map)."""
         if edit is not None:
             raise SynthmedError(
                 "edits run with the teacher's samplers, not the distilled one", field="sampler"
+            )
+        student = self.students.get(steps)
+        amp = autocast(self.device, self.dtype)
+        if self.cfg.diffusion.noise.kind == "rflow":
+            student.check_guidance(guidance)
+            net = self.denoiser(len(noise), volume, control, unet=student.model)
+            return distilled.sample_flow(
+                net, noise, labels, cfg=self.cfg, steps=steps, autocast=amp, callback=callback
             )
         bind = None
         if control is not None:
@@ -258,13 +268,13 @@ class Pipeline(RunRules):
             maps = control.maps.to(self.device, torch.float32)
             bind = distilled.with_controlnet(cn.model, maps, control.scale)
         return distilled.sample(
-            self.students.get(steps),
+            student,
             noise,
             labels,
             cfg=self.cfg,
             steps=steps,
             guidance=guidance,
-            autocast=autocast(self.device, self.dtype),
+            autocast=amp,
             bind=bind,
             callback=callback,
         )
@@ -310,28 +320,34 @@ class Pipeline(RunRules):
         return Known(z, region, edit.strength, edit.resample)
 
     def denoiser(
-        self, n: int, volume: VolumeCondition | None, control: ImageCondition | None = None
+        self,
+        n: int,
+        volume: VolumeCondition | None,
+        control: ImageCondition | None = None,
+        unet: torch.nn.Module | None = None,
     ) -> torch.nn.Module:
-        """The UNet with a 3D batch's spacing and label maps, or a 2D batch's structure map, bound."""
+        """The UNet (or ``unet``: a distilled student) with a 3D batch's spacing and label maps, or a 2D
+        batch's structure map, bound."""
+        net = self.unet if unet is None else unet
         if self.cfg.data.volume is None:
             if volume is not None:
                 raise SynthmedError("size, spacing and label maps apply to 3D models only", field="size")
             if control is None:
-                return self.unet
+                return net
             cn = self.require_controlnet(control.condition)
             maps = control.maps.to(self.device, torch.float32)
-            return ConditionedUNet(self.unet, controlnet=cn.model, control=maps, scale=control.scale)
+            return ConditionedUNet(net, controlnet=cn.model, control=maps, scale=control.scale)
         if control is not None:
             raise SynthmedError("3D models follow label maps (--label-map), not 2D condition files")
         if volume is None:
             volume = VolumeCondition(self.default_spacing, self.cfg.data.volume.size)
         spacing = torch.tensor([volume.spacing], dtype=torch.float32, device=self.device).expand(n, 3)
         if volume.label_maps is None:
-            return ConditionedUNet(self.unet, spacing=spacing)
+            return ConditionedUNet(net, spacing=spacing)
         cn = self.require_controlnet()
         encoded = encode_labels(volume.label_maps.to(self.device), cn.meta.num_labels, cn.meta.encoding)
         encoded = control_grid(encoded, self.cfg.control_stretch)
-        return ConditionedUNet(self.unet, spacing, cn.model, encoded, volume.scale)
+        return ConditionedUNet(net, spacing, cn.model, encoded, volume.scale)
 
     @property
     def default_spacing(self) -> tuple[float, float, float]:
@@ -450,12 +466,7 @@ class Pipeline(RunRules):
         for key in ("autoencoder_sha256", "diffusion_sha256"):
             if row.get(key) != self.hashes[key]:
                 raise SynthmedError(f"manifest row was made with other weights ({key} differs)", field=key)
-        student = self.students.get(int(row["steps"])) if row["sampler"] == DISTILLED else None
-        if student is not None and student.sha256 != row.get("distilled_sha256"):
-            raise SynthmedError(
-                "manifest row was made with another distilled student (distilled_sha256 differs)",
-                field="distilled_sha256",
-            )
+        self.check_student(row)
         decoder: DecoderKind = "lite" if row.get("decoder") == "lite" else "full"
         if decoder == "lite" and self.lite_decoder().sha256 != row.get("lite_decoder_sha256"):
             raise SynthmedError(
@@ -471,6 +482,15 @@ class Pipeline(RunRules):
             control=self._replayed_condition(row),
             decoder=decoder,
         )
+
+    def check_student(self, row: dict[str, Any]) -> None:
+        """A distilled row is replayed only by the student it was made with."""
+        student = self.students.get(int(row["steps"])) if row["sampler"] == DISTILLED else None
+        if student is not None and student.sha256 != row.get("distilled_sha256"):
+            raise SynthmedError(
+                "manifest row was made with another distilled student (distilled_sha256 differs)",
+                field="distilled_sha256",
+            )
 
     def _replayed_condition(self, row: dict[str, Any]) -> ImageCondition | None:
         """The condition a manifest row was generated for; its file must still hold the same content."""

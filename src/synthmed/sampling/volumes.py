@@ -46,6 +46,7 @@ from synthmed.sampling.pipeline import Pipeline, VolumeCondition
 # Settings that must agree for an existing volume in an output folder to count as already generated.
 RESUME_SETTINGS = (
     *SETTINGS,
+    "distilled_sha256",
     "size",
     "spacing",
     "conditioning_scale",
@@ -185,6 +186,7 @@ def regenerate_volume(
         )
         if row.get(key) != have:
             raise SynthmedError(f"manifest row was made with other weights ({key} differs)", field=key)
+    pipe.check_student(row)
     source = row["label_map"].get("file")
     cfg = GenerateConfig(
         run_dir=pipe.run_dir,

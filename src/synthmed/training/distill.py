@@ -1,15 +1,18 @@
 """``synthmed distill``: a distilled stage added to a trained run, for generation in 1-4 network evaluations.
 
-Round 1 (guidance distillation, Meng et al. 2023): a student that takes the guidance scale as an input learns
-the classifier-free guided teacher's v prediction (two evaluations, conditional and unconditional) at every
-timestep, in one evaluation. Each further round (progressive distillation, Salimans & Ho 2022) halves the
-steps: a student initialised from the previous one learns to land, in one DDIM step, where the previous one
-lands in two; its loss is the clean-latent error weighted by max(SNR, 1). Rounds go down to
-``min_steps``; each is a trainer stage of its own in ``distilled/steps-<N>/`` (checkpoints, exact resume,
-log, previews), so an interrupted distillation resumes inside the round it stopped in.
+For a v-prediction DDPM model (the 2D recipe), round 1 (guidance distillation, Meng et al. 2023) teaches a
+student that takes the guidance scale as an input the classifier-free guided teacher's v prediction (two
+evaluations, conditional and unconditional) at every timestep, in one evaluation. Each further round
+(progressive distillation, Salimans & Ho 2022) halves the steps: a student initialised from the previous one
+learns to land, in one DDIM step, where the previous one lands in two; its loss is the clean-latent error
+weighted by max(SNR, 1). Rounds go down to ``min_steps``; each is a trainer stage of its own in
+``distilled/steps-<N>/`` (checkpoints, exact resume, log, previews), so an interrupted distillation resumes
+inside the round it stopped in.
 
-Training items are the run's own training latents, noised to the round's timesteps; labels are dropped at the
-run's label-dropout rate, so the student also samples without a label.
+Rectified-flow models (the 3D recipe, no guidance) skip round 1 and halve in their own form, with the run's
+label-map ControlNet attached (training.distill_flow). Training items are the run's own training latents,
+noised to the round's timesteps; for guided models labels are dropped at the run's label-dropout rate, so the
+student also samples without a label.
 
 Last (``decoder_steps`` > 0), a lightweight decoder (``distilled/decoder/``) learns to map posterior samples
 of the same training latents to what the run's autoencoder decoder makes of them; at one or two student steps
@@ -31,7 +34,7 @@ from torch import nn
 from synthmed.artifacts import checkpoint as ckpt
 from synthmed.artifacts.files import file_sha256
 from synthmed.artifacts.images import save_grid
-from synthmed.artifacts.run import DISTILL_CONFIG, RunDir
+from synthmed.artifacts.run import DISTILL_CONFIG, RunDir, RunMetadata
 from synthmed.config import DistillConfig, StageConfig, TrainConfig, read_run_config, read_yaml, save_yaml
 from synthmed.diffusion import distilled as dd
 from synthmed.errors import SynthmedError
@@ -39,8 +42,9 @@ from synthmed.evaluation.sharpness import laplacian_energy
 from synthmed.models.builders import noise_process
 from synthmed.models.distilled import BoundGuidance, build_lite_decoder, load_student, student_from_teacher
 from synthmed.models.slicewise import Autoencoder
-from synthmed.models.trained import load_unet
+from synthmed.models.trained import load_controlnet, load_unet
 from synthmed.runtime import resolve_device, resolve_precision, set_threads
+from synthmed.training.distill_flow import FlowDistillTask, LabelControl, flow_rounds
 from synthmed.training.run import _diff, _latent_sets, load_training_data
 from synthmed.training.tasks import VAL_ITEMS, LatentSet, draw_latents, global_randn, gradient_l1
 from synthmed.training.trainer import Task, Trainer
@@ -231,11 +235,24 @@ class DecoderTask:
 
 
 def check_teacher(train_cfg: TrainConfig) -> None:
-    """Distillation needs what its sampler assumes: a 2D v-prediction DDPM model with guidance."""
+    """Distillation needs what its sampler assumes: a 2D v-prediction DDPM model with guidance, or a
+    rectified-flow model (2D or 3D) without guidance."""
     noise = train_cfg.diffusion.noise
+    if noise.kind == "rflow":
+        if train_cfg.diffusion.label_dropout > 0:
+            raise SynthmedError(
+                "synthmed distill distils rectified-flow models without classifier-free guidance (the 3D "
+                "recipe); this one was trained with label dropout: train it with diffusion.label_dropout 0",
+                field="diffusion.label_dropout",
+            )
+        return
     if train_cfg.data.volume is not None:
-        raise SynthmedError("synthmed distill works on 2D runs only for now", field="data.volume")
-    if noise.kind != "ddpm" or noise.prediction_type != "v_prediction":
+        raise SynthmedError(
+            "synthmed distill distils 3D runs in their rectified-flow form; this 3D run is ddpm: train it "
+            "with diffusion.noise.kind rflow (the small3d recipe)",
+            field="diffusion.noise.kind",
+        )
+    if noise.prediction_type != "v_prediction":
         raise SynthmedError(
             f"synthmed distill needs a v-prediction DDPM model (the small64 recipe); this run is "
             f"{noise.kind} with {noise.prediction_type}: train one with diffusion.noise.prediction_type: "
@@ -285,9 +302,10 @@ def distill(
     set_threads(train_cfg.runtime.num_threads)
     device = resolve_device(train_cfg.runtime.device)
     teacher_sha = file_sha256(run.weights("diffusion"))
-    rounds = cfg.round_steps()
+    flow = train_cfg.diffusion.noise.kind == "rflow"
+    rounds = flow_rounds(cfg) if flow else cfg.round_steps()
     ae_sha = file_sha256(run.weights("autoencoder"))
-    decoder_done = not cfg.decoder_steps or _round_done(run.lite_decoder, cfg.decoder_steps, ae_sha)
+    decoder_done = _decoder_done(cfg, train_cfg, run, ae_sha)
     if decoder_done and all(_round_done(run.student(n), cfg.steps, teacher_sha) for n in rounds):
         console.print(f"distilled: students of {rounds} steps already trained, skipped")
         return run.distilled_steps()
@@ -299,7 +317,7 @@ def distill(
     extra = {
         "teacher_sha256": teacher_sha,
         "teacher_steps": cfg.teacher_steps,
-        "guidance_range": list(cfg.guidance_range),
+        "guidance_range": [1.0, 1.0] if flow else list(cfg.guidance_range),
         "null_label": len(meta.class_names),
         "scale_factor": meta.scale_factor,
     }
@@ -307,7 +325,6 @@ def distill(
     def decode(z: torch.Tensor) -> torch.Tensor:
         return autoencoder.decode(z).float().clamp(0, 1)
 
-    teacher: nn.Module = load_unet(train_cfg, meta, device)
     dtype = resolve_precision(cfg.precision or train_cfg.runtime.precision, device)
 
     def fit(task: Task, stage: StageConfig, folder: Path) -> None:
@@ -323,25 +340,50 @@ def distill(
         )
         trainer.run(resume=resume)
 
+    control = _label_control(train_cfg, meta, device) if flow else None
+    teacher: nn.Module = load_unet(train_cfg, meta, device)
     for k, steps in enumerate(rounds):
         folder = run.student(steps)
         if not _round_done(folder, cfg.steps, teacher_sha):
             torch.manual_seed(train_cfg.seed)
-            student = student_from_teacher(teacher) if k == 0 else copy.deepcopy(teacher)
-            kind: Kind = "guidance" if k == 0 else "halving"
-            fit(
-                DistillTask(
+            task: Task
+            if flow:
+                student = copy.deepcopy(teacher).to(device)
+                task = FlowDistillTask(
+                    steps, teacher, student, (train, val), train_cfg, decode, extra, control
+                )
+            else:
+                student = student_from_teacher(teacher) if k == 0 else copy.deepcopy(teacher)
+                kind: Kind = "guidance" if k == 0 else "halving"
+                task = DistillTask(
                     cfg, kind, steps, teacher, student.to(device), (train, val), train_cfg, decode, extra
-                ),
-                cfg,
-                folder,
-            )
+                )
+            fit(task, cfg, folder)
         else:
             console.print(f"distilled: the {steps}-step student is already trained, skipped")
         teacher, _ = load_student(train_cfg, meta, folder / "model.pt", device)
     if not decoder_done:
         _distil_decoder(cfg, train_cfg, autoencoder, (train, val), ae_sha, fit)
     return run.distilled_steps()
+
+
+def _decoder_done(cfg: DistillConfig, train_cfg: TrainConfig, run: RunDir, ae_sha: str) -> bool:
+    """Whether the lightweight decoder is made or not asked for (3D runs have none: said so)."""
+    if not cfg.decoder_steps:
+        return True
+    if train_cfg.data.volume is not None:
+        console.print("distilled: no lightweight decoder for 3D runs (2D only); decoder_steps ignored")
+        return True
+    return _round_done(run.lite_decoder, cfg.decoder_steps, ae_sha)
+
+
+def _label_control(train_cfg: TrainConfig, meta: RunMetadata, device: torch.device) -> LabelControl | None:
+    """The run's label-map ControlNet (3D) for the rectified-flow rounds to keep attached; None without."""
+    if train_cfg.data.volume is None or "mask" not in meta.controlnets:
+        return None
+    cn = meta.controlnets["mask"]
+    model = load_controlnet(train_cfg, meta, "mask", device)
+    return LabelControl(model, cn.num_labels, cn.encoding, train_cfg.control_stretch)
 
 
 def _distil_decoder(
