@@ -67,6 +67,7 @@ import torch
 from benchmarks import (
     controlnet64,
     decode3d,
+    distill3d,
     distill64,
     eval_controls,
     quality3d,
@@ -470,6 +471,9 @@ def main() -> None:
     distill64.add_arguments(
         sub.add_parser("distill64", help="distilled 1-4 step students vs teacher and MONAI DDPM-1000, 64 px")
     )
+    distill3d.add_arguments(
+        sub.add_parser("distill3d", help="distilled 3D students vs the rflow-30 teacher, 64^3 hippocampus")
+    )
     utility.add_arguments(
         sub.add_parser("utility_kermany", help="proof of utility: Kermany rarity and scarcity regimes"),
         "kermany",
@@ -489,6 +493,11 @@ def main() -> None:
         result = {"machine": machine(), **quality3d.run(args, DATA)}
         print(json.dumps(result["headline"], indent=2))
         print(f"written: {quality3d.write(result, args.work_dir)}")
+        return
+    if args.name == "distill3d":
+        result = {"machine": machine(), **distill3d.run(args, DATA)}
+        print(json.dumps(result["rows"], indent=1))
+        print(f"written: {distill3d.write(result, args.work_dir)}")
         return
     if args.name == "distill64":
         result = {"machine": machine(), **distill64.run(args, DATA)}
