@@ -137,9 +137,11 @@ def distill(
 
     Round 1 teaches a student that takes the guidance scale as an input to match the guided teacher in one
     network evaluation per step (at --teacher-steps); each further round halves the steps (progressive
-    distillation) down to --min-steps. Last, a lightweight decoder learns the autoencoder's decoder
-    (run/distilled/decoder/; generate --decoder lite). Each round is a stage folder run/distilled/steps-<N>/
-    with checkpoints, log and previews; --resume continues inside the round that was interrupted.
+    distillation) down to --min-steps. 3D rectified-flow runs (no guidance) only halve, from the teacher
+    itself, with their label-map ControlNet attached. Last (2D), a lightweight decoder learns the
+    autoencoder's decoder (run/distilled/decoder/; generate --decoder lite). Each round is a stage folder
+    run/distilled/steps-<N>/ with checkpoints, log and previews; --resume continues inside the round that
+    was interrupted.
     """
     options = locals()  # each option sets the DistillConfig field of its name
     import torch
