@@ -70,11 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--repeats", type=int, default=2, help="timed volumes per row (the best counts)")
     p.add_argument("--generate", type=int, default=16, help="volumes per row for the quality measures")
-    p.add_argument("--extractor-steps", type=int, default=300)
-    p.add_argument("--segmenter-steps", type=int, default=300)
-    p.add_argument("--c2st-steps", type=int, default=100)
-    p.add_argument("--bootstrap", type=int, default=100)
-    p.add_argument("--msssim-pairs", type=int, default=60)
+    quality3d.add_evaluation_arguments(p, extractor=300, segmenter=300, bootstrap=100, pairs=60)
     p.add_argument("--smoke", action="store_true", help="toy sizes: proves the code path, not the claim")
 
 
@@ -157,8 +153,7 @@ def _quality(
     """``--generate`` volumes of the row, judged by synthmed evaluate (quality3d's figures)."""
     import shutil
 
-    from synthmed.config import EvaluateConfig, GenerateConfig
-    from synthmed.evaluation.run import evaluate
+    from synthmed.config import GenerateConfig
     from synthmed.sampling.generate import generate_to_folder
 
     shutil.rmtree(out, ignore_errors=True)
@@ -171,23 +166,7 @@ def _quality(
         batch_size=2,
     )
     generate_to_folder(gen, progress=False)
-    cfg = EvaluateConfig(
-        real=real["train"],
-        holdout=real["holdout"],
-        synthetic=out / "synthetic",
-        out=out / "report",
-        masks=True,
-        volume_size=tuple(args.size),
-        volume_spacing=tuple(args.spacing),
-        image_size=32 if args.smoke else 64,
-        extractor_steps=args.extractor_steps,
-        segmenter_steps=args.segmenter_steps,
-        c2st_steps=args.c2st_steps,
-        bootstrap=args.bootstrap,
-        msssim_pairs=args.msssim_pairs,
-        cache_dir=Path(args.work_dir) / "cache",
-    )
-    report = json.loads((evaluate(cfg) / "report.json").read_text())
+    report = quality3d._evaluate(out / "synthetic", real, out / "report", args, tuple(args.spacing))
     return quality3d.figures(report, 0.0)
 
 

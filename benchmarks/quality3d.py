@@ -73,15 +73,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spectral-weight", type=float, default=0.1)
     p.add_argument("--volumes", type=int, default=60, help="generated volumes per arm")
     p.add_argument("--sample-steps", type=int, default=30, help="rflow steps")
-    p.add_argument("--extractor-steps", type=int, default=600)
-    p.add_argument("--segmenter-steps", type=int, default=400)
-    p.add_argument("--c2st-steps", type=int, default=100)
-    p.add_argument("--bootstrap", type=int, default=200)
-    p.add_argument("--msssim-pairs", type=int, default=300)
+    add_evaluation_arguments(p)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--work-dir", default="runs/bench-quality3d")
     p.add_argument("--resume", action="store_true", help="reuse arms finished by a stopped run")
     p.add_argument("--smoke", action="store_true", help="toy sizes: proves the code path, not the claim")
+
+
+def add_evaluation_arguments(
+    p: argparse.ArgumentParser,
+    extractor: int = 600,
+    segmenter: int = 400,
+    bootstrap: int = 200,
+    pairs: int = 300,
+) -> None:
+    """The settings of synthmed evaluate's 3D measures (see :func:`_evaluate`)."""
+    p.add_argument("--extractor-steps", type=int, default=extractor)
+    p.add_argument("--segmenter-steps", type=int, default=segmenter)
+    p.add_argument("--c2st-steps", type=int, default=100)
+    p.add_argument("--bootstrap", type=int, default=bootstrap)
+    p.add_argument("--msssim-pairs", type=int, default=pairs)
 
 
 def _sizes(args: argparse.Namespace) -> argparse.Namespace:
@@ -193,7 +204,14 @@ def _real_sets(run_dir: Path, source: Path, work: Path) -> dict[str, Path]:
     return roots
 
 
-def _evaluate(synthetic: Path, real: dict[str, Path], out: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _evaluate(
+    synthetic: Path,
+    real: dict[str, Path],
+    out: Path,
+    args: argparse.Namespace,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> dict[str, Any]:
+    """synthmed evaluate's report on ``synthetic`` volumes of ``args.size`` voxels at ``spacing`` mm."""
     from synthmed.config import EvaluateConfig
     from synthmed.evaluation.run import evaluate
 
@@ -204,7 +222,7 @@ def _evaluate(synthetic: Path, real: dict[str, Path], out: Path, args: argparse.
         out=out,
         masks=True,
         volume_size=tuple(args.size),
-        volume_spacing=(1.0, 1.0, 1.0),
+        volume_spacing=spacing,
         image_size=32 if args.smoke else 64,
         extractor_steps=args.extractor_steps,
         segmenter_steps=args.segmenter_steps,
