@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from monai.apps.generation.maisi.networks.diffusion_model_unet_maisi import DiffusionModelUNetMaisi
+from monai.networks.nets import DiffusionModelUNet
 from typer.testing import CliRunner
 
 from synthmed.cli import app
@@ -26,8 +28,8 @@ def test_presets_build_monai_networks(preset: str) -> None:
     unet = build_unet(
         cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, num_classes=3, spatial_dims=dims
     )
-    expected = "DiffusionModelUNet" if dims == 2 else "DiffusionModelUNetMaisi"
-    assert type(ae).__name__ == "AutoencoderKL" and type(unet).__name__ == expected
+    expected = DiffusionModelUNet if dims == 2 else DiffusionModelUNetMaisi  # 3D: MaisiUNet, a subclass
+    assert type(ae).__name__ == "AutoencoderKL" and isinstance(unet, expected)
     assert cfg.autoencoder.arch.compression in (4, 8)
 
 
