@@ -19,6 +19,7 @@ from torch import nn
 
 from synthmed.config import TrainConfig
 from synthmed.models.builders import build_autoencoder
+from synthmed.models.conditioning import Encoding, encode_labels
 
 #: Slices per call of the 2D network: bounds the activations' memory whatever the batch and volume size.
 SLICE_BATCH = 64
@@ -61,6 +62,13 @@ def control_grid(control: torch.Tensor, stretch: int) -> torch.Tensor:
     the conditioning embedding's f-fold downsampling of every axis lands on slice-wise latents
     (``TrainConfig.control_stretch``)."""
     return control if stretch == 1 else control.repeat_interleave(stretch, dim=-1)
+
+
+def label_control(
+    label_maps: torch.Tensor, num_labels: int, encoding: Encoding, stretch: int
+) -> torch.Tensor:
+    """A 3D ControlNet's input from (B, 1, X, Y, Z) integer label maps: encoded, then on the latent grid."""
+    return control_grid(encode_labels(label_maps, num_labels, encoding), stretch)
 
 
 #: What encodes and decodes a run's images or volumes.

@@ -31,8 +31,8 @@ from synthmed.models.builders import (
     default_steps,
     use_sdpa,
 )
-from synthmed.models.conditioning import ConditionedUNet, encode_labels
-from synthmed.models.slicewise import Autoencoder, control_grid
+from synthmed.models.conditioning import ConditionedUNet
+from synthmed.models.slicewise import Autoencoder, label_control
 from synthmed.models.trained import load_autoencoder, load_controlnet, load_unet
 from synthmed.runtime import (
     PRECISION_NAMES,
@@ -345,8 +345,8 @@ class Pipeline(RunRules):
         if volume.label_maps is None:
             return ConditionedUNet(net, spacing=spacing)
         cn = self.require_controlnet()
-        encoded = encode_labels(volume.label_maps.to(self.device), cn.meta.num_labels, cn.meta.encoding)
-        encoded = control_grid(encoded, self.cfg.control_stretch)
+        maps = volume.label_maps.to(self.device)
+        encoded = label_control(maps, cn.meta.num_labels, cn.meta.encoding, self.cfg.control_stretch)
         return ConditionedUNet(net, spacing, cn.model, encoded, volume.scale)
 
     @property

@@ -24,8 +24,8 @@ from torch import nn
 from synthmed.artifacts.images import save_grid
 from synthmed.config import DistillConfig, TrainConfig
 from synthmed.diffusion import distilled as dd
-from synthmed.models.conditioning import ConditionedUNet, encode_labels
-from synthmed.models.slicewise import control_grid
+from synthmed.models.conditioning import ConditionedUNet, Encoding
+from synthmed.models.slicewise import label_control
 from synthmed.training.tasks import VAL_VOLUMES, LatentSet, as_images, draw_latents, global_randn
 
 
@@ -35,12 +35,11 @@ class LabelControl:
 
     model: nn.Module
     num_labels: int
-    encoding: str
+    encoding: Encoding
     stretch: int
 
     def maps(self, label_maps: torch.Tensor) -> torch.Tensor:
-        encoded = encode_labels(label_maps, self.num_labels, self.encoding)  # type: ignore[arg-type]
-        return control_grid(encoded, self.stretch)
+        return label_control(label_maps, self.num_labels, self.encoding, self.stretch)
 
 
 class FlowDistillTask:

@@ -27,9 +27,9 @@ from synthmed.models.builders import (
     init_controlnet_from_unet,
     noise_process,
 )
-from synthmed.models.conditioning import ConditionedUNet, encode_labels, encoding_channels
+from synthmed.models.conditioning import ConditionedUNet, encoding_channels
 from synthmed.models.local import load_local_network
-from synthmed.models.slicewise import Autoencoder, control_grid
+from synthmed.models.slicewise import Autoencoder, label_control
 
 VAL_ITEMS = 64  # validation batch: enough for a stable curve, cheap on a CPU
 VAL_VOLUMES = 8  # 3D: full-resolution autoencoder activations of 64 volumes would take gigabytes
@@ -430,8 +430,9 @@ class ControlNetTask(DiffusionTask):
         if items.controls is not None:
             return items.controls[index]
         assert items.label_maps is not None
-        encoded = encode_labels(items.label_maps[index], self.num_labels, self.cn_cfg.encoding)
-        return control_grid(encoded, self.control_stretch)
+        return label_control(
+            items.label_maps[index], self.num_labels, self.cn_cfg.encoding, self.control_stretch
+        )
 
     def denoiser(self, model: nn.Module, items: LatentSet, index: torch.Tensor) -> nn.Module:
         spacing = items.spacings[index] if items.spacings is not None else None
