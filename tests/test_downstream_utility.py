@@ -27,6 +27,7 @@ from synthmed.downstream.data import load_sets, real_subset
 from synthmed.downstream.deform import deform_mask, deform_pair
 from synthmed.downstream.run import benchmark
 from synthmed.downstream.selection import interleave, k_center_order
+from synthmed.downstream.store import fingerprint
 from synthmed.errors import SynthmedError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +136,18 @@ def test_rarity_protocol_controls_selection_and_statistics(cxr: dict[str, Path],
     assert results["warnings"] and "bootstrap >= 399" in results["warnings"][0]  # 60 resamples, 10 arms
     assert "Holm" in results["protocol"]["multiplicity"]
     assert "gain_vs_ratio.png" in (cfg.out / "report.html").read_text()
+
+    # a stopped benchmark resumes: finished runs are reused, a missing one is trained again
+    assert results["reused_runs"] == 0
+    stored = sorted((cfg.out / "runs").glob("*/*.npz"))
+    assert len(stored) == len(results["runs"])
+    next(p for p in stored if p.name.startswith("real_f1.0_s0")).unlink()
+    again = benchmark(cfg)
+    assert again["reused_runs"] == len(results["runs"]) - 1
+    assert again["pooled"] == results["pooled"] and again["selection"] == results["selection"]
+    sets = load_sets(cfg)
+    assert fingerprint(cfg.model_copy(update={"seeds": [5]}), sets) == fingerprint(cfg, sets)
+    assert fingerprint(cfg.model_copy(update={"steps": 7}), sets) != fingerprint(cfg, sets)
 
 
 def test_oversample_repeats_real_minority_images_and_augment_deforms_them(

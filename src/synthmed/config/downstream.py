@@ -132,6 +132,11 @@ class AugmentationConfig(Strict):
     )
     cache_dir: Path | None = Field(None, description="Cache for loaded images (default ~/.cache/synthmed).")
     seed: int = Field(0, description="Seed of the validation split, the bootstrap and the selection.")
+    resume: bool = Field(
+        True,
+        description="Reuse the runs a stopped benchmark finished in out/runs/ (kept per configuration and "
+        "data; a changed setting or image never reuses them); false trains every run again.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -78,6 +78,13 @@ def benchmark_augmentation(
     steps: Annotated[int | None, typer.Option(help="Optimiser steps per arm (fixed budget).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Common square image size (default 64).")] = None,
     bootstrap: Annotated[int | None, typer.Option(help="Bootstrap resamples for 95% intervals.")] = None,
+    resume: Annotated[
+        bool | None,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Reuse runs a stopped benchmark finished (out/runs/, same settings and data). Default: on.",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML with AugmentationConfig fields.")
     ] = None,
@@ -104,4 +111,6 @@ def benchmark_augmentation(
     err.print(
         f"leak check: {'passed' if leak['checked'] else leak['reason']}", highlight=False, soft_wrap=True
     )
+    if results["reused_runs"]:
+        err.print(f"reused {results['reused_runs']} finished runs from {cfg.out / 'runs'}")
     err.print(f"done: {cfg.out / 'report.html'}")

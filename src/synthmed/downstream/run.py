@@ -3,6 +3,7 @@ under every arm (downstream.arms: real-only, count-matched controls, synthetic a
 fractions, score them on real test images, pick the strongest control and the best synthetic arm on the
 real validation split, and report paired differences pooled over seeds with Holm-corrected tests
 (downstream.stats). Writes results.json (with ``headline``), results.csv, selection.json and report.html.
+Each finished run is kept (downstream.store), so a stopped benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from synthmed.downstream.metrics import (
 from synthmed.downstream.report import write_csv, write_html
 from synthmed.downstream.selection import Selected, privacy_guard, select
 from synthmed.downstream.stats import compare, headline, seed_draws
+from synthmed.downstream.store import RunStore
 from synthmed.downstream.train import class_probabilities, train_classifier, train_segmentation
 from synthmed.errors import SynthmedError
 from synthmed.evaluation.condition import segment
@@ -53,8 +55,8 @@ def primary_metric(cfg: AugmentationConfig, class_names: list[str]) -> str:
 class Runner:
     """Trains and scores one arm for one seed; caches the selection per (real fraction, seed)."""
 
-    def __init__(self, sets: Sets, cfg: AugmentationConfig, primary: str) -> None:
-        self.sets, self.cfg, self.primary = sets, cfg, primary
+    def __init__(self, sets: Sets, cfg: AugmentationConfig, primary: str, store: RunStore) -> None:
+        self.sets, self.cfg, self.primary, self.store = sets, cfg, primary, store
         self.guard = (
             privacy_guard(sets, cfg) if "real+selected" in (cfg.arms or TASK_ARMS[cfg.task]) else None
         )
@@ -65,6 +67,7 @@ class Runner:
             real = real_subset(self.sets, self.cfg, fraction, seed)
             pool = fill_pool(self.sets, self.cfg)
             self.selections[fraction, seed] = select(pool, real, self.sets, self.cfg, seed, self.guard)
+            self.store.save_selection(fraction, seed, self.selections[fraction, seed].record)
         return self.selections[fraction, seed].pool
 
     def run(self, arm: Arm, seed: int) -> tuple[Scorer, float, dict[str, Any]]:
@@ -150,18 +153,26 @@ def benchmark(cfg: AugmentationConfig) -> dict[str, Any]:
     with phase(timings, "leak_check"):
         leak = leak_check(sets.test_hashes, cfg.synthetic)
     indices = bootstrap_indices(len(sets.test), cfg.bootstrap, cfg.seed)
-    runner = Runner(sets, cfg, primary)
+    store = RunStore(cfg, sets)
+    runner = Runner(sets, cfg, primary, store)
     scores: dict[tuple[Arm, int], Scores] = {}
     val: dict[tuple[Arm, int], float] = {}
     info: dict[tuple[Arm, int], dict] = {}
+    reused = 0
     for arm in arms:
         for seed in cfg.seeds:
+            done = store.load(arm, seed)
+            if done is not None:
+                scores[arm, seed], val[arm, seed], info[arm, seed] = done
+                reused += 1
+                continue
             start = time.perf_counter()
             with phase(timings, f"train:{arm.name}"):
                 scorer, val[arm, seed], info[arm, seed] = runner.run(arm, seed)
             with phase(timings, "bootstrap"):
                 scores[arm, seed] = score(scorer, len(sets.test), indices)
             info[arm, seed]["seconds"] = round(time.perf_counter() - start, 2)
+            store.save(arm, seed, scores[arm, seed], val[arm, seed], info[arm, seed])
     draws = seed_draws(len(cfg.seeds), cfg.bootstrap, cfg.seed)
     pooled, chosen, warnings = compare(arms, scores, val, cfg.seeds, primary, cfg.alpha, draws)
     if len(cfg.seeds) < MIN_SEEDS:
@@ -174,9 +185,9 @@ def benchmark(cfg: AugmentationConfig) -> dict[str, Any]:
             runs.append(
                 _run_row(arm, seed, scores[arm, seed], ref_scores, info[arm, seed] | {"val": val[arm, seed]})
             )
-    selection = [
-        {"real_fraction": f, "seed": s} | sel.record for (f, s), sel in sorted(runner.selections.items())
-    ]
+    selection = store.selections(
+        sorted({(a.fraction, s) for a in arms if a.name == "real+selected" and a.fraction for s in cfg.seeds})
+    )
     fractions = sorted(chosen)
     results = {
         "task": cfg.task,
@@ -195,6 +206,7 @@ def benchmark(cfg: AugmentationConfig) -> dict[str, Any]:
         "pooled": pooled,
         "selection": [{k: v for k, v in s.items() if k != "dropped"} for s in selection],
         "timings_s": timings,
+        "reused_runs": reused,
     }
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
