@@ -34,6 +34,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +131,24 @@ def _train_generator(folder: Path, run_dir: Path, s: dict, args: argparse.Namesp
         fixed["controlnet"] |= {"condition": "mask"}
     values = deep_merge(values, fixed)
     cfg = build_train_config(values)
-    t0 = time.perf_counter()
-    if not (args.reuse_generators and (run_dir / stages[-1]).is_dir()):
+
+    def make() -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)
+        t0 = time.perf_counter()
         train(cfg, stages, progress=False)
-    return {"recipe": values, "stages": stages, "wall_s": round(time.perf_counter() - t0, 1)}
+        return {"recipe": values, "stages": stages, "wall_s": round(time.perf_counter() - t0, 1)}
+
+    return _once(run_dir.with_suffix(".json"), args.reuse_generators, make)
+
+
+def _once(marker: Path, reuse: bool, make: Callable[[], Any]) -> Any:
+    """``make()``'s result, written to ``marker`` once it finished; with ``reuse`` (--reuse-generators) the
+    result a finished earlier run wrote there, so a stopped benchmark never reuses a half-made step."""
+    if reuse and marker.is_file():
+        return json.loads(marker.read_text())
+    result = make()
+    marker.write_text(json.dumps(result))
+    return result
 
 
 def _generate(run_dir: Path, out: Path, counts: dict[str, int], s: dict, args: argparse.Namespace) -> None:
@@ -196,6 +210,7 @@ def _regime_summary(results: dict, generator: dict, real_counts: dict, fraction:
         "data": results["data"],
         "protocol": results["protocol"],
         "timings_s": results["timings_s"],
+        "reused_runs": results["reused_runs"],
     }
 
 
@@ -284,9 +299,13 @@ def run_kermany(args: argparse.Namespace, data: Path) -> dict:
             if rarity
             else {c: math.ceil(wanted * n / base) for c, n in counts.items()}
         )
-        if not (args.reuse_generators and (root / "synthetic").is_dir()):
+
+        def make(per_class: dict[str, int] = per_class, root: Path = root) -> dict[str, int]:
             shutil.rmtree(root / "synthetic", ignore_errors=True)
             _generate(root / "generator", root / "synthetic", per_class, s, args)
+            return per_class
+
+        _once(root / "synthetic.json", args.reuse_generators, make)
         kw: dict[str, Any] = {"fill_class": "NORMAL", "primary_metric": "f1[NORMAL]"} if rarity else {}
         results = _benchmark(root / "real", test, root / "synthetic", root / "results", s, args, **kw)
         generator["synthetic_generated"] = per_class
@@ -409,15 +428,14 @@ def run_busi(args: argparse.Namespace, data: Path) -> dict:
         counts = {c: len(list((root / "real" / c / "images").iterdir())) for c in BUSI_CLASSES}
         generator = _train_generator(root / "real", root / "generator", s, args, mask=True)
         wanted = math.ceil(args.oversupply * max(args.ratios) * sum(counts.values()))
-        if not (args.reuse_generators and (root / "synthetic").is_dir()):
-            shutil.rmtree(root / "synthetic", ignore_errors=True)
-            generator["pairs"] = generate_pairs(
-                root / "generator",
-                root / "synthetic",
-                wanted,
-                steps=s["sampler_steps"],
-                precision=args.precision,
-            )
+
+        def make(wanted: int = wanted, root: Path = root) -> dict:
+            out = root / "synthetic"
+            shutil.rmtree(out, ignore_errors=True)
+            steps, precision = s["sampler_steps"], args.precision
+            return generate_pairs(root / "generator", out, wanted, steps=steps, precision=precision)
+
+        generator["pairs"] = _once(root / "synthetic.json", args.reuse_generators, make)
         results = _benchmark(
             root / "real", test, root / "synthetic", root / "results", s, args, task="segment"
         )

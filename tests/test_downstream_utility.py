@@ -223,6 +223,19 @@ def test_utility_busi_seg_smoke_run_end_to_end(data_root: Path, tmp_path: Path) 
     mask = read_image(tmp_path / "pairs25" / "synthetic" / rows[0]["annotation"])
     assert set(np.unique(mask).tolist()) <= {0, 255} and mask.any()
     assert result["targets"]["pairs25_dice"]["met"] in (True, False)
+
+    # started again with --reuse-generators: the finished generator, pairs and runs are reused
+    done = subprocess.run(
+        [*cmd, "--work-dir", str(tmp_path), "--reuse-generators"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads((tmp_path / "utility_busi_seg_smoke.json").read_text())["regimes"]["pairs25"]
+    assert again["generator"] == regime["generator"] and again["reused_runs"] == len(regime["table"]) * 2
+    assert again["table"] == regime["table"]
     assert all(Path(f).is_file() for f in result["figures"])
 
 
