@@ -120,6 +120,12 @@ def test_default_run_trains_only_the_unet_on_the_shipped_autoencoder(kermany_fol
     assert len(list(out.glob("NORMAL/*.png"))) == 2
     train(cfg, progress=False, resume=True)  # a resumed run finds the same autoencoder in place
 
+    # weights shipped later (another sha256) never replace the copy a trained UNet learnt the latents of
+    path = tmp_path / "run" / "autoencoder" / "model.pt"
+    ckpt.atomic_save(installed | {"extra": installed["extra"] | {"sha256": "0" * 64}}, path)
+    train(cfg, progress=False, resume=True)
+    assert ckpt.load(path)["extra"]["sha256"] == "0" * 64
+
 
 def test_min_snr_weights_follow_the_prediction_type(kermany_folder, tmp_path: Path) -> None:
     from synthmed.training import run as training

@@ -336,8 +336,17 @@ def _install_foundation(cfg: TrainConfig) -> None:
     state, sha = foundation_weights(cfg.autoencoder.arch, cfg.autoencoder.weights)
     path = stage_dir(cfg, "autoencoder") / "model.pt"
     name = cfg.autoencoder.weights or "the shipped foundation autoencoder"
-    if path.exists() and ckpt.load(path).get("extra", {}).get("sha256") == sha:
+    installed = ckpt.load(path).get("extra", {}).get("sha256") if path.exists() else None
+    if installed == sha:
         console.print(f"autoencoder: {name} already in the run, not trained")
+        return
+    later = [s for s in ("diffusion", "controlnet") if (stage_dir(cfg, s) / "last.pt").exists()]
+    if installed is not None and later:  # the UNet learnt the run's latents: swapping the decoder breaks it
+        console.print(
+            f"autoencoder: kept the run's copy (sha256 {installed[:12]}), which its {' and '.join(later)} "
+            f"stage was trained on; {name} is now sha256 {sha[:12]}: train a new run_dir to use it",
+            style="yellow",
+        )
         return
     if is_main():
         extra = {"source": "foundation", "weights": str(name), "sha256": sha}
