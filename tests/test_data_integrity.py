@@ -221,7 +221,7 @@ def test_colour_images_are_counted_once_per_data_set(
     with caplog.at_level(logging.WARNING):
         prepare(DataConfig(source=root), 0, tmp_path / "colour.json")
     colour = [r.getMessage() for r in caplog.records if "colour" in r.getMessage()]
-    assert len(colour) == 1 and "5 of 29 images are colour" in colour[0]
+    assert len(colour) == 1 and "5 of 29 images have colour or several channels, read as grey" in colour[0]
 
 
 # --- item 6: small classes ------------------------------------------------------------------------

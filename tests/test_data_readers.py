@@ -214,7 +214,7 @@ def test_validate_accepts_images(shape: tuple[int, ...], expected: tuple[int, in
         (np.zeros((4, 0, 3)), "no pixels"),
         (np.zeros(5), "2-D"),
         (np.zeros((2, 3, 4, 5)), "2-D"),
-        (np.zeros((4, 4, 2)), "2-D"),
+        (np.zeros((4, 4, 17)), "2-D"),
         (np.zeros((4, 4), dtype=bool), "bool"),
         (np.zeros((4, 4), dtype=complex), "complex"),
         (np.array([[object()]]), "object"),

@@ -152,6 +152,14 @@ class DataConfig(Strict):
         description="Leave out, with a warning, a class whose every image is skipped (unreadable, or without "
         "a mask for the mask ControlNet) instead of stopping with an error.",
     )
+    channels: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="Image channels the model sees: 1 (grey: colour becomes luminance), 3 (RGB: grey images "
+        "are repeated), or N (.npz images with N channels). Default: what most of the data set's images "
+        "have; every image converted to fit is counted and reported.",
+    )
     volume: VolumeData | None = Field(
         None,
         description="Set for 3D: source is a folder of volumes (images/ + labels/, <key>_image/_label, or "
@@ -170,6 +178,8 @@ class DataConfig(Strict):
             raise ValueError(
                 f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}"
             )
+        if self.volume is not None and (self.channels or 1) > 1:
+            raise ValueError("channels > 1 is not supported for volumes yet (3D runs are single-channel)")
         if self.val_fraction + self.holdout_fraction >= 0.9:
             raise ValueError("val_fraction + holdout_fraction must leave at least 10% for training")
         if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):

@@ -234,6 +234,22 @@ class TrainConfig(Strict):
         return self
 
     @property
+    def image_channels(self) -> int:
+        """Channels of the run's images (``data.channels`` as resolved from the data when training)."""
+        return self.data.channels or 1
+
+    @property
+    def channelwise(self) -> bool:
+        """Multi-channel 2D on the grey foundation autoencoder: each channel is encoded on its own."""
+        return self.image_channels > 1 and self.autoencoder.source == "foundation"
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents the UNet sees: the autoencoder's, times the image channels when each
+        channel is encoded on its own (synthmed.models.channelwise)."""
+        return self.autoencoder.arch.latent_channels * (self.image_channels if self.channelwise else 1)
+
+    @property
     def slicewise(self) -> bool:
         """3D on the 2D foundation autoencoder: volumes are encoded axial slice by axial slice."""
         return self.data.volume is not None and self.autoencoder.source == "foundation"

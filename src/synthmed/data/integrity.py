@@ -217,13 +217,24 @@ def require_kept_classes(
     return [c for c in dict.fromkeys(before) if c not in lost]
 
 
-def warn_colour(colour: int, total: int, where: str | Path | None) -> None:
-    """Say once per data set that colour images are trained on as grey (luminance)."""
-    if colour:
+def warn_channels(records: Sequence[Record], channels: int, where: str | Path | None) -> None:
+    """Say once per data set which images were converted to its ``channels``: colour read as grey, or grey
+    repeated into every channel; nothing is converted silently."""
+    grey_of_colour = sum(r.channels > 1 for r in records) if channels == 1 else 0
+    repeated = sum(r.channels == 1 for r in records) if channels > 1 else 0
+    if grey_of_colour:
         log.warning(
-            "%s: %d of %d images are colour (RGB); synthmed reads every image as grey (luminance) until "
-            "colour is supported end to end, so their colour is lost",
+            "%s: %d of %d images have colour or several channels, read as grey (luminance) because most "
+            "images are grey or data.channels is 1; set data.channels: 3 to keep colour",
             where,
-            colour,
-            total,
+            grey_of_colour,
+            len(records),
+        )
+    if repeated:
+        log.warning(
+            "%s: %d of %d images are grey, repeated into each of the data set's %d channels",
+            where,
+            repeated,
+            len(records),
+            channels,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from synthmed.data.integrity import (
     pixel_hash,
     require_kept_classes,
     skip_summary,
-    warn_colour,
+    warn_channels,
     warn_cross_split,
 )
 from synthmed.data.npz import load_npz, npz_arrays, parse_npz_source
@@ -48,7 +49,7 @@ from synthmed.progress import track
 log = logging.getLogger(__name__)
 
 #: Bump when preprocessing output changes, so stale caches are never reused.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: images keep their channels (data.channels)
 # Settings that decide the split; changing one while split.json exists would silently mean another split.
 _SPLIT_SETTINGS = ("seed", "val_fraction", "holdout_fraction", "classes", "pattern")
 
@@ -91,15 +92,24 @@ class ItemReader:
 
 @dataclass
 class Loaded:
-    images: torch.Tensor  # (N, 1, S, S) float32 in [0, 1]
+    images: torch.Tensor  # (N, C, S, S) float32 in [0, 1]
     labels: torch.Tensor  # (N,) int64 indices into class_names
-    records: list[Record]  # the N records loaded, in order, each with its pixel hash
+    records: list[Record]  # the N records loaded, in order, each with its pixel hash and channel count
     skipped: list[Skipped]
-    colour: int = 0  # how many of them were colour images (read as grey)
+    colour: int = 0  # how many of them were colour images read as grey (C = 1)
+    repeated: int = 0  # how many grey images were repeated to fill C > 1 channels
+
+
+def image_channels(counts: Sequence[int]) -> int:
+    """The channel count most images have (a tie goes to more channels): what ``data.channels`` resolves to
+    when unset."""
+    tally = Counter(counts)
+    return max(tally, key=lambda c: (tally[c], c)) if tally else 1
 
 
 def load_arrays(records: Sequence[Record], cfg: DataConfig, class_names: Sequence[str]) -> Loaded:
-    """Read and preprocess ``records``; unreadable ones are skipped or raised per ``cfg.on_error``."""
+    """Read and preprocess ``records`` at ``cfg.channels`` (unset: what most of them have); unreadable ones
+    are skipped or raised per ``cfg.on_error``."""
     index = {name: i for i, name in enumerate(class_names)}
     unknown = sorted({r.label for r in records} - index.keys())
     if unknown:
@@ -107,23 +117,45 @@ def load_arrays(records: Sequence[Record], cfg: DataConfig, class_names: Sequenc
             f"records carry labels {unknown} that are not among the classes {list(class_names)}"
         )
     reader = ItemReader(cfg)
-    size = cfg.image_size
-    images = np.empty((len(records), 1, size, size), dtype=np.float32)
     kept: list[Record] = []
     skipped: list[Skipped] = []
-    colour = 0
+    grey: list[np.ndarray] = []  # (1, S, S) each
+    multi: dict[int, np.ndarray] = {}  # (C, S, S) of the multi-channel images, by position in kept
     for record in track(records, "Loading images"):
         try:
             pixels = reader.read_pixels(record)
-            images[len(kept)] = preprocess(pixels.array, cfg)
+            image = preprocess(pixels.array, cfg)
+            if pixels.channels is not None and cfg.channels != 1:
+                multi[len(kept)] = preprocess(pixels.channels, cfg)
         except SynthmedError as exc:
             handle_failure(exc, record.source, skipped, cfg.on_error, record.label)
             continue
-        colour += pixels.colour
-        kept.append(record if record.phash else replace(record, phash=pixel_hash(pixels.array)))
+        grey.append(image)
+        phash = record.phash or pixel_hash(pixels.array)
+        kept.append(replace(record, phash=phash, channels=pixels.channel_count))
+    channels = cfg.channels or image_channels([r.channels for r in kept])
+    images = np.empty((len(kept), channels, cfg.image_size, cfg.image_size), dtype=np.float32)
+    for i, record in enumerate(kept):
+        images[i] = _fit_channels(grey[i], multi.get(i), channels, reader.root / record.source)
     labels = torch.tensor([index[r.label] for r in kept], dtype=torch.int64)
-    # images[:n] is a contiguous view, no copy
-    return Loaded(torch.from_numpy(images[: len(kept)]), labels, kept, skipped, colour)
+    colour = sum(r.channels > 1 for r in kept) if channels == 1 else 0
+    repeated = sum(r.channels == 1 for r in kept) if channels > 1 else 0
+    return Loaded(torch.from_numpy(images), labels, kept, skipped, colour, repeated)
+
+
+def _fit_channels(grey: np.ndarray, multi: np.ndarray | None, channels: int, where: Path) -> np.ndarray:
+    """One preprocessed image at ``channels``: grey (luminance of colour), its channels, or grey repeated."""
+    if channels == 1:
+        return grey
+    if multi is None:
+        return np.repeat(grey, channels, axis=0)
+    if len(multi) != channels:
+        raise SynthmedError(
+            f"image has {len(multi)} channels, the data set {channels} (data.channels): convert it, or set "
+            "data.channels: 1 to read every image as grey",
+            path=where,
+        )
+    return multi
 
 
 def cache_key(records: Sequence[Record], cfg: DataConfig, split: str, class_names: Sequence[str]) -> str:
@@ -139,6 +171,8 @@ def cache_key(records: Sequence[Record], cfg: DataConfig, split: str, class_name
     }
     if cfg.enhance is not None:  # only when set, so caches written before the option existed stay valid
         doc["enhance"] = cfg.enhance.model_dump()
+    if cfg.channels is not None:
+        doc["channels"] = cfg.channels
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -192,7 +226,10 @@ def _read_cache(path: Path, records: Sequence[Record]) -> Loaded | None:
         by_source = {r.source: r for r in records}
         kept = [replace(by_source[s], phash=h) for s, h in zip(blob["sources"], blob["phash"], strict=True)]
         skipped = [Skipped(*item) for item in blob.get("skipped", [])]
-        return Loaded(blob["images"], blob["labels"], kept, skipped, int(blob["colour"]))
+        if "channels" in blob:
+            kept = [replace(r, channels=c) for r, c in zip(kept, blob["channels"], strict=True)]
+        repeated = int(blob.get("repeated", 0))
+        return Loaded(blob["images"], blob["labels"], kept, skipped, int(blob["colour"]), repeated)
     except Exception as exc:  # a damaged cache is rebuilt, never fatal
         log.warning("ignoring unreadable data cache %s (%s)", path, exc)
         return None
@@ -206,6 +243,8 @@ def _write_cache(path: Path, loaded: Loaded) -> None:
         "phash": [r.phash for r in loaded.records],
         "skipped": [[s.source, s.reason, s.label] for s in loaded.skipped],
         "colour": loaded.colour,
+        "repeated": loaded.repeated,
+        "channels": [r.channels for r in loaded.records],
     }
     with atomic_write(path) as tmp:
         torch.save(blob, tmp)
@@ -218,16 +257,15 @@ def check_readable(discovery: Discovery, cfg: DataConfig) -> Discovery:
     reader = ItemReader(cfg)
     kept: list[Record] = []
     skipped = list(discovery.skipped)
-    colour = 0
     for record in track(discovery.records, "Checking images"):
         try:
             pixels = reader.read_pixels(record)
         except SynthmedError as exc:
             handle_failure(exc, record.source, skipped, cfg.on_error, record.label)
             continue
-        colour += pixels.colour
-        kept.append(replace(record, phash=pixel_hash(pixels.array)))
-    warn_colour(colour, len(kept), src)
+        kept.append(replace(record, phash=pixel_hash(pixels.array), channels=pixels.channel_count))
+    channels = cfg.channels or image_channels([r.channels for r in kept])
+    warn_channels(kept, channels, src)
     labels = [r.label for r in kept]
     order = require_kept_classes(discovery.class_names, labels, cfg.skip_empty_classes, "image", src)
     kept, class_names = select_classes(kept, order, cfg, src)
@@ -358,7 +396,7 @@ def load_real_split(source: Path, split: str, cfg: DataConfig, cache_dir: Path |
     loaded = load_cached(records, cfg, f"real-{split}", cache_dir, found.class_names)
     if not len(loaded.images):
         raise SynthmedError(f"no readable {split} images", path=source)
-    warn_colour(loaded.colour, len(loaded.records), source)
+    warn_channels(loaded.records, loaded.images.shape[1], source)
     skipped = found.skipped + loaded.skipped
     if skipped:
         kept = [r.label for r in loaded.records]

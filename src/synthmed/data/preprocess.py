@@ -150,11 +150,15 @@ def untracked_meta() -> Iterator[None]:
 
 
 def preprocess(image: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """One (H, W) image -> float32 (1, S, S) in [0, 1], per ``cfg``'s size, resize mode, percentiles and
-    enhancement."""
-    arr = validate_array(image, "image")
+    """One (H, W) image -> float32 (1, S, S) in [0, 1], or an (H, W, C) image's channels (``Pixels.channels``)
+    -> (C, S, S), per ``cfg``'s size, resize mode, percentiles and enhancement. The percentiles are taken
+    over all channels together, so colour balance is kept; enhancement works per channel."""
+    if image.ndim == 3:
+        channels = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)
+    else:
+        channels = torch.from_numpy(validate_array(image, "image"))[None]
     transform = build_transform(cfg.image_size, cfg.resize_mode, cfg.clip_percentiles, cfg.enhance)
     with untracked_meta():  # MetaTensor bookkeeping costs more than the resize itself and is unused here
-        out = transform(torch.from_numpy(arr)[None])
+        out = transform(channels)
     result = np.asarray(torch.as_tensor(out), dtype=np.float32)
     return np.clip(result, 0.0, 1.0, out=result)  # interpolation rounding must not leave [0, 1]

@@ -1,6 +1,7 @@
 """Decode one 2D image file (PNG, JPEG, GIF, BMP, TIFF or DICOM) into a finite float32 (H, W) array.
 
-Colour becomes luminance: `decode_pixels` also says whether the file held colour, so callers can report it.
+`read_image` gives luminance; `decode_pixels` also says whether the file held colour and keeps its RGB
+channels, so callers can train on colour (``data.channels``) or report the conversion.
 
 Every failure, whatever library raised it, leaves as a SynthmedError naming the file: readers face
 files from the wild, and one damaged scan must be reported (or skipped), never crash a long run.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 #: Largest image accepted (64 megapixels, e.g. 8000 x 8000): far above any radiograph or mammogram,
 #: far below what exhausts memory, so a hostile header claiming 100k x 100k fails fast.
 MAX_PIXELS = 64_000_000
+#: Most channels an image may have (multi-contrast stacks; RGB(A) has 3 or 4).
+MAX_CHANNELS = 16
 #: Largest file read into memory.
 MAX_FILE_BYTES = 1 << 30
 # Pillow only tries these decoders, so fewer parsers face untrusted bytes (JPEG includes camera MPO).
@@ -79,10 +82,17 @@ def read_bytes(path: Path) -> bytes:
 
 @dataclass(frozen=True)
 class Pixels:
-    """A decoded image as finite float32 (H, W), and whether it was colour (which the grey array hides)."""
+    """A decoded image as finite float32 (H, W) grey, whether it was colour (which the grey array hides), and
+    its channels as float32 (H, W, C) when it has several that differ: RGB colour (alpha dropped) or an
+    array's C >= 2 channels; None for grey (grey stored as RGB included)."""
 
     array: np.ndarray
     colour: bool
+    channels: np.ndarray | None = None
+
+    @property
+    def channel_count(self) -> int:
+        return 1 if self.channels is None else self.channels.shape[-1]
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -105,8 +115,10 @@ def decode_pixels(data: bytes, path: Path) -> Pixels:
     try:
         if is_dicom:
             return validate_pixels(_decode_dicom(data, path), str(path))
-        grey, colour = _decode_pil(data, path)
-        return Pixels(validate_array(grey, str(path)), colour)
+        grey, rgb = _decode_pil(data, path)
+        pixels = validate_pixels(rgb if rgb is not None else grey, str(path))
+        # Pillow's own rounded luminance, as always: pixel hashes of split files stay valid
+        return replace(pixels, array=validate_array(grey, str(path)))
     except SynthmedError:
         raise
     except Exception as exc:  # any decoder failure on hostile bytes becomes our one error type
@@ -116,7 +128,7 @@ def decode_pixels(data: bytes, path: Path) -> Pixels:
         ) from exc
 
 
-def _decode_pil(data: bytes, path: Path) -> tuple[np.ndarray, bool]:
+def _decode_pil(data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     Image.init()  # registers the TIFF plugin that `formats=` needs (no-op once done)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -140,13 +152,13 @@ def _decode_pil(data: bytes, path: Path) -> tuple[np.ndarray, bool]:
             return _pil_to_array(ImageOps.exif_transpose(im))
 
 
-def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, bool]:
-    """Grey pixels, and whether the image was colour."""
+def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W) grey pixels, and (H, W, 3) RGB for the modes that can hold colour (P, RGB(A), CMYK, YCbCr...);
+    alpha is dropped because it is not anatomy."""
     if im.mode in _WIDE_MODES or im.mode == "L":
-        return np.asarray(im), False
-    colour = im.mode not in ("1", "LA") and is_colour(np.asarray(im.convert("RGB")))
-    # RGB(A), LA, P, 1, CMYK...: luminance; alpha is dropped because it is not anatomy.
-    return np.asarray(im.convert("L")), colour
+        return np.asarray(im), None
+    rgb = None if im.mode in ("1", "LA") else np.asarray(im.convert("RGB"))
+    return np.asarray(im.convert("L")), rgb
 
 
 def is_colour(arr: np.ndarray) -> bool:
@@ -230,9 +242,16 @@ def _dicom_to_grey(arr: np.ndarray, ds: pydicom.Dataset, path: Path) -> np.ndarr
 
 
 def validate_pixels(arr: object, source: str) -> Pixels:
-    """`validate_array`, saying whether the array was colour."""
+    """`validate_array`, saying whether the array was colour and keeping its channels when they differ."""
     grey = validate_array(arr, source)
-    return Pixels(grey, is_colour(np.asarray(arr)))
+    a = np.asarray(arr)
+    colour = is_colour(a)
+    if a.ndim != 3 or a.shape[-1] == 1 or (a.shape[-1] in (3, 4) and not colour):
+        return Pixels(grey, colour)
+    channels = a[..., :3] if a.shape[-1] in (3, 4) else a  # RGBA: alpha is not anatomy
+    with np.errstate(over="ignore", invalid="ignore"):
+        kept = np.ascontiguousarray(channels, dtype=np.float32)
+    return Pixels(grey, colour, kept)  # finite: grey (their mean or luminance) was checked
 
 
 def validate_array(arr: object, source: str) -> np.ndarray:
@@ -268,11 +287,15 @@ def _to_2d(a: np.ndarray, source: str) -> np.ndarray:
         return a
     if a.ndim == 3 and a.shape[-1] == 1:
         return a[..., 0]
+    if a.ndim == 3 and a.size == 0:
+        return a[..., 0]
     if a.ndim == 3 and a.shape[-1] in (3, 4):
-        if a.size == 0:
-            return a[..., 0]
         with np.errstate(over="ignore", invalid="ignore"):
             return a[..., :3].astype(np.float64) @ _LUMA
+    if a.ndim == 3 and 2 <= a.shape[-1] <= MAX_CHANNELS:  # multi-contrast: no luminance, the mean
+        with np.errstate(over="ignore", invalid="ignore"):
+            return a.astype(np.float64).mean(-1)
     raise SynthmedError(
-        f"expected a 2-D image (H, W) or (H, W, C) with C in 1, 3 or 4; got shape {a.shape}", path=source
+        f"expected a 2-D image (H, W) or (H, W, C) with C from 1 to {MAX_CHANNELS}; got shape {a.shape}",
+        path=source,
     )

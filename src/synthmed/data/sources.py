@@ -55,6 +55,7 @@ class Record:
     sha256: str
     split: str | None = None
     phash: str | None = None
+    channels: int = 1  # 1 grey (grey stored as RGB included), 3 colour RGB, or an array's N channels
 
 
 @dataclass(frozen=True)

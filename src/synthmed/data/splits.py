@@ -110,8 +110,11 @@ def write_split(
         tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _item(r: Record) -> dict[str, str | None]:
-    item = {"source": r.source, "label": r.label, "sha256": r.sha256, "split": r.split}
+def _item(r: Record) -> dict[str, str | int | None]:
+    item: dict[str, str | int | None] = {"source": r.source, "label": r.label, "sha256": r.sha256}
+    item["split"] = r.split
+    if r.channels > 1:
+        item["channels"] = r.channels
     return item | ({"phash": r.phash} if r.phash else {})
 
 
@@ -129,7 +132,9 @@ def read_split_file(path: Path) -> SplitFile:
     try:
         class_names = [str(c) for c in doc["class_names"]]
         records = [
-            Record(str(i["source"]), str(i["label"]), str(i["sha256"]), str(i["split"]), _phash(i))
+            Record(
+                str(i["source"]), str(i["label"]), str(i["sha256"]), str(i["split"]), _phash(i), _channels(i)
+            )
             for i in doc["items"]
         ]
         skipped = [
@@ -142,6 +147,13 @@ def read_split_file(path: Path) -> SplitFile:
     if bad:
         raise SynthmedError(f"{len(bad)} items have an unknown split or class (e.g. {bad[0]!r})", path=path)
     return SplitFile(records, class_names, skipped, settings)
+
+
+def _channels(item: dict[str, Any]) -> int:
+    value = int(item.get("channels", 1))  # absent: grey (and every split file written before colour)
+    if not 1 <= value <= 16:
+        raise ValueError(f"channels {value} of {item.get('source')!r} is not in 1..16")
+    return value
 
 
 def _phash(item: dict[str, Any]) -> str | None:

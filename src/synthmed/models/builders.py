@@ -29,11 +29,11 @@ def default_steps(sampler: str) -> int:
     return DEFAULT_STEPS.get(sampler, 25)
 
 
-def build_autoencoder(arch: AutoencoderArch, spatial_dims: int = 2) -> AutoencoderKL:
+def build_autoencoder(arch: AutoencoderArch, spatial_dims: int = 2, channels: int = 1) -> AutoencoderKL:
     return AutoencoderKL(
         spatial_dims=spatial_dims,
-        in_channels=1,
-        out_channels=1,
+        in_channels=channels,
+        out_channels=channels,
         channels=tuple(arch.channels),
         num_res_blocks=(arch.num_res_blocks,) * len(arch.channels),
         attention_levels=tuple(arch.attention_levels),
@@ -128,9 +128,15 @@ def init_controlnet_from_unet(controlnet: nn.Module, unet: nn.Module) -> int:
     return len(same)
 
 
-def build_discriminator(channels: int, num_layers: int, spatial_dims: int = 2) -> PatchDiscriminator:
+def build_discriminator(
+    channels: int, num_layers: int, spatial_dims: int = 2, in_channels: int = 1
+) -> PatchDiscriminator:
     return PatchDiscriminator(
-        spatial_dims=spatial_dims, num_layers_d=num_layers, channels=channels, in_channels=1, out_channels=1
+        spatial_dims=spatial_dims,
+        num_layers_d=num_layers,
+        channels=channels,
+        in_channels=in_channels,
+        out_channels=1,
     )
 
 

@@ -104,9 +104,7 @@ def load_student(
 ) -> tuple[nn.Module, dict]:
     """A distilled student from its exported ``model.pt``, and the file's ``extra`` entry: a GuidedUNet, or
     for a rectified-flow teacher (distilled without guidance) the teacher's UNet architecture itself."""
-    unet = build_unet(
-        cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, len(meta.class_names), cfg.data.spatial_dims
-    )
+    unet = build_unet(cfg.diffusion.arch, cfg.latent_channels, len(meta.class_names), cfg.data.spatial_dims)
     student = (unet if cfg.diffusion.noise.kind == "rflow" else GuidedUNet(unet)).to(device)
     state = ckpt.load_exported(student, path, which)
     return student.eval(), state["extra"]

@@ -19,6 +19,7 @@ from torch import nn
 
 from synthmed.config import TrainConfig
 from synthmed.models.builders import build_autoencoder
+from synthmed.models.channelwise import ChannelWiseAutoencoder
 from synthmed.models.conditioning import Encoding, encode_labels
 
 #: Slices per call of the 2D network: bounds the activations' memory whatever the batch and volume size.
@@ -72,11 +73,19 @@ def label_control(
 
 
 #: What encodes and decodes a run's images or volumes.
-Autoencoder = AutoencoderKL | SliceWiseAutoencoder
+Autoencoder = AutoencoderKL | SliceWiseAutoencoder | ChannelWiseAutoencoder
 
 
 def build_run_autoencoder(cfg: TrainConfig) -> Autoencoder:
-    """The (untrained) autoencoder of run ``cfg``: 2D or 3D AutoencoderKL, or the 2D one slice by slice."""
+    """The (untrained) autoencoder of run ``cfg``: 2D or 3D AutoencoderKL, or the 2D grey one slice by slice
+    (3D) or channel by channel (multi-channel 2D)."""
     if cfg.slicewise:
         return SliceWiseAutoencoder(build_autoencoder(cfg.autoencoder.arch, 2))
-    return build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims)
+    if cfg.channelwise:
+        return ChannelWiseAutoencoder(build_autoencoder(cfg.autoencoder.arch, 2), cfg.image_channels)
+    return build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims, cfg.image_channels)
+
+
+def inner_autoencoder(model: Autoencoder) -> AutoencoderKL:
+    """The network whose weights a run stores (the wrapped one for slice- or channel-wise encoding)."""
+    return model.autoencoder if isinstance(model, SliceWiseAutoencoder | ChannelWiseAutoencoder) else model

@@ -11,20 +11,20 @@ from synthmed.artifacts.run import RunDir, RunMetadata
 from synthmed.config import TrainConfig
 from synthmed.models.builders import build_controlnet, build_unet
 from synthmed.models.conditioning import encoding_channels
-from synthmed.models.slicewise import Autoencoder, SliceWiseAutoencoder, build_run_autoencoder
+from synthmed.models.slicewise import Autoencoder, build_run_autoencoder, inner_autoencoder
 
 
 def load_autoencoder(cfg: TrainConfig, device: torch.device, which: str = "ema") -> Autoencoder:
-    """The run's autoencoder; for 3D runs on the foundation autoencoder, the 2D network slice by slice."""
+    """The run's autoencoder; on the foundation autoencoder, the 2D grey network slice by slice (3D) or
+    channel by channel (multi-channel 2D)."""
     model = build_run_autoencoder(cfg).to(device)
-    inner = model.autoencoder if isinstance(model, SliceWiseAutoencoder) else model
-    ckpt.load_exported(inner, RunDir(cfg.run_dir).weights("autoencoder"), which)
+    ckpt.load_exported(inner_autoencoder(model), RunDir(cfg.run_dir).weights("autoencoder"), which)
     return model.eval()
 
 
 def load_unet(cfg: TrainConfig, meta: RunMetadata, device: torch.device, which: str = "ema") -> nn.Module:
     unet = build_unet(
-        cfg.diffusion.arch, cfg.autoencoder.arch.latent_channels, len(meta.class_names), cfg.data.spatial_dims
+        cfg.diffusion.arch, cfg.latent_channels, len(meta.class_names), cfg.data.spatial_dims
     ).to(device)
     ckpt.load_exported(unet, RunDir(cfg.run_dir).weights("diffusion"), which)
     return unet.eval()
@@ -39,7 +39,7 @@ def load_controlnet(
     model = build_controlnet(
         cfg.diffusion.arch,
         cfg.controlnet,
-        cfg.autoencoder.arch.latent_channels,
+        cfg.latent_channels,
         len(meta.class_names),
         channels,
         cfg.data.spatial_dims,

@@ -39,7 +39,7 @@ class RunRules:
                 f"size {tuple(size)}: {what} must be a multiple of {need} for this model", field="size"
             )
         latent = (s // f for s, f in zip(size, factors, strict=True))
-        return (self.cfg.autoencoder.arch.latent_channels, *latent)
+        return (self.cfg.latent_channels, *latent)
 
     @property
     def samplers(self) -> tuple[str, ...]:

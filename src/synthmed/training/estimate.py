@@ -87,19 +87,19 @@ def _probe_task(
     batch = min(getattr(cfg, stage).batch_size, len(data.train_images))
     images = data.train_images[:batch]
     if stage == "autoencoder":
-        model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(device)
+        model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims, cfg.image_channels).to(device)
         return AutoencoderTask(model, cfg.autoencoder, images, images)
     autoencoder = build_run_autoencoder(cfg).to(device)
     latent = [s // f for s, f in zip(images.shape[2:], cfg.latent_factors, strict=True)]
-    stats = torch.randn(batch, 2, cfg.autoencoder.arch.latent_channels, *latent, device=device)
+    stats = torch.randn(batch, 2, cfg.latent_channels, *latent, device=device)
     stats[:, 1] = 0.1  # sigma
     maps = data.train_maps[:batch] if data.train_maps is not None else None
     spacings = data.train_spacings[:batch] if data.train_spacings is not None else None
-    controls = torch.zeros_like(images) if stage == "controlnet" and maps is None else None
+    controls = torch.zeros_like(images[:, :1]) if stage == "controlnet" and maps is None else None
     latents = LatentSet(stats, data.train_labels[:batch], spacings, maps, controls)
     if stage == "diffusion":
         return DiffusionTask(cfg.diffusion, autoencoder, latents, latents, data.class_names, 1.0)
-    dims, channels = cfg.data.spatial_dims, cfg.autoencoder.arch.latent_channels
+    dims, channels = cfg.data.spatial_dims, cfg.latent_channels
     unet = build_unet(cfg.diffusion.arch, channels, len(data.class_names), dims).to(device)
     extra = {"num_labels": data.num_labels or 2}
     return ControlNetTask(

@@ -102,6 +102,8 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         a, b = old.get(key), new.get(key)
         if key in RESUMABLE_CHANGES or f"{prefix}{key}" in ("runtime", "controlnet"):
             continue
+        if f"{prefix}{key}" == "data.channels" and b is None:  # unset: the saved one, resolved from the data
+            continue
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff(a, b, f"{prefix}{key}.")
         elif a != b:
@@ -146,6 +148,8 @@ def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
     if cfg.data.volume is not None:
         return _load_volume_data(cfg, device)
     prepared = data_stage.prepare(cfg.data, cfg.seed, cfg.run_dir / "split.json")
+    if cfg.data.channels is None:  # resolved once on every split's images, kept in config.yaml
+        cfg.data.channels = data_stage.image_channels([r.channels for r in prepared.records])
     cache = cfg.run_dir / "cache"
     arrays = {
         split: data_stage.load_split_arrays(
@@ -292,7 +296,10 @@ def _prepare_run(cfg: TrainConfig, device: torch.device) -> TrainingData:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     if is_main():
         save_yaml(cfg, RunDir(cfg.run_dir).config)
-    return load_training_data(cfg, device)
+    data = load_training_data(cfg, device)
+    if is_main():  # again, with data.channels resolved from the data
+        save_yaml(cfg, RunDir(cfg.run_dir).config)
+    return data
 
 
 def _train_stages(
@@ -360,7 +367,7 @@ def _stage_task(
 ) -> AutoencoderTask | DiffusionTask:
     torch.manual_seed(cfg.seed)  # identical initial weights for identical configs (and on every rank)
     if stage == "autoencoder":
-        model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims).to(device)
+        model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims, cfg.image_channels).to(device)
         return AutoencoderTask(model, cfg.autoencoder, data.train_images, data.val_images)
     if stage == "diffusion":
         return _diffusion_task(cfg, data, device)

@@ -152,7 +152,7 @@ class AutoencoderTask:
         device = train.device
         dims = train.ndim - 2
         self.disc = (
-            build_discriminator(cfg.disc_channels, cfg.disc_layers, dims).to(device)
+            build_discriminator(cfg.disc_channels, cfg.disc_layers, dims, train.shape[1]).to(device)
             if cfg.adv_weight
             else None
         )
