@@ -62,7 +62,7 @@ def _folds(y: np.ndarray, folds: int, seed: int) -> StratifiedKFold:
 
 def _fit_cnn(images: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> InHouseExtractor:
     torch.manual_seed(seed)
-    model = InHouseExtractor(2, CNN_WIDTHS, full_resolution_stem=True)
+    model = InHouseExtractor(2, CNN_WIDTHS, full_resolution_stem=True, in_channels=images.shape[1])
     settings = ExtractorSettings(steps=steps, widths=CNN_WIDTHS, seed=seed, jitter=False)
 
     def batch_loss(x: torch.Tensor, labels: torch.Tensor | None, _: torch.Generator) -> torch.Tensor:

@@ -46,11 +46,12 @@ def segmenter_channels(shape: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(min(16 * 2**i, 128) for i in range(levels))
 
 
-def build_segmenter(channels: Sequence[int], spatial_dims: int = 2) -> UNet:
-    """One-channel logits (sigmoid foreground probability); each level after the first halves the size."""
+def build_segmenter(channels: Sequence[int], spatial_dims: int = 2, in_channels: int = 1) -> UNet:
+    """One-channel logits (sigmoid foreground probability) from ``in_channels``-channel images; each level
+    after the first halves the size."""
     return UNet(
         spatial_dims=spatial_dims,
-        in_channels=1,
+        in_channels=in_channels,
         out_channels=1,
         channels=tuple(channels),
         strides=(2,) * (len(channels) - 1),
@@ -72,7 +73,7 @@ def train_segmenter(
     model: nn.Module | None = None,
     sample_weights: torch.Tensor | None = None,
 ) -> nn.Module:
-    """Train a UNet on (N, 1, *spatial) images in [0, 1] and {0, 1} masks, 2D or 3D (RAS volumes);
+    """Train a UNet on (N, C, *spatial) images in [0, 1] and {0, 1} masks, 2D or 3D (RAS volumes);
     deterministic for a given seed.
 
     ``channels`` defaults to ``segmenter_channels(spatial)``. Augmentation is a random left-right flip
@@ -90,7 +91,9 @@ def train_segmenter(
     _check_size(spatial, len(channels))
     torch.manual_seed(seed)  # weight initialisation
     rng = torch.Generator().manual_seed(seed)  # batches and flips, independent of other torch users
-    model = (model if model is not None else build_segmenter(channels, len(spatial))).to(device).train()
+    if model is None:
+        model = build_segmenter(channels, len(spatial), images.shape[1])
+    model = model.to(device).train()
     # batch=True: Dice over the whole batch, so images with empty masks do not give a degenerate 0/0 term.
     loss_fn = DiceCELoss(sigmoid=True, batch=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr)

@@ -49,9 +49,16 @@ class ExtractorSettings:
 class InHouseExtractor(nn.Module):
     """ResNet backbone (global-average-pooled features) with a rotation head and an optional class head."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...], full_resolution_stem: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        widths: tuple[int, ...],
+        full_resolution_stem: bool = False,
+        in_channels: int = 1,
+    ) -> None:
         """``full_resolution_stem``: a 3x3 stride-1 first convolution and no max-pooling (ResNet's 7x7
-        stride-2 stem and pooling discard the finest detail, which is what tells blurred images apart)."""
+        stride-2 stem and pooling discard the finest detail, which is what tells blurred images apart).
+        ``in_channels``: the images' channels (3 for colour), seen jointly by the first convolution."""
         super().__init__()
         stem: dict[str, Any] = (
             {"conv1_t_size": 3, "conv1_t_stride": 1, "no_max_pool": True} if full_resolution_stem else {}
@@ -61,7 +68,7 @@ class InHouseExtractor(nn.Module):
             layers=[1] * len(widths),
             block_inplanes=list(widths),
             spatial_dims=2,
-            n_input_channels=1,
+            n_input_channels=in_channels,
             feed_forward=False,
             **stem,
         )
@@ -83,7 +90,8 @@ class InHouseExtractor(nn.Module):
 
 
 class LocalExtractor:
-    """A user's pretrained network from a local file, fed (B, 3, size, size) images in [0, 1].
+    """A user's pretrained network from a local file, fed (B, 3, size, size) images in [0, 1] (grey images
+    repeated into the three channels, colour ones as they are).
 
     The file must include any input normalisation it expects. Spatial outputs are global-average-pooled;
     with a list of outputs the last one is used.
@@ -98,7 +106,7 @@ class LocalExtractor:
         out = []
         for b in images.split(batch_size):
             x = F.interpolate(b, size=(self.size, self.size), mode="bilinear", antialias=True)
-            y = self.net(x.repeat(1, 3, 1, 1))
+            y = self.net(x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x)
             y = y[-1] if isinstance(y, list | tuple) else y
             out.append(y.flatten(2).mean(2) if y.ndim > 2 else y)
         return torch.cat(out).float()
@@ -178,9 +186,11 @@ def train_loop(
 def fit_extractor(
     images: torch.Tensor, labels: torch.Tensor | None, num_classes: int, settings: ExtractorSettings
 ) -> tuple[InHouseExtractor, list[dict[str, float]]]:
-    """Train on (N, 1, S, S) real images (and class indices); returns the model and its loss log."""
+    """Train on (N, C, S, S) real images (and class indices); returns the model and its loss log."""
     torch.manual_seed(settings.seed)
-    model = InHouseExtractor(num_classes if labels is not None else 0, settings.widths)
+    model = InHouseExtractor(
+        num_classes if labels is not None else 0, settings.widths, in_channels=images.shape[1]
+    )
     weights = class_weights(labels, num_classes) if labels is not None else None
 
     def batch_loss(x: torch.Tensor, y: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
@@ -218,7 +228,7 @@ def trained_extractor(
     if path is not None and path.is_file():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            model = InHouseExtractor(num_classes, settings.widths)
+            model = InHouseExtractor(num_classes, settings.widths, in_channels=images.shape[1])
             model.load_state_dict(blob["state"])
             return model.eval(), {"cache": str(path), "cached": True, "history": blob["history"]}
         except Exception as exc:  # a damaged cache is retrained, never fatal

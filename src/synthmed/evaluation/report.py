@@ -291,7 +291,24 @@ def _sharpness_table(sharp: dict[str, Any]) -> str:
     return (
         "<table><tr><th>group</th><th>sharpness ratio (synthetic / holdout)</th><th>mean |Laplacian| "
         "synthetic</th><th>holdout</th><th>train</th><th>power above half Nyquist, synthetic</th>"
-        "<th>holdout</th></tr>" + "".join(rows) + "</table>"
+        "<th>holdout</th></tr>" + "".join(rows) + "</table>" + _channel_table(sharp.get("all", {}))
+    )
+
+
+def _channel_table(res: dict[str, Any]) -> str:
+    """Colour or multi-channel images: each channel's sharpness ratio and mean intensity (colour balance)."""
+    if "per_channel" not in res:
+        return ""
+    rows = "".join(
+        f"<tr><th>{c['channel']}</th><td>{_fmt(c['sharpness_ratio'])}</td>"
+        + "".join(f"<td>{_fmt(c['mean_intensity'][n])}</td>" for n in ("synthetic", "holdout", "train"))
+        + "</tr>"
+        for c in res["per_channel"]
+    )
+    return (
+        "<p>Per channel (0, 1, 2 = red, green, blue for colour), all images:</p><table><tr><th>channel</th>"
+        "<th>sharpness ratio</th><th>mean intensity, synthetic</th><th>holdout</th><th>train</th></tr>"
+        f"{rows}</table>"
     )
 
 

@@ -50,6 +50,7 @@ def load_sets(cfg: EvaluateConfig) -> tuple[dict[str, ImageSet], dict[str, Any]]
         "seed": cfg.seed,
     }
     sets = {"synthetic": load_set("synthetic", cfg.synthetic, **common)}
+    common["channels"] = sets["synthetic"].images.shape[1]  # real sets as the synthetic (grey or colour)
     run = cfg.run_dir or manifest_run(cfg.synthetic)
     if run is not None:
         sets |= {

@@ -86,13 +86,20 @@ def load_set(
     cache_dir: Path | None = None,
     max_images: int | None = None,
     seed: int = 0,
+    channels: int | None = None,
 ) -> ImageSet:
-    """Read one set; unreadable files are skipped and listed. ``max_images`` keeps a seeded random subset.
+    """Read one set; unreadable files are skipped and listed. ``max_images`` keeps a seeded random subset;
+    ``channels`` (default: what most of its images have) converts every image to that many channels.
 
     A real set may also be an .npz (or a CSV manifest with splits): its train split for ``train``, its
     holdout (test) split for a holdout."""
     if Path(root).is_file() and name != "synthetic":
-        dcfg = DataConfig(image_size=image_size, resize_mode=resize_mode, clip_percentiles=clip_percentiles)
+        dcfg = DataConfig(
+            image_size=image_size,
+            resize_mode=resize_mode,
+            clip_percentiles=clip_percentiles,
+            channels=channels,
+        )
         real = load_real_split(Path(root), "train" if name == "train" else "holdout", dcfg, cache_dir)
         return _image_set(name, real.root, real.loaded, real.class_names, real.skipped)
     cfg = DataConfig(
@@ -100,6 +107,7 @@ def load_set(
         image_size=image_size,
         resize_mode=resize_mode,
         clip_percentiles=clip_percentiles,
+        channels=channels,
         allow_single_class=True,
         val_fraction=0.0,
         holdout_fraction=0.0,
@@ -159,6 +167,7 @@ def load_run_split(
     cache_dir: Path | None = None,
     max_images: int | None = None,
     seed: int = 0,
+    channels: int | None = None,
 ) -> ImageSet:
     """The images of one split of a run's own data set (train or holdout), preprocessed like every other
     evaluation set (the run's contrast enhancement, if any, included: the generator learned it)."""
@@ -168,6 +177,7 @@ def load_run_split(
         raise SynthmedError("only 2D runs with a data source give evaluation sets", path=run_dir)
     cfg = run_cfg.data.model_copy(
         update={"image_size": image_size, "resize_mode": resize_mode, "clip_percentiles": clip_percentiles}
+        | ({"channels": channels} if channels else {})
     )
     records = [r for r in split_file.records if r.split == split]
     if not records:

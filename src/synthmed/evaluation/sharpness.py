@@ -67,4 +67,20 @@ def sharpness(images: dict[str, torch.Tensor], n_boot: int, seed: int) -> dict[s
         "spectrum": {"frequency": freqs.tolist()}
         | {n: radial_spectrum(x)[1].mean(0).tolist() for n, x in images.items()},
     }
+    if images["holdout"].shape[1] > 1:  # colour: a channel can lose detail the joint figure hides
+        out["per_channel"] = [_channel(images, c, rng, n_boot) for c in range(images["holdout"].shape[1])]
     return out
+
+
+def _channel(
+    images: dict[str, torch.Tensor], c: int, rng: np.random.Generator, n_boot: int
+) -> dict[str, Any]:
+    """One channel's sharpness ratio and its mean intensity per set (colour balance)."""
+    lap = {n: laplacian_energy(x[:, c : c + 1]).numpy() for n, x in images.items()}
+    return {
+        "channel": c,
+        "sharpness_ratio": ratio_ci(lap["synthetic"], lap["holdout"], rng, n_boot),
+        "mean_intensity": {
+            n: mean_ci(x[:, c].float().mean((1, 2)).numpy(), rng, n_boot) for n, x in images.items()
+        },
+    }
