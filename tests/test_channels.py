@@ -127,3 +127,50 @@ def test_retinamnist_in_colour_end_to_end(retinamnist: Path, tmp_path: Path) -> 
     assert [c["channel"] for c in channels] == [0, 1, 2]
     red = channels[0]["mean_intensity"]
     assert red["synthetic"]["value"] == pytest.approx(mean[0], abs=0.02)
+
+
+def _fundus_with_discs(retinamnist: Path, root: Path, n: int = 12) -> Path:
+    """RetinaMNIST photographs as RGB PNGs with a mask of the brightest (optic-disc) region each, in the
+    images/ + mask/ layout of a mask ControlNet's data."""
+    with np.load(retinamnist) as z:
+        images = z["train_images"][:n]
+    for i, image in enumerate(images):
+        cls = root / ("a" if i % 2 else "b")
+        (cls / "images").mkdir(parents=True, exist_ok=True)
+        (cls / "mask").mkdir(exist_ok=True)
+        Image.fromarray(image).save(cls / "images" / f"f{i}.png")
+        bright = image.astype(float).mean(-1)
+        Image.fromarray(((bright >= np.percentile(bright, 90)) * 255).astype(np.uint8)).save(
+            cls / "mask" / f"f{i}_mask.png"
+        )
+    return root
+
+
+def test_a_colour_controlnet_edit_keeps_every_pixel_outside_the_region(
+    retinamnist: Path, tmp_path: Path
+) -> None:
+    import synthmed
+    from synthmed.config import build_train_config
+    from synthmed.sampling.editing import edit_image, save_edit
+    from synthmed.training.run import train
+
+    root = _fundus_with_discs(retinamnist, tmp_path / "fundus")
+    values = {
+        "preset": "tiny",
+        "run_dir": str(tmp_path / "run"),
+        "data": {"source": str(root), "image_size": 32},
+    }
+    steps = {"autoencoder": {"steps": 10}, "diffusion": {"steps": 10}, "controlnet": {"steps": 6}}
+    train(build_train_config(values | steps), ["autoencoder", "diffusion", "controlnet"], progress=False)
+    image = root / "b" / "images" / "f0.png"
+    pixels = np.asarray(Image.open(image))
+    region = np.zeros(pixels.shape[:2], np.uint8)
+    region[8:16, 10:20] = 255
+    result = edit_image(synthmed.load(tmp_path / "run"), "insert", image, region, label="a", steps=3)
+    assert result.row["controlnet_sha256"] and result.image.shape == pixels.shape == (28, 28, 3)
+    inside = region > 0
+    assert np.array_equal(result.image[~inside], pixels[~inside].astype(np.float32))  # bit for bit
+    assert np.abs(result.image[inside] - pixels[inside]).mean() > 1.0
+    out = save_edit(result, tmp_path / "edited.png")[0]
+    written = np.asarray(Image.open(out))
+    assert written.shape == (28, 28, 3) and np.array_equal(written[~inside], pixels[~inside])

@@ -27,7 +27,7 @@ from scipy import ndimage
 from synthmed.config import DataConfig
 from synthmed.data.enhance import Enhancement
 from synthmed.data.preprocess import FitResize, PercentileScale, build_transform, preprocess
-from synthmed.data.readers import IMAGE_EXTENSIONS, LOSSY_EXTENSIONS, read_image
+from synthmed.data.readers import IMAGE_EXTENSIONS, LOSSY_EXTENSIONS, read_channels, read_image
 from synthmed.data.sources import Skipped, handle_failure
 from synthmed.errors import SynthmedError
 
@@ -197,8 +197,8 @@ def load_image_mask_pairs(
     only some images), except those in ``lesion_free``, whose missing mask is empty (BUSI 'normal');
     unreadable images or masks are skipped or raised per ``cfg.on_error``."""
     lesion_free = {Path(p) for p in lesion_free}
-    size = cfg.image_size
-    pixels = np.empty((len(images), 1, size, size), dtype=np.float32)
+    size, channels = cfg.image_size, cfg.channels or 1
+    pixels = np.empty((len(images), channels, size, size), dtype=np.float32)
     masks = np.empty((len(images), 1, size, size), dtype=np.uint8)
     sources: list[str] = []
     skipped: list[Skipped] = []
@@ -208,7 +208,8 @@ def load_image_mask_pairs(
         try:
             files = find_mask_files(path)
             if not files and path in lesion_free:
-                pixels[len(sources)], masks[len(sources)] = preprocess(read_image(path), cfg), 0
+                image = read_channels(path, channels)
+                pixels[len(sources)], masks[len(sources)] = preprocess(image, cfg), 0
             elif not files:
                 reason = (
                     f"no mask file {path.stem}_mask.<ext> (PNG, GIF, TIFF, BMP or JPEG) next to it or in a "
@@ -217,8 +218,8 @@ def load_image_mask_pairs(
                 skipped.append(Skipped(str(path), reason))
                 continue
             else:
-                image = read_image(path)
-                mask = read_mask(files, image.shape)
+                image = read_channels(path, channels)
+                mask = read_mask(files, image.shape[:2])
                 small = resize_mask(mask, cfg)
                 pixels[len(sources)], masks[len(sources)] = preprocess(image, cfg), small[None]
                 broken = fragmentation(mask, small)

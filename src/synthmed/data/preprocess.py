@@ -24,7 +24,7 @@ from monai.transforms import (
 
 from synthmed.config import DataConfig, EnhanceConfig
 from synthmed.data.enhance import build_enhancement
-from synthmed.data.readers import validate_array
+from synthmed.data.readers import LUMA, validate_array
 
 Fit = Literal["longest", "shortest", "stretch"]
 _FIT_FOR_MODE: dict[str, Fit] = {"pad": "longest", "crop": "shortest", "stretch": "stretch"}
@@ -162,3 +162,14 @@ def preprocess(image: np.ndarray, cfg: DataConfig) -> np.ndarray:
         out = transform(channels)
     result = np.asarray(torch.as_tensor(out), dtype=np.float32)
     return np.clip(result, 0.0, 1.0, out=result)  # interpolation rounding must not leave [0, 1]
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, 1, H, W): the image itself for one channel, BT.601 luminance for RGB (the
+    weights grey decoding uses), the channels' mean otherwise. What structure maps (edges) are taken from."""
+    if images.shape[1] == 1:
+        return images
+    if images.shape[1] == 3:
+        weights = torch.tensor(LUMA, dtype=images.dtype, device=images.device)
+        return (images * weights[None, :, None, None]).sum(1, keepdim=True)
+    return images.mean(1, keepdim=True)

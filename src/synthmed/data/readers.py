@@ -37,7 +37,7 @@ MAX_FILE_BYTES = 1 << 30
 _PIL_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF")
 # Modes whose integer/float range is meaningful and must not be squeezed into 8 bits.
 _WIDE_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
-_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, the weights Pillow's convert("L") uses
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, the weights Pillow's convert("L") uses
 # Colour: channels differ by more than this fraction of the value range on average (grey images stored as
 # RGB, e.g. Kermany's, have equal channels, or nearly so after lossy compression).
 _COLOUR_SPREAD = 0.01
@@ -99,6 +99,22 @@ def read_image(path: Path) -> np.ndarray:
     """Read one 2D image as finite float32 (H, W); colour becomes luminance, DICOM gets its LUTs."""
     path = Path(path)
     return decode_image(read_bytes(path), path)
+
+
+def read_channels(path: Path, channels: int) -> np.ndarray:
+    """One file as (H, W) grey (``channels`` 1: colour becomes luminance) or (H, W, C): its own C channels,
+    or a grey image repeated into each; a file with another channel count is named."""
+    path = Path(path)
+    pixels = decode_pixels(read_bytes(path), path)
+    if channels == 1:
+        return pixels.array
+    if pixels.channels is None:
+        return np.repeat(pixels.array[..., None], channels, axis=-1)
+    if pixels.channel_count != channels:
+        raise SynthmedError(
+            f"image has {pixels.channel_count} channels, the run's images {channels}", path=path
+        )
+    return pixels.channels
 
 
 def decode_image(data: bytes, path: Path) -> np.ndarray:
@@ -291,7 +307,7 @@ def _to_2d(a: np.ndarray, source: str) -> np.ndarray:
         return a[..., 0]
     if a.ndim == 3 and a.shape[-1] in (3, 4):
         with np.errstate(over="ignore", invalid="ignore"):
-            return a[..., :3].astype(np.float64) @ _LUMA
+            return a[..., :3].astype(np.float64) @ np.array(LUMA)
     if a.ndim == 3 and 2 <= a.shape[-1] <= MAX_CHANNELS:  # multi-contrast: no luminance, the mean
         with np.errstate(over="ignore", invalid="ignore"):
             return a.astype(np.float64).mean(-1)

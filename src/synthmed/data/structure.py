@@ -18,7 +18,7 @@ from skimage.filters import sobel
 
 from synthmed.config import Condition, DataConfig
 from synthmed.data.masks import check_binary_mask, fragmentation, resize_mask, warn_fragmented
-from synthmed.data.preprocess import preprocess
+from synthmed.data.preprocess import luminance, preprocess
 from synthmed.data.readers import read_image
 from synthmed.errors import SynthmedError
 
@@ -47,8 +47,8 @@ def structure_map(image: np.ndarray, condition: Condition, sigma: float) -> np.n
 
 
 def structure_maps(images: torch.Tensor, condition: Condition, sigma: float) -> torch.Tensor:
-    """(N, 1, H, W) images in [0, 1] -> (N, 1, H, W) float32 structure maps."""
-    maps = [structure_map(img[0].float().cpu().numpy(), condition, sigma) for img in images]
+    """(N, C, H, W) images in [0, 1] -> (N, 1, H, W) float32 structure maps (of the luminance of colour)."""
+    maps = [structure_map(img[0].float().cpu().numpy(), condition, sigma) for img in luminance(images)]
     return torch.from_numpy(np.stack(maps)[:, None]) if maps else images.new_zeros(images.shape)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 import torch
 from monai.transforms import Resize
 from PIL import Image
@@ -32,7 +33,7 @@ from synthmed.artifacts.files import atomic_write, file_sha256
 from synthmed.config import DataConfig, EditConfig
 from synthmed.data.masks import check_binary_mask, resize_mask
 from synthmed.data.preprocess import FitResize, preprocess
-from synthmed.data.readers import read_image
+from synthmed.data.readers import read_channels
 from synthmed.errors import SynthmedError
 from synthmed.models.solvers import MULTISTEP
 from synthmed.sampling.pipeline import EditTarget, ImageCondition, Pipeline
@@ -44,9 +45,9 @@ DEFAULT_STRENGTH = {"insert": 1.0, "remove": 1.0, "harmonize": 0.5}
 class EditResult:
     """An edited image on the input's grid, the same at model resolution, and the edited region."""
 
-    image: np.ndarray  # (H, W) float32, the input's intensity scale
-    model_image: torch.Tensor  # (1, S, S) in [0, 1]
-    model_input: torch.Tensor  # (1, S, S) in [0, 1]: the preprocessed input
+    image: np.ndarray  # (H, W) or colour (H, W, C) float32, the input's intensity scale
+    model_image: torch.Tensor  # (C, S, S) in [0, 1]
+    model_input: torch.Tensor  # (C, S, S) in [0, 1]: the preprocessed input
     region: np.ndarray  # (H, W) uint8 {0, 1}: the pixels replaced (insert: the new lesion's mask)
     row: dict[str, Any]  # provenance
 
@@ -79,13 +80,15 @@ def placement(shape: tuple[int, int], size: int, resize_mode: str) -> Placement:
 def to_input_grid(
     model_image: torch.Tensor, pixels: np.ndarray, region: np.ndarray, cfg: DataConfig
 ) -> np.ndarray:
-    """``pixels`` with the ``region`` pixels taken from ``model_image`` (1, S, S) in [0, 1], resampled onto
-    the input grid and mapped back to the input's intensities (inverse of the percentile scaling)."""
-    place = placement(pixels.shape, cfg.image_size, cfg.resize_mode)
+    """``pixels`` (H, W) or colour (H, W, C) with the ``region`` pixels taken from ``model_image`` (C, S, S)
+    in [0, 1], resampled onto the input grid and mapped back to the input's intensities (inverse of the
+    percentile scaling, taken over all channels as ``preprocess`` takes it)."""
+    place = placement(pixels.shape[:2], cfg.image_size, cfg.resize_mode)
     crop = model_image[:, place.target[0], place.target[1]].float()
     box = (place.source[0].stop - place.source[0].start, place.source[1].stop - place.source[1].start)
     shrinking = box[0] < crop.shape[-2] or box[1] < crop.shape[-1]
-    values = np.asarray(Resize(box, mode="area" if shrinking else "bilinear")(crop))[0]
+    resized = np.asarray(Resize(box, mode="area" if shrinking else "bilinear")(crop))
+    values = resized[0] if pixels.ndim == 2 else resized.transpose(1, 2, 0)
     lo, hi = np.percentile(pixels.astype(np.float64), cfg.clip_percentiles)
     out = pixels.copy()
     inside = region[place.source].astype(bool)
@@ -93,13 +96,16 @@ def to_input_grid(
     return out
 
 
-def _read(source: Path | np.ndarray, what: str) -> tuple[np.ndarray, str | None]:
-    """Pixels (H, W) float32 and the file's sha256 (None for an array given directly)."""
+def _read(source: Path | np.ndarray, what: str, channels: int = 1) -> tuple[np.ndarray, str | None]:
+    """Pixels float32, (H, W) for one channel or (H, W, C) (a grey image repeated into each), and the file's
+    sha256 (None for an array given directly)."""
     if isinstance(source, np.ndarray):
-        if source.ndim != 2 or not np.isfinite(source).all():
-            raise SynthmedError(f"{what} must be a finite (H, W) array, got shape {source.shape}", field=what)
+        shape_ok = source.ndim == 2 if channels == 1 else source.shape[2:] == (channels,)
+        if not shape_ok or not np.isfinite(source).all():
+            want = "(H, W)" if channels == 1 else f"(H, W, {channels})"
+            raise SynthmedError(f"{what} must be a finite {want} array, got shape {source.shape}", field=what)
         return source.astype(np.float32), None
-    return read_image(Path(source)), file_sha256(Path(source))
+    return read_channels(Path(source), channels), file_sha256(Path(source))
 
 
 def _read_region(
@@ -171,14 +177,15 @@ def edit_image(
     if resample < 1 or steps < 1:
         raise SynthmedError("steps and resample must be at least 1", field="steps")
     cfg = pipe.cfg.data
-    pixels, image_sha = _read(image, "image")
+    pixels, image_sha = _read(image, "image", pipe.cfg.image_channels)
     model_input = torch.from_numpy(preprocess(pixels, cfg))
+    shape = pixels.shape[:2]
     if region is None:
-        full, region_sha = np.ones(pixels.shape, np.uint8), None
+        full, region_sha = np.ones(shape, np.uint8), None
         model_region = None
     else:
-        full, region_sha = _read_region(region, pixels.shape, "region")
-        model_region = _model_region(full, cfg, pixels.shape, "region")
+        full, region_sha = _read_region(region, shape, "region")
+        model_region = _model_region(full, cfg, shape, "region")
     sampler = sampler or pipe.samplers[0]
     if sampler in MULTISTEP and resample > 1:  # their history of model outputs forbids repeating a step
         raise SynthmedError("resample > 1 needs a one-step sampler: ddim, ddpm or rflow", field="resample")
@@ -242,11 +249,17 @@ def save_edit(result: EditResult, out: Path) -> list[Path]:
 
 
 def _write_image(image: np.ndarray, out: Path, suffix: str) -> None:
+    if suffix != ".png" and image.ndim == 3:  # Pillow has no float colour mode
+        with atomic_write(out) as tmp:
+            tifffile.imwrite(
+                tmp, image.astype(np.float32), photometric="rgb" if image.shape[2] == 3 else None
+            )
+        return
     if suffix != ".png":
         _atomic_save(Image.fromarray(image.astype(np.float32)), out)
         return
     rounded = np.round(image)
-    for dtype in (np.uint8, np.uint16):
+    for dtype in (np.uint8,) if image.ndim == 3 else (np.uint8, np.uint16):  # PNG colour: 8 bits here
         if rounded.min() >= 0 and rounded.max() <= np.iinfo(dtype).max:
             _atomic_save(Image.fromarray(rounded.astype(dtype)), out)
             return
