@@ -76,7 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_evaluation_arguments(p)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--work-dir", default="runs/bench-quality3d")
-    p.add_argument("--resume", action="store_true", help="reuse arms finished by a stopped run")
+    p.add_argument(
+        "--resume", action="store_true", help="reuse arms (and arms' trainings) finished by a stopped run"
+    )
     p.add_argument("--smoke", action="store_true", help="toy sizes: proves the code path, not the claim")
 
 
@@ -285,8 +287,15 @@ def targets(head: dict[str, Any]) -> dict[str, Any]:
 
 
 def _arm(name: str, values: dict[str, Any], args: argparse.Namespace) -> dict:
+    """Train (or, with --resume, reuse the arm's finished training), generate, evaluate."""
     work = Path(args.work_dir) / name
-    seconds = _train(values)
+    trained = work / "train.json"  # written once training finished: a resumed run never reuses half of one
+    if args.resume and trained.is_file():
+        seconds = json.loads(trained.read_text())["seconds"]
+    else:
+        seconds = _train(values)
+        trained.parent.mkdir(parents=True, exist_ok=True)
+        trained.write_text(json.dumps({"seconds": seconds, "values": values}))
     run_dir = Path(values["run_dir"])
     real = _real_sets(run_dir, Path(values["data"]["source"]), work)
     generation_s = _generate(run_dir, work / "synthetic", args)
@@ -314,7 +323,10 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             results[name] = json.loads(done.read_text())
         else:
             values = recipes[name]
-            if name != "today":  # the budget, shared out as today spent it
+            trained = work / name / "train.json"
+            if args.resume and trained.is_file():  # trained by a stopped run: its steps
+                values = json.loads(trained.read_text())["values"]
+            elif name != "today":  # the budget, shared out as today spent it
                 today = results["today"]
                 shares = dict(today["stage_seconds"])
                 if name == "slicewise":
