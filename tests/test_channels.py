@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -174,3 +175,30 @@ def test_a_colour_controlnet_edit_keeps_every_pixel_outside_the_region(
     out = save_edit(result, tmp_path / "edited.png")[0]
     written = np.asarray(Image.open(out))
     assert written.shape == (28, 28, 3) and np.array_equal(written[~inside], pixels[~inside])
+
+
+def test_a_colour_study_is_rendered_alike_for_real_and_synthetic(retinamnist: Path, tmp_path: Path) -> None:
+    """Blinding with colour: every item of a study holding colour is served as the same kind of RGB PNG
+    (same byte length, no metadata), colour as stored, whatever the source's format, size or channels."""
+    from synthmed.review import render
+
+    with np.load(retinamnist) as z:
+        photos = z["test_images"][:4]
+    items = []
+    for i, photo in enumerate(photos):  # real: JPEG at 3x the size; synthetic-like: 8-bit RGB PNG at 32 px
+        real, syn = tmp_path / f"real{i}.jpg", tmp_path / f"syn{i}.png"
+        Image.fromarray(photo).resize((84, 84)).save(real, quality=95)
+        Image.fromarray(photo).resize((32, 32)).save(syn)
+        items += [(2 * i, real), (2 * i + 1, syn)]
+    grey = tmp_path / "grey.png"
+    Image.fromarray(photos[0]).convert("L").save(grey)
+    items.append((99, grey))
+    render.render_study(tmp_path / "cache", 1, items, 2, size=64, native=32)
+    served = {i: render.slice_path(tmp_path / "cache", 1, i, 0).read_bytes() for i, _ in items}
+    assert len({len(b) for b in served.values()}) == 1  # same kind, same length: RGB for all
+    planes = {i: np.asarray(Image.open(io.BytesIO(b))) for i, b in served.items()}
+    assert all(p.shape == (64, 64, 3) for p in planes.values())
+    assert np.array_equal(planes[99][..., 0], planes[99][..., 2])  # grey stays grey
+    real, syn = planes[0].reshape(-1, 3).mean(0), planes[1].reshape(-1, 3).mean(0)
+    assert real[0] > real[1] > real[2] and np.abs(real - syn).max() < 6  # colour as stored, window off
+    assert render.study_info(tmp_path / "cache", 1)["colour"] is True

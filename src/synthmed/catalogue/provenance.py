@@ -253,14 +253,17 @@ def _check_kind(claim: Claim) -> None:
 
 def _check_png_kind(claim: Claim) -> None:
     bits, size = int(claim.row.get("bit_depth", 8)), int(claim.row.get("image_size", 0))
+    colour = int(claim.row.get("channels", 1)) == 3
     try:
         with Image.open(claim.path, formats=["PNG"]) as im:
             mode, shape = im.mode, im.size
     except Exception as exc:  # Pillow raises many types for damaged files
         raise SynthmedError(f"not a readable PNG ({type(exc).__name__})") from exc
-    if mode != ("L" if bits == 8 else "I;16") or shape != (size, size):
+    expected = "RGB" if colour else ("L" if bits == 8 else "I;16")
+    if mode != expected or shape != (size, size):
+        kind = "8-bit RGB colour" if colour else f"{bits}-bit greyscale"
         raise SynthmedError(
-            f"a {shape[0]}x{shape[1]} PNG of mode {mode}; generation wrote this row as {bits}-bit greyscale "
+            f"a {shape[0]}x{shape[1]} PNG of mode {mode}; generation wrote this row as {kind} "
             f"of {size}x{size} pixels"
         )
 
@@ -399,7 +402,8 @@ def copy_checks(claims: list[Claim], pipes: _Pipelines, percentile: float) -> di
 
 
 def _as_model_image(claim: Claim) -> torch.Tensor:
-    """A generated PNG back in [0, 1], (1, H, W), as the model made it (up to the PNG's rounding)."""
+    """A generated PNG back in [0, 1], (C, H, W), as the model made it (up to the PNG's rounding)."""
     with Image.open(claim.path, formats=["PNG"]) as im:
         arr = np.asarray(im).astype(np.float32)
-    return torch.from_numpy(arr / (255.0 if int(claim.row.get("bit_depth", 8)) == 8 else 65535.0))[None]
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr / (255.0 if int(claim.row.get("bit_depth", 8)) == 8 else 65535.0))

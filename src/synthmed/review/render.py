@@ -8,8 +8,11 @@ windowed, resized and written the same way, so nothing but its pixels can tell w
   one, both enlarged to the screen, is told apart by its sharpness alone;
 - geometry: the study's square ``size``, aspect ratio kept (3D: from the voxel spacing), zero padding;
   3D volumes are reoriented to RAS and resampled to the study's common number of axial slices;
-- encoding: 8-bit greyscale PNG, no ancillary chunks (no text, time, gamma, resolution), zlib level 0
-  (stored blocks), so every image of a study has exactly the same byte length.
+- colour: a 2D study holding any colour image is rendered in RGB throughout (grey images as three equal
+  channels), with the window off (8-bit values as stored, 16-bit ones scaled by their range), so a colour
+  photograph is shown as taken and real and synthetic items look alike in everything but their pixels;
+- encoding: 8-bit greyscale (or RGB) PNG, no ancillary chunks (no text, time, gamma, resolution), zlib
+  level 0 (stored blocks), so every image of a study has exactly the same byte length.
 
 Images are rendered once, when the study is created, into a cache folder keyed by study and item; the web
 app serves those bytes, so serving time depends neither on the origin nor on the source file.
@@ -32,7 +35,14 @@ from PIL import Image
 
 from synthmed.catalogue.db import database_url
 from synthmed.data.preprocess import FitResize, PercentileScale
-from synthmed.data.readers import DICOM_EXTENSIONS, has_dicom_magic, read_image
+from synthmed.data.readers import (
+    DICOM_EXTENSIONS,
+    decode_pixels,
+    has_dicom_magic,
+    read_bytes,
+    read_channels,
+    read_image,
+)
 from synthmed.errors import SynthmedError
 
 WINDOW = (0.5, 99.5)
@@ -81,13 +91,18 @@ def slice_path(cache: Path, study_id: int, item_id: int, index: int) -> Path:
 
 
 def encode_png(plane: np.ndarray) -> bytes:
-    """8-bit greyscale PNG with only IHDR, IDAT and IEND; stored (uncompressed) blocks: its length depends
-    on the image size alone."""
+    """8-bit greyscale (H, W) or RGB (H, W, 3) PNG with only IHDR, IDAT and IEND; stored (uncompressed)
+    blocks: its length depends on the image size alone."""
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(plane, dtype=np.uint8), mode="L").save(
+    Image.fromarray(np.ascontiguousarray(plane, dtype=np.uint8), mode="L" if plane.ndim == 2 else "RGB").save(
         buf, format="PNG", compress_level=0
     )
     return buf.getvalue()
+
+
+def is_colour_image(path: Path) -> bool:
+    """Whether a 2D image file holds colour (grey stored as RGB does not)."""
+    return decode_pixels(read_bytes(path), path).colour
 
 
 def _window(arr: np.ndarray) -> torch.Tensor:
@@ -120,16 +135,22 @@ def native_geometry(path: Path, spatial_dims: int) -> Native:
         raise SynthmedError(f"cannot read the image header ({type(exc).__name__}: {exc})", path=path) from exc
 
 
-def render_image(path: Path, size: int, native: int | None = None) -> np.ndarray:
-    """A 2D image file (PNG, JPEG, DICOM...) as one (size, size) uint8 plane, first brought down to a longest
-    side of ``native`` pixels when it is larger."""
-    windowed = _window(read_image(path))[None]  # (1, H, W)
+def render_image(path: Path, size: int, native: int | None = None, colour: bool = False) -> np.ndarray:
+    """A 2D image file (PNG, JPEG, DICOM...) as one (size, size) uint8 plane, or (size, size, 3) with
+    ``colour``, first brought down to a longest side of ``native`` pixels when it is larger."""
+    if colour:  # the window off: as stored
+        rgb = read_channels(path, 3)
+        scale = 255.0 if rgb.max(initial=0.0) <= 255 else 65535.0
+        windowed = torch.from_numpy(np.clip(rgb / scale, 0.0, 1.0).transpose(2, 0, 1).astype(np.float32))
+    else:
+        windowed = _window(read_image(path))[None]  # (1, H, W)
     # MONAI's MetaTensor switch is process-wide: web request threads must not turn it off (a job's volume
     # loading in another thread needs it), so these few transforms keep their bookkeeping.
     if native is not None and max(windowed.shape[-2:]) > native:
         windowed = FitResize(native, "longest")(windowed)  # area averaging, as training data are resized
     fitted = SpatialPad((size, size), mode="constant", value=0.0)(FitResize(size, "longest")(windowed))
-    return _to_uint8(torch.as_tensor(fitted))[0]
+    planes = _to_uint8(torch.as_tensor(fitted))
+    return planes.transpose(1, 2, 0) if colour else planes[0]
 
 
 def _open_volume(path: Path):  # -> nibabel image, RAS
@@ -201,6 +222,7 @@ def render_study(
     slices = 1
     if spatial_dims == 3:
         slices = min(max(axial_slices(path) for _, path in items), size)  # one count for every item
+    colour = spatial_dims == 2 and any(is_colour_image(path) for _, path in items)  # one look for all
     final = study_dir(cache, study_id)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -209,13 +231,13 @@ def render_study(
             planes = (
                 render_volume(path, size, slices, native)
                 if spatial_dims == 3
-                else render_image(path, size, native)[None]
+                else render_image(path, size, native, colour)[None]
             )
             folder = tmp / str(item_id)
             folder.mkdir(parents=True)
             for index, plane in enumerate(planes):
                 (folder / f"{index}.png").write_bytes(encode_png(plane))
-        (tmp / STUDY_INFO).write_text(json.dumps(info or {}))
+        (tmp / STUDY_INFO).write_text(json.dumps((info or {}) | ({"colour": True} if colour else {})))
         shutil.rmtree(final, ignore_errors=True)  # a stale folder of a rolled-back study with this id
         os.replace(tmp, final)
     except BaseException:
@@ -241,4 +263,4 @@ def preview_png(path: Path, spatial_dims: int, size: int = 256) -> bytes:
     if spatial_dims == 3:
         planes = render_volume(path, size, axial_slices(path))
         return encode_png(planes[len(planes) // 2])
-    return encode_png(render_image(path, size))
+    return encode_png(render_image(path, size, colour=is_colour_image(path)))

@@ -139,6 +139,10 @@ def _resolved(pipe: Pipeline, cfg: GenerateConfig) -> GenerateConfig:
         )
     if cfg.decoder == "lite":  # it exists and was made from this run's autoencoder
         pipe.lite_decoder()
+    if pipe.cfg.image_channels > 1 and cfg.bit_depth != 8:
+        raise SynthmedError(
+            "colour images are written as 8-bit RGB PNGs; use --bit-depth 8", field="bit_depth"
+        )
     resolved = {
         "sampler": sampler,
         "steps": cfg.steps or default_steps(sampler),

@@ -381,11 +381,13 @@ class Pipeline(RunRules):
         decoder: DecoderKind = "full",
     ) -> dict[str, Any]:
         """The provenance row of one image, with the sampling settings as resolved by the caller."""
-        student = {}
+        student: dict[str, Any] = {}
         if sampler == DISTILLED and steps:
             student = {"distilled_sha256": self.students.get(steps).sha256}
         if decoder == "lite":
             student |= {"decoder": "lite", "lite_decoder_sha256": self.lite_decoder().sha256}
+        if self.cfg.image_channels > 1:  # grey rows stay as they were
+            student |= {"channels": self.cfg.image_channels}
         return student | {
             "label": label,
             "seed": seed,

@@ -19,7 +19,7 @@ from synthmed.data.preprocess import FitResize
 from synthmed.data.readers import read_image
 from synthmed.data.sources import hash_file
 from synthmed.errors import SynthmedError
-from synthmed.review.render import axial_slices, render_image, render_volume
+from synthmed.review.render import axial_slices, is_colour_image, render_image, render_volume
 from synthmed.web.auth import Admin
 from synthmed.web.deps import DB, get_or_404
 from synthmed.web.pages import readable, render
@@ -118,11 +118,13 @@ def overlay_png(image: Path, mask: Path | None, spatial_dims: int, size: int = T
             plane = render_volume(image, size, slices)[slices // 2]
             region = render_volume(mask, size, slices)[slices // 2] > 0 if mask else None
         else:
-            plane = render_image(image, size)
+            plane = render_image(image, size, colour=is_colour_image(image))
             region = _mask_plane(mask, size) if mask else None
     except SynthmedError as exc:
         raise HTTPException(404, f"cannot show this sample: {exc}") from exc
-    rgb = np.repeat(plane[..., None].astype(np.float32), 3, axis=-1)
+    rgb = (
+        plane.astype(np.float32) if plane.ndim == 3 else np.repeat(plane[..., None].astype(np.float32), 3, -1)
+    )
     if region is not None and region.any():
         rgb[region] = 0.55 * rgb[region] + 0.45 * TINT
         inner = region.copy()
