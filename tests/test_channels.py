@@ -129,6 +129,18 @@ def test_retinamnist_in_colour_end_to_end(retinamnist: Path, tmp_path: Path) -> 
     red = channels[0]["mean_intensity"]
     assert red["synthetic"]["value"] == pytest.approx(mean[0], abs=0.02)
 
+    # the catalogue takes them as generated: RGB PNGs of the row's kind, regenerated bit for bit
+    from typer.testing import CliRunner
+
+    from synthmed.catalogue.migrate import upgrade
+    from synthmed.cli import app
+
+    url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    upgrade(url)
+    result = CliRunner().invoke(app, ["catalogue", "import", str(out), "--database", url, "--verify-all"])
+    assert result.exit_code == 0, result.output
+    assert "16 synthetic samples" in result.output
+
 
 def _fundus_with_discs(retinamnist: Path, root: Path, n: int = 12) -> Path:
     """RetinaMNIST photographs as RGB PNGs with a mask of the brightest (optic-disc) region each, in the

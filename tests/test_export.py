@@ -38,8 +38,10 @@ AFFINE_3D = np.array([[-1.5, 0, 0, 30.0], [0, 1.0, 0, -12.0], [0, 0, 2.0, 7.5], 
 class Catalogue:
     """A catalogue of real files posing as generated samples, with their review states."""
 
-    def __init__(self, url: str, root: Path, busi: Path, hippocampus: Path, ct: Path) -> None:
-        self.url, self.ct = url, ct
+    def __init__(
+        self, url: str, root: Path, busi: Path, hippocampus: Path, ct: Path, retinamnist: Path
+    ) -> None:
+        self.url, self.ct, self.retinamnist = url, ct, retinamnist
         self.runs: dict[str, int] = {}  # data set name -> its generation run id
         self.sources: dict[int, dict] = {}  # approved sample id -> what its export must hold
         self.excluded: list[int] = []  # pending, rejected, real: never exported
@@ -84,6 +86,7 @@ class Catalogue:
             np.zeros(1),
             state="hostile",
         )
+        self._colour(session, root, images["benign (1)"])
         real = Dataset(name="busi_real", origin="real", root=str(busi), spatial_dims=2)
         session.add(real)
         session.flush()
@@ -140,6 +143,19 @@ class Catalogue:
             shutil.copy(mask_src, Path(dataset.root) / mask_rel)
             mask_pixels = (np.asarray(Image.open(mask_src)) > 0).astype(np.uint8)
         self._add(session, dataset, rel, path, rel.split("/")[0], seed, pixels, mask_rel, mask_pixels, state)
+
+    def _colour(self, session: Session, root: Path, grey: Path) -> None:
+        """syn_colour: two RGB fundus photographs (RetinaMNIST); syn_mixed: one beside a grey image."""
+        with np.load(self.retinamnist) as z:
+            photos = z["test_images"][:2]
+        colour = self._dataset(session, "syn_colour", root / "colour", 2, RUN_2D, DIFF_2D, {})
+        mixed = self._dataset(session, "syn_mixed", root / "mixed", 2, RUN_2D, DIFF_2D, {})
+        for i, (dataset, photo) in enumerate([(colour, photos[0]), (colour, photos[1]), (mixed, photos[0])]):
+            rel = f"fundus/syn_{40 + i:08d}.png"
+            (Path(dataset.root) / "fundus").mkdir(exist_ok=True)
+            Image.fromarray(photo).save(Path(dataset.root) / rel)
+            self._add(session, dataset, rel, Path(dataset.root) / rel, "fundus", 40 + i, photo)
+        self._png(session, mixed, "benign/syn_00000050.png", grey, seed=50)
 
     def _volume(self, session: Session, dataset: Dataset, hippocampus: Path, key: str, seed: int) -> None:
         image = np.asanyarray(nib.load(hippocampus / "images" / f"{key}.nii.gz").dataobj)
@@ -208,12 +224,15 @@ class Catalogue:
 
 @pytest.fixture(scope="module")
 def catalogue(
-    tmp_path_factory: pytest.TempPathFactory, busi: Path, hippocampus: Path, dicom_file: Callable[[str], Path]
+    tmp_path_factory: pytest.TempPathFactory,
+    busi: Path,
+    hippocampus: Path,
+    retinamnist: Path,
+    dicom_file: Callable[[str], Path],
 ) -> Catalogue:
     root = tmp_path_factory.mktemp("export")
-    return Catalogue(
-        f"sqlite:///{root / 'catalogue.db'}", root, busi, hippocampus, dicom_file("CT_small.dcm")
-    )
+    url = f"sqlite:///{root / 'catalogue.db'}"
+    return Catalogue(url, root, busi, hippocampus, dicom_file("CT_small.dcm"), retinamnist)
 
 
 @pytest.fixture(autouse=True)
@@ -477,9 +496,15 @@ def test_export_command(catalogue: Catalogue, tmp_path: Path) -> None:
 
 
 def test_export_on_sqlite_and_postgresql(
-    catalogue_url: str, tmp_path: Path, busi: Path, hippocampus: Path, dicom_file: Callable[[str], Path]
+    catalogue_url: str,
+    tmp_path: Path,
+    busi: Path,
+    hippocampus: Path,
+    retinamnist: Path,
+    dicom_file: Callable[[str], Path],
 ) -> None:
-    cat = Catalogue(catalogue_url, tmp_path / "data", busi, hippocampus, dicom_file("CT_small.dcm"))
+    ct = dicom_file("CT_small.dcm")
+    cat = Catalogue(catalogue_url, tmp_path / "data", busi, hippocampus, ct, retinamnist)
     try:
         summary = cat.export(tmp_path / "out", "nifti", dataset="syn3d")
         assert summary["cases"] == 2 and summary["labelled"] == 2
@@ -493,3 +518,30 @@ def test_series_description_keeps_the_model_digest_when_the_run_name_is_long() -
 
     text = series_description({"run_dir": "/runs/" + "x" * 100, "diffusion_sha256": DIFF_2D})
     assert len(text) == 64 and text.startswith("SYNTHETIC synthmed xxx") and text.endswith(DIFF_2D[:12])
+
+
+def test_colour_exports_keep_rgb_in_every_format(catalogue: Catalogue, tmp_path: Path) -> None:
+    approved = catalogue.approved("syn_colour")
+    summary = catalogue.export(tmp_path / "png", "png", dataset="syn_colour")
+    assert summary["cases"] == 2
+    meta = json.loads((tmp_path / "png" / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "R", "1": "G", "2": "B"}
+    for row in manifest(tmp_path / "png"):  # one RGB PNG per case, as nnU-Net reads natural images
+        written = np.asarray(Image.open(tmp_path / "png" / row["file"]))
+        assert np.array_equal(written, approved[int(row["sample_id"])]["pixels"])
+    catalogue.export(tmp_path / "nii", "nifti", dataset="syn_colour")
+    for row in manifest(tmp_path / "nii"):  # nnU-Net: one file per channel, <case>_0000 .. _0002
+        photo = approved[int(row["sample_id"])]["pixels"]
+        files = sorted((tmp_path / "nii" / "imagesTr").glob(f"{row['case_id']}_000*.nii.gz"))
+        assert [f.name[-11:] for f in files] == ["0000.nii.gz", "0001.nii.gz", "0002.nii.gz"]
+        for c, f in enumerate(files):
+            assert np.array_equal(np.asanyarray(nib.load(f).dataobj)[:, :, 0].T, photo[..., c])
+        assert row["file"].endswith("_000*.nii.gz") and len(row["sha256"]) == 64
+    catalogue.export(tmp_path / "dcm", "dicom", dataset="syn_colour")
+    for row in manifest(tmp_path / "dcm"):
+        ds = pydicom.dcmread(tmp_path / "dcm" / row["file"])
+        assert ds.PhotometricInterpretation == "RGB" and ds.SamplesPerPixel == 3
+        assert np.array_equal(ds.pixel_array, approved[int(row["sample_id"])]["pixels"])
+        assert ds.SyntheticData == "YES"
+    with pytest.raises(SynthmedError, match=r"(grey among colour|colour among grey) samples"):
+        catalogue.export(tmp_path / "mixed", "png", dataset="syn_mixed")

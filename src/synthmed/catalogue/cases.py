@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from synthmed.catalogue.models import GenerationRun, Sample
 from synthmed.catalogue.provenance import inside_folder
-from synthmed.data.readers import DICOM_EXTENSIONS, has_dicom_magic, read_bytes, validate_array
+from synthmed.data.readers import DICOM_EXTENSIONS, has_dicom_magic, is_colour, read_bytes, validate_array
 from synthmed.data.volumes import open_volume
 from synthmed.errors import SynthmedError
 
@@ -31,7 +31,7 @@ class Case:
     case_id: str
     sample: Sample
     model: dict[str, Any]
-    image: np.ndarray  # 2D (rows, columns) uint8/uint16; 3D (x, y, z) as stored in the source
+    image: np.ndarray  # 2D (rows, columns) uint8/uint16 or colour (rows, columns, 3) uint8; 3D (x, y, z)
     affine: np.ndarray | None  # 3D voxel -> RAS mm
     mask: np.ndarray | None  # 2D 0/1 uint8; 3D integer label map on the image's grid
 
@@ -46,8 +46,8 @@ def read_case(session: Session, sample: Sample, dims: int) -> Case:
         image = _read_2d(path)
         mask = None
         if mask_path is not None:
-            mask = (_read_2d(mask_path) > 0).astype(np.uint8)
-            _same_shape(mask.shape, image.shape, mask_path)
+            mask = (_read_2d(mask_path, colour=False) > 0).astype(np.uint8)
+            _same_shape(mask.shape, image.shape[:2], mask_path)
         return Case(case_id, sample, model, image, None, mask)
     image, affine = _read_volume(path)
     label = None
@@ -67,12 +67,13 @@ def _same_shape(mask: tuple[int, ...], image: tuple[int, ...], path: Path) -> No
         raise SynthmedError(f"mask has shape {mask} but its image has {image}; they must match", path=path)
 
 
-def _read_2d(path: Path) -> np.ndarray:
-    """A 2D image as uint8 or uint16 greyscale, values as stored (DICOM: stored values, no LUTs)."""
+def _read_2d(path: Path, colour: bool = True) -> np.ndarray:
+    """A 2D image as uint8 or uint16 greyscale, values as stored (DICOM: stored values, no LUTs), or as
+    (rows, columns, 3) uint8 when it holds colour (and ``colour``)."""
     data = read_bytes(path)
     try:
         dicom = path.suffix.lower() in DICOM_EXTENSIONS or has_dicom_magic(data)
-        arr = _dicom_pixels(data, path) if dicom else _pil_pixels(data)
+        arr = _dicom_pixels(data, path) if dicom else _pil_pixels(data, colour)
     except SynthmedError:
         raise
     except Exception as exc:  # any decoder failure on a damaged file becomes our one error type
@@ -80,11 +81,14 @@ def _read_2d(path: Path) -> np.ndarray:
     return unsigned(arr, path)[0]
 
 
-def _pil_pixels(data: bytes) -> np.ndarray:
+def _pil_pixels(data: bytes, colour: bool) -> np.ndarray:
     with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as im:
         if im.mode in ("L", "I", "F") or im.mode.startswith("I;16"):
             return np.asarray(im)
-        return np.asarray(im.convert("L"))  # colour, palette, alpha: luminance, as synthmed trains on
+        rgb = np.asarray(im.convert("RGB"))
+        if colour and is_colour(rgb):
+            return rgb  # alpha dropped: it is not anatomy
+        return np.asarray(im.convert("L"))  # grey stored as colour, palette: luminance
 
 
 def _dicom_pixels(data: bytes, path: Path) -> np.ndarray:

@@ -66,11 +66,12 @@ def _sc_image(
     common: dict[str, Any],
     orientation: tuple[str, str] | None,
 ) -> Any:
-    """One Secondary Capture image of uint8/uint16 ``stored`` pixels (source = stored * slope + intercept)."""
+    """One Secondary Capture image of uint8/uint16 ``stored`` pixels (source = stored * slope + intercept),
+    or of (rows, columns, 3) uint8 colour (photometric interpretation RGB)."""
 
     image = hd.sc.SCImage(
         pixel_array=np.ascontiguousarray(stored),
-        photometric_interpretation="MONOCHROME2",
+        photometric_interpretation="RGB" if stored.ndim == 3 else "MONOCHROME2",
         bits_allocated=8 if stored.dtype == np.uint8 else 16,
         coordinate_system="PATIENT",
         series_number=1,

@@ -1,16 +1,18 @@
 """Export the approved synthetic samples as a training corpus (``synthmed export``).
 
-Layout (Medical Segmentation Decathlon / nnU-Net v2): ``imagesTr/<case>_0000<ending>`` (one channel),
+Layout (Medical Segmentation Decathlon / nnU-Net v2): ``imagesTr/<case>_0000<ending>`` (first channel),
 ``labelsTr/<case><ending>`` for samples with a mask or label map, ``dataset.json`` and ``manifest.csv``
-(provenance of every case). Formats:
+(provenance of every case); ``dataset.json``'s ``channel_names`` has one entry per channel. Formats:
 
-- png: 2D only; 8- or 16-bit greyscale as the source (other pixel types are scaled to 16 bits); masks 0/1.
+- png: 2D only; 8- or 16-bit greyscale as the source (other pixel types are scaled to 16 bits), or 8-bit RGB
+  for colour (one file, as nnU-Net reads natural images); masks 0/1.
 - nifti: ``.nii.gz``; a 2D image is a one-slice volume (x = column, y = row, unit spacing, as ITK and MONAI
-  read PNGs); a 3D volume keeps its values and affine.
-- dicom: Secondary Capture images built by highdicom with new UIDs, placeholder patient attributes that say
-  synthetic (nothing is copied from any source file), Synthetic Data (0008,001C) = YES, Conversion Type SYN
-  and a series description naming the model. Masks and label maps are DICOM Segmentation objects
-  (highdicom) referencing the images.
+  read PNGs); a 3D volume keeps its values and affine. Colour: one file per channel (``_0000``, ``_0001``,
+  ``_0002``: red, green, blue), nnU-Net's layout for several channels.
+- dicom: Secondary Capture images (colour: photometric interpretation RGB) built by highdicom with new UIDs,
+  placeholder patient attributes that say synthetic (nothing is copied from any source file), Synthetic Data
+  (0008,001C) = YES, Conversion Type SYN and a series description naming the model. Masks and label maps
+  are DICOM Segmentation objects (highdicom) referencing the images.
 
 Before anything is written, every sample proves again that it is synthetic (synthmed.catalogue.provenance:
 file unchanged, of its kind, its row's sha256 and weights, a fresh random sample regenerated bit for bit);
@@ -96,13 +98,14 @@ def export_approved(
     try:
         (staging / "imagesTr").mkdir()
         (staging / "labelsTr").mkdir()
-        rows, models, highest = [], [], 0
+        rows, models, highest, channels = [], [], 0, set[int]()
         for sample in samples:  # one at a time: only the current case's pixels are in memory
             case = read_case(session, sample, dims)
+            channels.add(_channels(case, channels))
             rows.append(_write_case(staging, fmt, case))
             models.append(case.model)
             highest = max(highest, int(case.mask.max()) if case.mask is not None and case.mask.size else 0)
-        meta = _dataset_json(rows, models, highest, fmt, dims, dataset)
+        meta = _dataset_json(rows, models, highest, fmt, dims, dataset, channels.pop())
         (staging / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
         _write_manifest(staging / "manifest.csv", rows)
         _publish(staging, out, overwrite)
@@ -116,6 +119,19 @@ def export_approved(
         "classes": dict(Counter(row["label"] for row in rows)),
         "models": meta["models"],
     }
+
+
+def _channels(case: Case, seen: set[int]) -> int:
+    """The case's channel count; a corpus mixing grey and colour cases is refused (nnU-Net needs one)."""
+    count = 3 if case.image.ndim == 3 and case.affine is None else 1
+    if seen and count not in seen:
+        where = Path(case.sample.dataset.root) / case.sample.path
+        raise SynthmedError(
+            f"is {'colour' if count == 3 else 'grey'} among {'grey' if count == 3 else 'colour'} samples; a "
+            "training corpus holds one kind: export one data set at a time with --dataset NAME",
+            path=where,
+        )
+    return count
 
 
 def _approved(session: Session, name: str | None) -> list[Sample]:
@@ -232,6 +248,8 @@ def _write_case(staging: Path, fmt: Format, case: Case) -> dict[str, Any]:
             _write_png(case.mask, staging / mask_rel)
     elif fmt == "nifti":
         _write_nifti(case, staging / image_rel, staging / mask_rel if mask_rel else None)
+        if case.image.ndim == 3 and case.affine is None:  # colour: the other channels' files beside it
+            image_rel = image_rel.removesuffix(f"_0000{ending}") + f"_000*{ending}"
     else:
         if case.affine is not None:
             image_rel = image_rel.removesuffix(ending)  # a 3D volume: a folder of slices
@@ -245,11 +263,15 @@ def _write_png(arr: np.ndarray, path: Path) -> None:
 
 def _write_nifti(case: Case, image_path: Path, mask_path: Path | None) -> None:
     if case.affine is None:  # 2D: (rows, columns) -> (x = column, y = row, one slice)
-        image, affine = case.image.T[:, :, None], np.eye(4)
+        channels = case.image[..., None] if case.image.ndim == 2 else case.image
+        images = [channels[..., c].T[:, :, None] for c in range(channels.shape[-1])]
+        affine = np.eye(4)
         mask = case.mask.T[:, :, None] if case.mask is not None else None
     else:
-        image, mask, affine = case.image, case.mask, case.affine
-    save_nifti(image, affine, image_path, dtype=image.dtype)
+        images, mask, affine = [case.image], case.mask, case.affine
+    for c, image in enumerate(images):  # nnU-Net: <case>_0000, _0001, ... one channel each
+        path = image_path.with_name(f"{case.case_id}_{c:04d}{ENDINGS['nifti']}")
+        save_nifti(image, affine, path, dtype=image.dtype)
     if mask is not None and mask_path is not None:
         save_nifti(mask, affine, mask_path, dtype=mask.dtype)
 
@@ -274,10 +296,12 @@ def _manifest_row(case: Case, staging: Path, image_rel: str, mask_rel: str) -> d
 
 
 def _sha256(path: Path) -> str:
-    """A file's sha256; a folder of DICOM slices: the sha256 of its files' sha256s in name order."""
+    """A file's sha256; a folder of DICOM slices, or the channel files ``<case>_000*`` of a colour case: the
+    sha256 of its files' sha256s in name order."""
     if path.is_file():
         return file_sha256(path)
-    return hashlib.sha256("".join(file_sha256(p) for p in sorted(path.iterdir())).encode()).hexdigest()
+    files = sorted(path.iterdir()) if path.is_dir() else sorted(path.parent.glob(path.name))
+    return hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -294,6 +318,7 @@ def _dataset_json(
     fmt: Format,
     dims: int,
     name: str | None,
+    channels: int = 1,
 ) -> dict[str, Any]:
     """nnU-Net v2 fields (channel_names, labels, numTraining, file_ending) plus provenance and classes."""
     unique = _unique_models(models)
@@ -309,7 +334,7 @@ def _dataset_json(
         "synthetic": True,
         "synthmed_version": __version__,
         "tensorImageSize": f"{dims}D",
-        "channel_names": {"0": _channel_name(models)},
+        "channel_names": _channel_names(models, channels),
         "labels": labels,
         "numTraining": len(rows),
         "file_ending": ENDINGS[fmt],
@@ -332,6 +357,13 @@ def _model_name(model: dict[str, Any]) -> str:
     run = Path(model["run_dir"]).name if model.get("run_dir") else "an unrecorded run"
     digest = model.get("diffusion_sha256")
     return f"model {run} (diffusion sha256 {digest[:12]})" if digest else f"model {run}"
+
+
+def _channel_names(models: list[dict[str, Any]], channels: int) -> dict[str, str]:
+    """One entry per channel, as nnU-Net numbers the files: the modality for grey, R, G, B for colour."""
+    if channels == 3:
+        return {"0": "R", "1": "G", "2": "B"}
+    return {"0": _channel_name(models)}
 
 
 def _channel_name(models: list[dict[str, Any]]) -> str:
