@@ -25,10 +25,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.run import RESULTS, machine, peak_rss_mib
+from benchmarks.measure import machine, peak_rss_mib
 from synthmed.config import AutoencoderArch
 from synthmed.diffusion.tiled import decode_latents
 from synthmed.models.builders import build_autoencoder
+
+RESULTS = Path(__file__).parent / "results"
 
 SMALL3D = AutoencoderArch(
     channels=[32, 64, 64],

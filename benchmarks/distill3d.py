@@ -119,9 +119,9 @@ def _distill(run_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     students = distill(cfg, resume=True, progress=not args.smoke)
     if had:
-        from benchmarks.distill64 import _minutes_from_logs
+        from benchmarks.distill64 import minutes_from_logs
 
-        minutes, source = _minutes_from_logs(RunDir(run_dir), "students"), "its logs (made before)"
+        minutes, source = minutes_from_logs(RunDir(run_dir), "students"), "its logs (made before)"
     else:
         minutes, source = round((time.perf_counter() - t0) / 60, 2), "timed in this benchmark"
     return {

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.measure import PeakMemory, timed
+from benchmarks.measure import PeakMemory, stepping_seconds, timed
 
 RESULTS = Path(__file__).parent / "results"
 HEADLINE = (
@@ -140,7 +140,7 @@ def _distill(run_dir: Path, args: argparse.Namespace, work: Path) -> dict[str, A
     if made:
         parts["+".join(made)] = {"minutes": minutes, "source": "timed in this benchmark"}
     for part in [k for k, v in had.items() if v and not any(k in key.split("+") for key in parts)]:
-        parts[part] = {"minutes": _minutes_from_logs(run, part), "source": "its logs (made before)"}
+        parts[part] = {"minutes": minutes_from_logs(run, part), "source": "its logs (made before)"}
     record.write_text(json.dumps(parts))
     total = round(sum(p["minutes"] for p in parts.values()), 2)
     return {
@@ -151,16 +151,11 @@ def _distill(run_dir: Path, args: argparse.Namespace, work: Path) -> dict[str, A
     }
 
 
-def _minutes_from_logs(run, part: str) -> float:
+def minutes_from_logs(run, part: str) -> float:
     """Training time of the students' rounds (or the lightweight decoder) from their logs: steps over the last
     logged steps/s."""
     logs = run.distilled.glob("steps-*/log.jsonl") if part == "students" else [run.lite_decoder / "log.jsonl"]
-    seconds = 0.0
-    for log in logs:
-        rows = [json.loads(line) for line in log.read_text().splitlines()]
-        last = [r for r in rows if "steps_per_s" in r][-1]
-        seconds += last["step"] / last["steps_per_s"]
-    return round(seconds / 60, 2)
+    return round(sum(stepping_seconds(log) for log in logs) / 60, 2)
 
 
 def _generate(pipe, sampler: str, steps: int, decoder: str, n: int, batch: int) -> torch.Tensor:

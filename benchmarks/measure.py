@@ -3,7 +3,10 @@ the matrix-multiply peak of this machine (the hardware limit FLOP/s are compared
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -70,3 +73,43 @@ class PeakMemory:
             self._thread.join()
             peak = max(self._peak, _rss_bytes())
         self.mib = round((peak - self._start) / 2**20, 1)
+
+
+def machine() -> dict:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rated(log: Path) -> dict:
+    """The last row of a training log that has a rate."""
+    rows = [json.loads(x) for x in Path(log).read_text().splitlines()]
+    return [r for r in rows if "steps_per_s" in r][-1]
+
+
+def last_rate(log: Path) -> float:
+    """Steps per second of a stage, from its training log (the last logged rate)."""
+    return float(_rated(log)["steps_per_s"])
+
+
+def stepping_seconds(log: Path) -> float:
+    """Seconds a stage spent stepping, from its training log: steps over the last logged rate."""
+    row = _rated(log)
+    return row["step"] / row["steps_per_s"]

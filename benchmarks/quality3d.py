@@ -152,14 +152,10 @@ def _train(values: dict[str, Any]) -> float:
 
 def _stage_seconds(run_dir: Path) -> dict[str, float]:
     """Seconds each trained stage spent stepping, from its log's steps and rate."""
-    out = {}
-    for stage in STAGES:
-        log = run_dir / stage / "log.jsonl"
-        if log.is_file():
-            rows = [json.loads(x) for x in log.read_text().splitlines()]
-            rated = [r for r in rows if "steps_per_s" in r]
-            out[stage] = rated[-1]["step"] / rated[-1]["steps_per_s"]
-    return out
+    from benchmarks.measure import stepping_seconds
+
+    logs = {stage: run_dir / stage / "log.jsonl" for stage in STAGES}
+    return {stage: stepping_seconds(log) for stage, log in logs.items() if log.is_file()}
 
 
 def _budget_steps(values: dict[str, Any], shares: dict[str, float], seconds: float) -> dict[str, int]:

@@ -56,8 +56,6 @@ import argparse
 import functools
 import json
 import os
-import platform
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -78,37 +76,10 @@ from benchmarks import (
     utility,
     volume64,
 )
+from benchmarks.measure import last_rate, machine, peak_rss_mib
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(os.environ.get("SYNTHMED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
-
-
-def machine() -> dict:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _stage_rate(run_dir: Path, stage: str) -> float:
-    rows = [json.loads(x) for x in (run_dir / stage / "log.jsonl").read_text().splitlines()]
-    return [r["steps_per_s"] for r in rows if "steps_per_s" in r][-1]
 
 
 def _images_per_s(fn, n: int) -> float:
@@ -149,10 +120,10 @@ def train64(args: argparse.Namespace, out: Path) -> dict:
             "wall_s": round(wall, 1),
             "autoencoder_steps": args.ae_steps,
             "autoencoder_batch": cfg.autoencoder.batch_size,
-            "autoencoder_steps_per_s": round(_stage_rate(run_dir, "autoencoder"), 3),
+            "autoencoder_steps_per_s": round(last_rate(run_dir / "autoencoder" / "log.jsonl"), 3),
             "diffusion_steps": args.diffusion_steps,
             "diffusion_batch": cfg.diffusion.batch_size,
-            "diffusion_steps_per_s": round(_stage_rate(run_dir, "diffusion"), 3),
+            "diffusion_steps_per_s": round(last_rate(run_dir / "diffusion" / "log.jsonl"), 3),
             "peak_rss_mib": round(peak_rss_mib()),
         },
     }

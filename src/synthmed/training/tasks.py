@@ -449,8 +449,9 @@ class ControlNetTask(DiffusionTask):
         else:
             assert self.val.label_maps is not None
             maps = self.val.label_maps[index].float() / (self.num_labels - 1)
-        maps = as_images(maps).expand(-1, images.shape[1], *maps.shape[2:])  # grey maps beside colour images
-        save_grid(torch.cat([as_images(images), maps]), path, ncols=len(index))
+        shown, maps = as_images(images), as_images(maps)
+        maps = maps.expand(-1, shown.shape[1], *maps.shape[2:])  # grey maps beside colour images
+        save_grid(torch.cat([shown, maps]), path, ncols=len(index))
 
     def extra_state(self) -> dict[str, Any]:
         return super().extra_state() | self.extra | {"condition": self.cn_cfg.condition}
