@@ -32,6 +32,10 @@ and spectral losses and against the slice-wise foundation autoencoder, at the sa
 hippocampus MRI at 1 mm: 2.5D FID and recall on three views, condition Dice, sharpness; ``--smoke`` for toy
 sizes, written to its work folder.
 
+label3d (benchmarks/label3d.py): what makes 3D label maps shape anatomy: the label-map ControlNet's encoding,
+training steps and conditioning scale chosen on a trained run's validation label maps by condition Dice, the
+choice measured on the holdout maps against the real ceiling.
+
 eval_controls (benchmarks/eval_controls.py): evaluate on known answers (unseen real, blurred, copies).
 
 controlnet64 (benchmarks/controlnet64.py): BUSI 64 px mask ControlNet: Dice between the conditioning masks
@@ -68,6 +72,7 @@ from benchmarks import (
     distill3d,
     distill64,
     eval_controls,
+    label3d,
     quality3d,
     quality64,
     recipe64,
@@ -439,6 +444,9 @@ def main() -> None:
     quality3d.add_arguments(
         sub.add_parser("quality3d", help="3D recipes at equal training time, hippocampus 1 mm, three views")
     )
+    label3d.add_arguments(
+        sub.add_parser("label3d", help="3D label-map ControlNet: encoding, steps, scale chosen on val maps")
+    )
     distill64.add_arguments(
         sub.add_parser("distill64", help="distilled 1-4 step students vs teacher and MONAI DDPM-1000, 64 px")
     )
@@ -464,6 +472,11 @@ def main() -> None:
         result = {"machine": machine(), **quality3d.run(args, DATA)}
         print(json.dumps(result["headline"], indent=2))
         print(f"written: {quality3d.write(result, args.work_dir)}")
+        return
+    if args.name == "label3d":
+        result = {"machine": machine(), **label3d.run(args, DATA)}
+        print(json.dumps(result["headline"], indent=2))
+        print(f"written: {label3d.write(result, args.work_dir)}")
         return
     if args.name == "distill3d":
         result = {"machine": machine(), **distill3d.run(args, DATA)}
