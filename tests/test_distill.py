@@ -128,7 +128,7 @@ def test_distill_trains_every_round_with_logs_previews_and_a_guidance_input(stud
 def test_lite_decoder_has_the_autoencoders_levels_at_a_fraction_of_its_cost(teacher: Path) -> None:
     pipe = synthmed.load(teacher)
     arch = pipe.cfg.autoencoder.arch
-    lite = build_lite_decoder(arch, 0.5, out_channels=1).eval()
+    lite = build_lite_decoder(arch, 0.5, out_channels=1, latent_channels=arch.latent_channels).eval()
     z = torch.randn(2, *pipe.latent_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert lite(z).shape == pipe.autoencoder.decode(z).shape

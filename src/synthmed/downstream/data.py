@@ -78,15 +78,22 @@ def _load(name: str, root: Path, cfg: AugmentationConfig) -> ImageSet:
     )
 
 
-def _load_real(name: str, source: Path, split: str, cfg: AugmentationConfig) -> tuple[ImageSet, Hashed]:
-    """A real set, from a folder of class folders or the ``split`` of an .npz."""
+def _load_real(
+    name: str, source: Path, split: str, cfg: AugmentationConfig, channels: int
+) -> tuple[ImageSet, Hashed]:
+    """A real set, from a folder of class folders or the ``split`` of an .npz, at ``channels``."""
     if not Path(source).exists():
         raise SynthmedError("not found: give a folder of class folders or an .npz", path=source)
     if cfg.task == "segment" and source_kind(Path(source)) == "npz":
         raise SynthmedError(
             "an .npz holds no masks; --task segment needs image files with masks", path=source
         )
-    dcfg = DataConfig(image_size=cfg.image_size, resize_mode=cfg.resize_mode, clip_percentiles=(0.0, 100.0))
+    dcfg = DataConfig(
+        image_size=cfg.image_size,
+        resize_mode=cfg.resize_mode,
+        clip_percentiles=(0.0, 100.0),
+        channels=channels,
+    )
     real = load_real_split(source, split, dcfg, default_cache_dir(cfg))
     records = real.loaded.records
     sources = [r.source for r in records]
@@ -174,10 +181,12 @@ def _real_sets(cfg: AugmentationConfig) -> tuple[list[str], Labelled, Labelled, 
             )
         )
         return ["volume"], train, test, synthetic, test_hashes
-    real, _ = _load_real("real-train", cfg.real_train, "train", cfg)
+    synthetic_set = _load("synthetic", cfg.synthetic, cfg)
+    channels = synthetic_set.images.shape[1]  # the real sets as the synthetic one (grey or colour)
+    real, _ = _load_real("real-train", cfg.real_train, "train", cfg, channels)
     names = real.class_names
-    test_set, test_hashes = _load_real("real-test", cfg.real_test, "holdout", cfg)
-    synthetic = _as_labelled(_load("synthetic", cfg.synthetic, cfg), names, cfg)
+    test_set, test_hashes = _load_real("real-test", cfg.real_test, "holdout", cfg, channels)
+    synthetic = _as_labelled(synthetic_set, names, cfg)
     return names, _as_labelled(real, names, cfg), _as_labelled(test_set, names, cfg), synthetic, test_hashes
 
 

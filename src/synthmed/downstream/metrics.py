@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from synthmed.evaluation.condition import per_image_scores
@@ -86,7 +87,9 @@ def _auroc(y: np.ndarray, prob: np.ndarray, labels: list[int]) -> float:
     if len(labels) == 2:
         return float(roc_auc_score(y, prob[:, 1]))
     try:
-        return float(roc_auc_score(y, prob, multi_class="ovr", labels=labels))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)  # a class absent: NaN for that class
+            return float(roc_auc_score(y, prob, multi_class="ovr", labels=labels))
     except ValueError:  # a class absent from this resample
         return float("nan")
 

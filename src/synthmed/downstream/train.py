@@ -53,7 +53,7 @@ def train_classifier(
     loss weight (default 1). The loss is the weighted mean over the batch."""
     if model is None:
         torch.manual_seed(settings.seed)  # weight initialisation
-        model = InHouseExtractor(num_classes, settings.widths)
+        model = InHouseExtractor(num_classes, settings.widths, in_channels=train.images.shape[1])
     cw = class_weights(train.labels, num_classes) if class_weighted else torch.ones(num_classes)
     sw = torch.ones(len(train)) if sample_weights is None else sample_weights.float()
     # train_loop indexes the label tensor by batch: carry each image's index beside its label.

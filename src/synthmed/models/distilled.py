@@ -111,15 +111,17 @@ def load_student(
 
 
 def build_lite_decoder(
-    arch: AutoencoderArch, width: float, out_channels: int, spatial_dims: int = 2
+    arch: AutoencoderArch, width: float, out_channels: int, latent_channels: int, spatial_dims: int = 2
 ) -> Decoder:
-    """A lightweight decoder for latents of an autoencoder of ``arch``: same levels (so the same compression),
-    ``width`` times its channels (multiples of 8), one residual block per level, no attention."""
+    """A lightweight decoder for ``latent_channels`` latents of an autoencoder of ``arch`` (more than its own
+    for a channel-wise run: it decodes every channel's latents together): same levels (so the same
+    compression), ``width`` times its channels (multiples of 8), one residual block per level, no
+    attention."""
     channels = tuple(max(LITE_GROUPS, round(c * width / LITE_GROUPS) * LITE_GROUPS) for c in arch.channels)
     return Decoder(
         spatial_dims=spatial_dims,
         channels=channels,
-        in_channels=arch.latent_channels,
+        in_channels=latent_channels,
         out_channels=out_channels,
         num_res_blocks=(1,) * len(channels),
         norm_num_groups=LITE_GROUPS,
@@ -137,7 +139,11 @@ def load_lite_decoder(
     state = ckpt.load(path)
     extra = state["extra"]
     decoder = build_lite_decoder(
-        cfg.autoencoder.arch, float(extra["width"]), int(extra["out_channels"]), cfg.data.spatial_dims
+        cfg.autoencoder.arch,
+        float(extra["width"]),
+        int(extra["out_channels"]),
+        cfg.latent_channels,
+        cfg.data.spatial_dims,
     )
     ckpt.load_exported(decoder, path, which, state)
     return decoder.to(device).eval(), extra

@@ -399,7 +399,8 @@ def _distil_decoder(
         out_channels = autoencoder.decode(data[1].latents[:1, 0]).shape[1]
     torch.manual_seed(train_cfg.seed)
     device = data[1].latents.device
-    lite = build_lite_decoder(train_cfg.autoencoder.arch, cfg.decoder_width, out_channels).to(device)
+    arch, latents = train_cfg.autoencoder.arch, train_cfg.latent_channels
+    lite = build_lite_decoder(arch, cfg.decoder_width, out_channels, latents).to(device)
     extra = {
         "teacher_sha256": ae_sha,
         "width": cfg.decoder_width,
