@@ -81,6 +81,19 @@ def test_an_image_with_other_channels_is_named(retinamnist: Path, tmp_path: Path
     assert loaded.loaded.images.shape == (3, 2, 16, 16)
     with pytest.raises(SynthmedError, match=r"two\.npz.*2 channels, the data set 3"):
         load_real_split(tmp_path / "two.npz", "train", DataConfig(image_size=16, channels=3))
+    from synthmed.config import build_train_config
+    from synthmed.training.run import train
+
+    values = {
+        "preset": "tiny",
+        "run_dir": str(tmp_path / "run"),
+        "data": {"source": str(tmp_path / "two.npz")},
+    }
+    with pytest.raises(SynthmedError, match=r"2 channels; generated 2D images are grey or RGB"):
+        train(
+            build_train_config(values | {"data": values["data"] | {"allow_single_class": True}}),
+            progress=False,
+        )
 
 
 def test_the_foundation_autoencoder_encodes_each_channel_as_a_grey_image(retinamnist: Path) -> None:

@@ -150,6 +150,12 @@ def load_training_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
     prepared = data_stage.prepare(cfg.data, cfg.seed, cfg.run_dir / "split.json")
     if cfg.data.channels is None:  # resolved once on every split's images, kept in config.yaml
         cfg.data.channels = data_stage.image_channels([r.channels for r in prepared.records])
+    if cfg.data.channels not in (1, 3):
+        raise SynthmedError(
+            f"the images have {cfg.data.channels} channels; generated 2D images are grey or RGB PNGs, so "
+            "training takes 1 or 3: set data.channels to 1 (grey) or 3 (colour)",
+            field="data.channels",
+        )
     cache = cfg.run_dir / "cache"
     arrays = {
         split: data_stage.load_split_arrays(
