@@ -1,7 +1,8 @@
 """label3d (issue 25, item 2): what makes 3D label maps shape anatomy.
 
 On one trained 3D run (autoencoder and UNet; ``--run-dir``, e.g. quality3d's ``today/run``), the label-map
-ControlNet is trained with each label encoding (``--encodings``: onehot, MAISI's bits) to each budget
+ControlNet is trained with each label encoding (``--encodings``: onehot, MAISI's bits; bits is left out when
+it equals onehot, i.e. for three label values or fewer) to each budget
 (``--budgets`` steps, ascending: each budget resumes the previous one), and volumes are generated for the
 run's own *validation* label maps at each conditioning scale (``--scales``). A one-vs-rest 3D segmenter per
 label, trained once on the real training pairs (the evaluation's), scores each generated volume against the
@@ -91,6 +92,16 @@ def _dice(segmenters: dict[int, torch.nn.Module], loaded) -> float:
     return sum(per_label) / len(per_label)
 
 
+def _distinct_encodings(encodings: list[str], num_labels: int) -> tuple[list[str], str | None]:
+    """The encodings that differ for ``num_labels`` label values (background included): with three or fewer,
+    MAISI's bits give each foreground label its own channel, the one-hot encoding exactly, so only onehot
+    is trained."""
+    if num_labels <= 3 and {"onehot", "bits"} <= set(encodings):
+        why = f"bits: identical to onehot for {num_labels} label values (one channel per foreground label)"
+        return [e for e in encodings if e != "bits"], why
+    return list(encodings), None
+
+
 def _variant(run_dir: Path, work: Path, encoding: str) -> Path:
     """A copy of the run without its ControlNet: the variant's own folder."""
     dest = work / "variants" / encoding / "run"
@@ -145,10 +156,12 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     args = argparse.Namespace(**(vars(args) | (SMOKE if args.smoke else {})))
     work, run_dir = Path(args.work_dir), Path(args.run_dir)
     real = {s: _pairs(run_dir, s, work, args.max_maps) for s in ("train", "val", "holdout")}
-    segmenters = _segmenters(_load(real["train"], run_dir), args.segmenter_steps)
+    train_pairs = _load(real["train"], run_dir)
+    encodings, same = _distinct_encodings(args.encodings, int(train_pairs.labels.max()) + 1)
+    segmenters = _segmenters(train_pairs, args.segmenter_steps)
     rows: list[dict[str, Any]] = []
     minutes: dict[str, float] = {}
-    for encoding in args.encodings:
+    for encoding in encodings:
         variant, spent = _variant(run_dir, work, encoding), 0.0
         for budget in sorted(args.budgets):
             spent += _train_controlnet(variant, encoding, budget)
@@ -180,6 +193,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "headline": head,
         "target": {"rule": "condition Dice >= 0.7 x ceiling", "met": (head["ratio"] or 0.0) >= 0.7},
         "validation": rows,
+        "encodings_left_out": same,
         "train_minutes": minutes,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
         "smoke": args.smoke,
