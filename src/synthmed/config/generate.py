@@ -68,7 +68,12 @@ class GenerateConfig(Strict):
     augment_label_maps: bool = Field(
         True, description="3D: deform label maps sampled from the training set (random affine, nearest)."
     )
-    conditioning_scale: float = Field(1.0, ge=0.0, description="ControlNet strength (0 = none).")
+    conditioning_scale: float | None = Field(
+        None,
+        ge=0.0,
+        description="ControlNet strength (0 = none). Default: 1 for 2D structure maps, 2 for 3D label maps "
+        "(chosen by benchmarks/label3d.py on validation label maps).",
+    )
     # 2D structure conditioning
     condition_file: Path | None = Field(
         None,
@@ -98,6 +103,13 @@ class GenerateConfig(Strict):
         description="3D: a volume still failing the quality check after its retries is not kept (no file; "
         "its manifest row says why) and the command ends with an error naming the seeds.",
     )
+
+    @property
+    def scale(self) -> float:
+        """``conditioning_scale`` once generation has filled in its default (2D or 3D)."""
+        if self.conditioning_scale is None:
+            raise ValueError("conditioning_scale is unset: generate_to_folder resolves it first")
+        return self.conditioning_scale
 
 
 class EditConfig(Strict):

@@ -103,7 +103,10 @@ def generate_command(handle_requests: RequestsHandler) -> Callable[..., None]:
         ] = None,
         conditioning_scale: Annotated[
             float | None,
-            typer.Option(help="ControlNet strength (1; 0 ignores the label map or condition file)."),
+            typer.Option(
+                help="ControlNet strength (2D: 1, 3D label maps: 2; 0 ignores the label map or condition "
+                "file)."
+            ),
         ] = None,
         condition_file: Annotated[
             Path | None,

@@ -260,7 +260,7 @@ def _sample(
     label_maps = None
     if conditions[0].label_map is not None:
         label_maps = torch.stack([c.label_map for c in conditions if c.label_map is not None])
-    volume = VolumeCondition(spacing, size, label_maps, cfg.conditioning_scale)
+    volume = VolumeCondition(spacing, size, label_maps, cfg.scale)
     return pipe.sample_batch(
         seeds, cfg.label, steps=cfg.steps, guidance=cfg.guidance, sampler=str(cfg.sampler), volume=volume
     )
@@ -294,7 +294,7 @@ def _settings(
 ) -> dict[str, Any]:
     row = pipe.manifest_row(cfg.seed, [], cfg.label, cfg.steps, cfg.guidance, str(cfg.sampler))
     row.pop("image_size")
-    extra = {"size": list(size), "spacing": list(spacing), "conditioning_scale": cfg.conditioning_scale}
+    extra: dict[str, Any] = {"size": list(size), "spacing": list(spacing), "conditioning_scale": cfg.scale}
     extra |= {"label_map_source": maps.source, "augment_label_maps": cfg.augment_label_maps}
     extra |= {"tile_size": cfg.tile_size, "tile_overlap": cfg.tile_overlap, "qc_retries": cfg.qc_retries}
     if pipe.controlnet is not None:
