@@ -120,6 +120,12 @@ class DiffusionConfig(StageConfig):
         "MONAI), or the posterior mean (one fixed latent per image).",
     )
     noise: NoiseConfig = NoiseConfig()
+    latent_patch: Literal[1, 2, 4] = Field(
+        1,
+        description="2D: fold each p x p block of latent cells into channels before the UNet (space to "
+        "depth, as DiT's patch size), so 128 px images on the 4x foundation autoencoder (32x32x4 latents) "
+        "train a 16x16x16 UNet at small64's cost (presets small128, small256); 1: latents as they are.",
+    )
     label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Classifier-free guidance label dropout.")
     scale_factor_samples: int = Field(
         256, ge=8, description="Training images used to estimate the latent scale."
@@ -193,11 +199,12 @@ class TrainConfig(Strict):
     @model_validator(mode="after")
     def _check_controlnet(self) -> Self:
         steps = len(self.controlnet.embedding_channels) - 1
-        if 2**steps != self.autoencoder.arch.compression:
+        factor = self.latent_factors[0]
+        if 2**steps != factor:
             raise ValueError(
-                f"controlnet.embedding_channels has {steps} downsampling steps (2^{steps}) but the "
-                f"autoencoder compresses {self.autoencoder.arch.compression}x; give it log2(compression) + 1 "
-                "entries"
+                f"controlnet.embedding_channels has {steps} downsampling steps (2^{steps}) but the UNet's "
+                f"latents are {factor}x smaller than the images (autoencoder compression x "
+                f"diffusion.latent_patch); give it log2({factor}) + 1 entries"
             )
         if self.data.volume is not None and self.controlnet.condition != "mask":
             raise ValueError("3D ControlNets follow the label maps: controlnet.condition must be 'mask'")
@@ -207,11 +214,12 @@ class TrainConfig(Strict):
     def _check_2d_size(self) -> Self:
         if self.data.volume is not None:
             return self
-        divisor = self.autoencoder.arch.compression * 2 ** (len(self.diffusion.arch.channels) - 1)
+        divisor = self.latent_factors[0] * 2 ** (len(self.diffusion.arch.channels) - 1)
         if self.data.image_size % divisor:
+            nearest = max(divisor, round(self.data.image_size / divisor) * divisor)
             raise ValueError(
-                f"data.image_size {self.data.image_size} must be divisible by {divisor} (autoencoder x UNet "
-                f"downsampling); use {max(divisor, round(self.data.image_size / divisor) * divisor)}"
+                f"data.image_size {self.data.image_size} must be divisible by {divisor} (autoencoder x "
+                f"latent patch x UNet downsampling); use {nearest}"
             )
         return self
 
@@ -223,6 +231,8 @@ class TrainConfig(Strict):
             raise ValueError(
                 "diffusion.augment is for 2D images; 3D runs augment with data.volume.train_spacings"
             )
+        if self.diffusion.latent_patch != 1:
+            raise ValueError("diffusion.latent_patch folds 2D latents; leave it at 1 for 3D")
         unet = 2 ** (len(self.diffusion.arch.channels) - 1)
         divisors = [f * unet for f in self.latent_factors]
         if any(s % d for s, d in zip(self.data.volume.size, divisors, strict=True)):
@@ -246,8 +256,10 @@ class TrainConfig(Strict):
     @property
     def latent_channels(self) -> int:
         """Channels of the latents the UNet sees: the autoencoder's, times the image channels when each
-        channel is encoded on its own (synthmed.models.channelwise)."""
-        return self.autoencoder.arch.latent_channels * (self.image_channels if self.channelwise else 1)
+        channel is encoded on its own (synthmed.models.channelwise), times latent_patch squared when latent
+        cells are folded into channels (synthmed.models.patched)."""
+        per_image = self.autoencoder.arch.latent_channels * (self.image_channels if self.channelwise else 1)
+        return per_image * self.diffusion.latent_patch**2
 
     @property
     def slicewise(self) -> bool:
@@ -256,18 +268,19 @@ class TrainConfig(Strict):
 
     @property
     def latent_factors(self) -> tuple[int, ...]:
-        """How many pixels (voxels) per latent along each spatial axis: the autoencoder's compression, but
-        1 along Z when volumes are encoded slice by slice (synthmed.models.slicewise)."""
+        """How many pixels (voxels) per UNet latent cell along each spatial axis: the autoencoder's
+        compression (2D: times diffusion.latent_patch), but 1 along Z when volumes are encoded slice by slice
+        (synthmed.models.slicewise)."""
         f = self.autoencoder.arch.compression
         if self.data.volume is None:
-            return (f, f)
+            return (f * self.diffusion.latent_patch,) * 2
         return (f, f, 1) if self.slicewise else (f, f, f)
 
     @property
     def control_stretch(self) -> int:
         """Slice-wise latents keep every slice while the ControlNet's embedding downsamples every axis by the
         compression: its label maps are repeated this many times along Z (1 otherwise)."""
-        return self.autoencoder.arch.compression // self.latent_factors[-1]
+        return self.autoencoder.arch.compression if self.slicewise else 1
 
 
 def build_train_config(values: dict[str, Any], source: str = "(arguments)") -> TrainConfig:

@@ -111,17 +111,23 @@ def load_student(
 
 
 def build_lite_decoder(
-    arch: AutoencoderArch, width: float, out_channels: int, latent_channels: int, spatial_dims: int = 2
-) -> Decoder:
+    arch: AutoencoderArch,
+    width: float,
+    out_channels: int,
+    latent_channels: int,
+    spatial_dims: int = 2,
+    patch: int = 1,
+) -> nn.Module:
     """A lightweight decoder for ``latent_channels`` latents of an autoencoder of ``arch`` (more than its own
     for a channel-wise run: it decodes every channel's latents together): same levels (so the same
     compression), ``width`` times its channels (multiples of 8), one residual block per level, no
-    attention."""
+    attention. Latents folded ``patch`` x ``patch`` into channels (``diffusion.latent_patch``) are unfolded
+    first, as the autoencoder's own decoding does."""
     channels = tuple(max(LITE_GROUPS, round(c * width / LITE_GROUPS) * LITE_GROUPS) for c in arch.channels)
-    return Decoder(
+    decoder = Decoder(
         spatial_dims=spatial_dims,
         channels=channels,
-        in_channels=latent_channels,
+        in_channels=latent_channels // patch**2,
         out_channels=out_channels,
         num_res_blocks=(1,) * len(channels),
         norm_num_groups=LITE_GROUPS,
@@ -129,11 +135,12 @@ def build_lite_decoder(
         attention_levels=(False,) * len(channels),
         with_nonlocal_attn=False,
     )
+    return nn.Sequential(nn.PixelShuffle(patch), decoder) if patch > 1 else decoder
 
 
 def load_lite_decoder(
     cfg: TrainConfig, path: Path, device: torch.device, which: str = "ema"
-) -> tuple[Decoder, dict]:
+) -> tuple[nn.Module, dict]:
     """The run's lightweight decoder from its exported ``model.pt`` (its width and output channels are in the
     file's ``extra``), and that ``extra``."""
     state = ckpt.load(path)
@@ -144,6 +151,7 @@ def load_lite_decoder(
         int(extra["out_channels"]),
         cfg.latent_channels,
         cfg.data.spatial_dims,
+        cfg.diffusion.latent_patch,
     )
     ckpt.load_exported(decoder, path, which, state)
     return decoder.to(device).eval(), extra

@@ -21,6 +21,7 @@ from synthmed.config import TrainConfig
 from synthmed.models.builders import build_autoencoder
 from synthmed.models.channelwise import ChannelWiseAutoencoder
 from synthmed.models.conditioning import Encoding, encode_labels
+from synthmed.models.patched import PatchedAutoencoder
 
 #: Slices per call of the 2D network: bounds the activations' memory whatever the batch and volume size.
 SLICE_BATCH = 64
@@ -73,19 +74,25 @@ def label_control(
 
 
 #: What encodes and decodes a run's images or volumes.
-Autoencoder = AutoencoderKL | SliceWiseAutoencoder | ChannelWiseAutoencoder
+Autoencoder = AutoencoderKL | SliceWiseAutoencoder | ChannelWiseAutoencoder | PatchedAutoencoder
 
 
 def build_run_autoencoder(cfg: TrainConfig) -> Autoencoder:
     """The (untrained) autoencoder of run ``cfg``: 2D or 3D AutoencoderKL, or the 2D grey one slice by slice
-    (3D) or channel by channel (multi-channel 2D)."""
+    (3D) or channel by channel (multi-channel 2D); 2D latents folded when ``diffusion.latent_patch`` > 1."""
+    model: Autoencoder
     if cfg.slicewise:
         return SliceWiseAutoencoder(build_autoencoder(cfg.autoencoder.arch, 2))
     if cfg.channelwise:
-        return ChannelWiseAutoencoder(build_autoencoder(cfg.autoencoder.arch, 2), cfg.image_channels)
-    return build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims, cfg.image_channels)
+        model = ChannelWiseAutoencoder(build_autoencoder(cfg.autoencoder.arch, 2), cfg.image_channels)
+    else:
+        model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims, cfg.image_channels)
+    patch = cfg.diffusion.latent_patch
+    return PatchedAutoencoder(model, patch) if patch > 1 else model
 
 
 def inner_autoencoder(model: Autoencoder) -> AutoencoderKL:
-    """The network whose weights a run stores (the wrapped one for slice- or channel-wise encoding)."""
-    return model.autoencoder if isinstance(model, SliceWiseAutoencoder | ChannelWiseAutoencoder) else model
+    """The network whose weights a run stores (the wrapped one for slice-, channel-wise or folded latents)."""
+    while not isinstance(model, AutoencoderKL):
+        model = model.autoencoder
+    return model

@@ -315,7 +315,7 @@ class Pipeline(RunRules):
             z = self.autoencoder.encode(edit.images.to(self.device))[0].float() * self.scale_factor
         region = None
         if edit.region is not None:
-            factor = self.cfg.autoencoder.arch.compression
+            factor = self.cfg.latent_factors[0]
             region = F.max_pool2d(edit.region.to(self.device, torch.float32), factor)
         return Known(z, region, edit.strength, edit.resample)
 

@@ -400,7 +400,8 @@ def _distil_decoder(
     torch.manual_seed(train_cfg.seed)
     device = data[1].latents.device
     arch, latents = train_cfg.autoencoder.arch, train_cfg.latent_channels
-    lite = build_lite_decoder(arch, cfg.decoder_width, out_channels, latents).to(device)
+    patch = train_cfg.diffusion.latent_patch
+    lite = build_lite_decoder(arch, cfg.decoder_width, out_channels, latents, patch=patch).to(device)
     extra = {
         "teacher_sha256": ae_sha,
         "width": cfg.decoder_width,
