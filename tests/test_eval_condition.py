@@ -186,3 +186,21 @@ def test_compare_intensity(train_pairs: MaskPairs, holdout: MaskPairs) -> None:
 def test_default_depth_follows_image_size() -> None:
     assert segmenter_channels(32) == (16, 32, 64) and segmenter_channels(64) == (16, 32, 64, 128)
     assert 100 % 2 ** (len(segmenter_channels(100)) - 1) == 0  # 100 px: fewer levels, each size even
+
+
+def test_edge_f1_tolerates_small_shifts_and_tells_other_images_apart(holdout: MaskPairs) -> None:
+    from synthmed.data.structure import structure_maps
+    from synthmed.evaluation.condition import edge_f1
+
+    edges = structure_maps(holdout.images[:6], "edges", 1.0)
+    shifted = torch.roll(edges, shifts=(1, 1), dims=(-2, -1))  # 1 px down and right: sqrt(2) px away
+    assert np.allclose(edge_f1(edges, edges), 1.0)
+    assert np.allclose(edge_f1(shifted, edges, tolerance=1.5), 1.0, atol=0.05)  # wrap-around rows aside
+    assert edge_f1(shifted, edges, tolerance=0.0).mean() < 0.5  # without tolerance the shift misses
+    other = edge_f1(torch.roll(edges, 1, dims=0), edges)  # each image scored against another's edges
+    assert other.mean() < edge_f1(shifted, edges).mean() - 0.2
+    empty = torch.zeros_like(edges[:2])
+    assert edge_f1(empty, empty).tolist() == [1.0, 1.0]
+    assert edge_f1(empty, edges[:2]).tolist() == [0.0, 0.0]
+    with pytest.raises(SynthmedError, match="edge maps"):
+        edge_f1(edges[:2], edges[:3])
