@@ -67,7 +67,8 @@ def _train(args: argparse.Namespace, data: Path) -> tuple[dict, object]:
     return {"steps": steps, "wall_s": times, "precision": args.precision, "threads": args.threads}, cfg
 
 
-def _pairs(cfg, split: str):
+def lesion_pairs(cfg, split: str):
+    """The run's ``split`` images with a lesion mask (benign, malignant), and their classes."""
     data = load_training_data(cfg, torch.device("cpu"))
     root = source_root(Path(cfg.data.source))
     records = [r for r in data.records if r.split == split and r.label != "normal"]  # lesion masks only
@@ -77,12 +78,19 @@ def _pairs(cfg, split: str):
 
 
 @torch.inference_mode()
-def _generate(
-    pipe: Pipeline, masks: torch.Tensor, labels: list[str], scale: float, steps: int, sampler: str = "ddim"
+def generate_for(
+    pipe: Pipeline,
+    maps: torch.Tensor,
+    labels: list[str],
+    scale: float,
+    steps: int,
+    sampler: str = "ddim",
+    condition: str = "mask",
 ) -> tuple:
+    """One image per (N, 1, S, S) condition map and class, with seed i, one at a time; and s/image."""
     images, t0 = [], time.perf_counter()
-    for i, (mask, label) in enumerate(zip(masks, labels, strict=True)):
-        control = ImageCondition(mask[None].float(), "mask", scale)
+    for i, (mask, label) in enumerate(zip(maps, labels, strict=True)):
+        control = ImageCondition(mask[None].float(), condition, scale)
         images.append(
             pipe.sample_batch([i], label, steps=steps, guidance=3.0, sampler=sampler, control=control)
         )
@@ -107,8 +115,8 @@ def _distil(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace, data: Path) -> dict:
     torch.set_num_threads(args.threads)
     training, cfg = _train(args, data / "busi")
-    train_pairs, _ = _pairs(cfg, "train")
-    holdout, labels = _pairs(cfg, "holdout")
+    train_pairs, _ = lesion_pairs(cfg, "train")
+    holdout, labels = lesion_pairs(cfg, "holdout")
     t0 = time.perf_counter()
     segmenter = train_segmenter(
         train_pairs.images, train_pairs.masks, steps=args.segmenter_steps, batch_size=32, seed=0
@@ -118,11 +126,11 @@ def run(args: argparse.Namespace, data: Path) -> dict:
     pipe.sample_batch([0], "benign", steps=2)  # warm-up: allocations, oneDNN kernel choice
     generated, seconds = {}, {}
     for arm, scale in (("controlnet", 1.0), ("baseline_scale0", 0.0)):
-        generated[arm], seconds[arm] = _generate(pipe, holdout.masks, labels, scale, args.steps)
+        generated[arm], seconds[arm] = generate_for(pipe, holdout.masks, labels, scale, args.steps)
     distillation = _distil(args) if args.distilled else None
     for k in args.distilled:
         for arm, scale in ((f"distilled_{k}", 1.0), (f"distilled_{k}_scale0", 0.0)):
-            generated[arm], seconds[arm] = _generate(pipe, holdout.masks, labels, scale, k, "distilled")
+            generated[arm], seconds[arm] = generate_for(pipe, holdout.masks, labels, scale, k, "distilled")
     dice = {arm: dice_hd95(segment(segmenter, x), holdout.masks) for arm, x in generated.items()}
     dice["real_holdout_ceiling"] = dice_hd95(segment(segmenter, holdout.images), holdout.masks)
     return {

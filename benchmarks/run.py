@@ -41,6 +41,12 @@ eval_controls (benchmarks/eval_controls.py): evaluate on known answers (unseen r
 controlnet64 (benchmarks/controlnet64.py): BUSI 64 px mask ControlNet: Dice between the conditioning masks
 and a real-trained segmenter's output on the generated images, against scale 0 and the real ceiling; s/image.
 
+resolution (benchmarks/resolution.py): small64, small128 and small256 on Kermany: encoding s/image, UNet
+steps/s, peak memory, minutes per training budget, generation s/image, decoding memory whole vs per image.
+
+thin128 (benchmarks/thin128.py): small128 on BUSI with mask and edges ControlNets: segmenter Dice vs the masks
+and edge F1 (1-2 px tolerance) vs the conditioning edges, against scale 0 and real holdout references.
+
 distill64 (benchmarks/distill64.py): distilled few-step students (issue 23) against their teacher and MONAI's
 DDPM-1000 recipe on the same weights: images/s with decoding, peak memory, FID, recall, sharpness, C2ST, the
 decoder's share, distillation wall time; ``--smoke`` for a tiny teacher, written to its work folder.
@@ -76,7 +82,9 @@ from benchmarks import (
     quality3d,
     quality64,
     recipe64,
+    resolution,
     sampling,
+    thin128,
     training,
     utility,
     volume64,
@@ -447,6 +455,12 @@ def main() -> None:
     label3d.add_arguments(
         sub.add_parser("label3d", help="3D label-map ControlNet: encoding, steps, scale chosen on val maps")
     )
+    resolution.add_arguments(
+        sub.add_parser("resolution", help="64/128/256 px presets: encode, train, generate speed and memory")
+    )
+    thin128.add_arguments(
+        sub.add_parser("thin128", help="128 px mask and edges ControlNets on BUSI: Dice and edge F1")
+    )
     distill64.add_arguments(
         sub.add_parser("distill64", help="distilled 1-4 step students vs teacher and MONAI DDPM-1000, 64 px")
     )
@@ -477,6 +491,12 @@ def main() -> None:
         result = {"machine": machine(), **label3d.run(args, DATA)}
         print(json.dumps(result["headline"], indent=2))
         print(f"written: {label3d.write(result, args.work_dir)}")
+        return
+    if args.name in ("resolution", "thin128"):
+        bench = resolution if args.name == "resolution" else thin128
+        result = bench.run(args, DATA)
+        print(json.dumps(result.get("headline") or result["presets"], indent=2))
+        print(f"written: {bench.write(result)}")
         return
     if args.name == "distill3d":
         result = {"machine": machine(), **distill3d.run(args, DATA)}

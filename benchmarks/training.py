@@ -34,7 +34,9 @@ from synthmed.training.run import _stage_task, _trainer, load_training_data
 from synthmed.training.tasks import kl_loss
 
 
-def _measure(step: Callable[[], object], args: argparse.Namespace, device: torch.device, batch: int) -> dict:
+def measure_steps(
+    step: Callable[[], object], args: argparse.Namespace, device: torch.device, batch: int
+) -> dict:
     with PeakMemory(device) as memory:  # from before the first step: its buffers are the working memory
         for _ in range(args.warmup):
             step()
@@ -126,8 +128,8 @@ def run(args: argparse.Namespace) -> dict:
                 baseline = _autoencoder_baseline(task, data.train_images, stage_cfg)
             else:
                 baseline = _diffusion_baseline(task, data.train_images, data.train_labels, stage_cfg)
-            synthmed = _measure(trainer.train_step, args, device, stage_cfg.batch_size)
-            base = _measure(baseline, args, device, stage_cfg.batch_size)
+            synthmed = measure_steps(trainer.train_step, args, device, stage_cfg.batch_size)
+            base = measure_steps(baseline, args, device, stage_cfg.batch_size)
             results[stage] = {
                 "batch": stage_cfg.batch_size,
                 "synthmed": synthmed,

@@ -1,0 +1,157 @@
+"""``python -m benchmarks.run thin128``: do 128 px ControlNets follow thin structures? (issue 22, item 3)
+
+A ``small128`` run (the shipped foundation autoencoder, latents folded 2x2 into 16x16x16 cells) is trained on
+BUSI (benign, malignant, normal; 128 px) for the generator issue's measured UNet budget, then a mask
+ControlNet and an edges (Canny) ControlNet, each for ``--controlnet-steps``. Every holdout image with a lesion
+mask (benign, malignant) gives one image of its class per arm, seed i, the default sampler (25 DDIM steps,
+guidance 3) at conditioning scale 1 (the 2D default; nothing here is tuned) and, as the baseline, scale 0:
+
+- mask: a lesion segmenter (the evaluation stage's MONAI UNet) trained only on the real training pairs
+  segments the generated images; Dice against the conditioning masks beside the same segmenter's Dice on the
+  real holdout images (the ceiling). Target: ratio >= 0.8.
+- edges: the holdout image's Canny edges (the run's edge_sigma) condition the image; the generated image's
+  Canny edges are scored against them by F1 with a 1 and a 2 px tolerance
+  (:func:`synthmed.evaluation.condition.edge_f1`). References: the real holdout images and their own edges
+  (the issue's reference, 1 by construction) and the autoencoder's reconstructions of them (the most any
+  generator on this autoencoder can reach). Target: F1 at 2 px >= 0.8 of the real reference.
+
+``--resume`` keeps the trained stages (train.json) and measures again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.controlnet64 import CLASSES, generate_for, lesion_pairs
+from benchmarks.measure import machine
+from benchmarks.resolution import QUALITY_STEPS
+from synthmed.config import build_train_config
+from synthmed.data.structure import structure_maps
+from synthmed.evaluation.condition import dice_hd95, edge_f1, segment, summarise, train_segmenter
+from synthmed.sampling.pipeline import Pipeline
+from synthmed.training.run import train
+
+RESULTS = Path(__file__).parent / "results"
+TOLERANCES = (1.0, 2.0)
+STAGES = ("autoencoder", "diffusion", "controlnet-mask", "controlnet-edges")
+
+
+def _config(args: argparse.Namespace, data: Path, condition: str = "mask"):
+    values: dict = {
+        "preset": "small128",
+        "run_dir": str(Path(args.work_dir) / "run"),
+        "data": {"source": str(data / "busi"), "classes": CLASSES},
+        "runtime": {"precision": args.precision, "num_threads": args.threads},
+        "diffusion": {"steps": args.diffusion_steps, "preview_every": 10**6, "checkpoint_every": 250},
+        "controlnet": {"steps": args.controlnet_steps, "condition": condition, "checkpoint_every": 250},
+    }
+    return build_train_config(values)
+
+
+def _train(args: argparse.Namespace, data: Path) -> dict:
+    """Every stage not yet done (train.json records the finished ones and their wall time)."""
+    record = Path(args.work_dir) / "train.json"
+    done = json.loads(record.read_text()) if args.resume and record.is_file() else {}
+    for stage in STAGES:
+        if stage in done:
+            continue
+        name, _, condition = stage.partition("-")
+        t0 = time.perf_counter()
+        train(_config(args, data, condition or "mask"), [name], resume=True, progress=False)
+        done[stage] = round(time.perf_counter() - t0, 1)
+        record.write_text(json.dumps(done, indent=1))
+    return done
+
+
+def _edges(pipe: Pipeline, images: torch.Tensor) -> torch.Tensor:
+    return structure_maps(images, "edges", pipe.cfg.controlnet.edge_sigma)
+
+
+def _f1(pred: torch.Tensor, target: torch.Tensor) -> dict:
+    return {f"{t:g}px": summarise(edge_f1(pred, target, t), seed=0) for t in TOLERANCES}
+
+
+@torch.inference_mode()
+def _reconstructed(pipe: Pipeline, images: torch.Tensor) -> torch.Tensor:
+    z = pipe.autoencoder.encode(images.to(pipe.device))[0].float() * pipe.scale_factor
+    return pipe.decode(z)
+
+
+def run(args: argparse.Namespace, data: Path) -> dict:
+    torch.set_num_threads(args.threads)
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    wall = _train(args, data)
+    cfg = _config(args, data)
+    train_pairs, _ = lesion_pairs(cfg, "train")
+    holdout, labels = lesion_pairs(cfg, "holdout")
+    segmenter = train_segmenter(
+        train_pairs.images, train_pairs.masks, steps=args.segmenter_steps, batch_size=32, seed=0
+    )
+    pipe = Pipeline.load(cfg.run_dir, precision=args.precision)
+    pipe.sample_batch([0], labels[0], steps=2)  # warm-up: allocations, oneDNN kernel choice
+    cond_edges = _edges(pipe, holdout.images)
+    dice, f1, seconds = {}, {}, {}
+    for arm, scale in (("controlnet", 1.0), ("baseline_scale0", 0.0)):
+        masked, seconds[f"mask_{arm}"] = generate_for(pipe, holdout.masks, labels, scale, args.steps)
+        dice[arm] = dice_hd95(segment(segmenter, masked), holdout.masks)["dice"]
+        edged, seconds[f"edges_{arm}"] = generate_for(
+            pipe, cond_edges, labels, scale, args.steps, condition="edges"
+        )
+        f1[arm] = _f1(_edges(pipe, edged), cond_edges)
+    dice["real_holdout_ceiling"] = dice_hd95(segment(segmenter, holdout.images), holdout.masks)["dice"]
+    f1["real_holdout_own_edges"] = _f1(_edges(pipe, holdout.images), cond_edges)
+    f1["autoencoder_reconstruction"] = _f1(_edges(pipe, _reconstructed(pipe, holdout.images)), cond_edges)
+    return {
+        "benchmark": "thin128",
+        "machine": machine(),
+        "headline": _headline(dice, f1, wall),
+        "train": {
+            "wall_s": wall,
+            "diffusion_steps": args.diffusion_steps,
+            "controlnet_steps": args.controlnet_steps,
+        },
+        "segmenter": {"train_pairs": len(train_pairs.sources), "steps": args.segmenter_steps},
+        "holdout_images": len(labels),
+        "sampler": f"ddim {args.steps} steps, guidance 3, {args.precision}",
+        "mask_dice": dice,
+        "edge_f1": f1,
+        "seconds_per_image": {arm: round(s, 3) for arm, s in seconds.items()},
+    }
+
+
+def _headline(dice: dict, f1: dict, wall: dict) -> dict:
+    mask, ceiling = dice["controlnet"]["mean"], dice["real_holdout_ceiling"]["mean"]
+    edges, real = f1["controlnet"]["2px"]["mean"], f1["real_holdout_own_edges"]["2px"]["mean"]
+    return {
+        "mask_dice": mask,
+        "mask_dice_ceiling": ceiling,
+        "mask_dice_ratio": mask / ceiling,
+        "edge_f1_2px": edges,
+        "edge_f1_2px_real": real,
+        "edge_f1_2px_ratio": edges / real,
+        "edge_f1_2px_reconstruction": f1["autoencoder_reconstruction"]["2px"]["mean"],
+        "train_minutes": round(sum(wall.values()) / 60, 1),
+    }
+
+
+def write(result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "thin128.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--diffusion-steps", type=int, default=QUALITY_STEPS)
+    p.add_argument("--controlnet-steps", type=int, default=1000, help="per ControlNet (mask, edges)")
+    p.add_argument("--segmenter-steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=25, help="sampler steps")
+    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work-dir", default="runs/bench-thin128")
+    p.add_argument("--resume", action="store_true", help="keep the trained stages (train.json)")
