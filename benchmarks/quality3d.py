@@ -15,7 +15,8 @@ arm gives the autoencoder's share to the other two, in proportion), turned into 
 time, timed before training on this machine (synthmed.training.estimate). ``train_minutes`` is the measured
 wall time of the arm's whole ``synthmed train`` (data loading and latent encoding included).
 
-Each arm generates ``--volumes`` volumes for label maps drawn from its training maps (rflow, 30 steps) and is
+Each arm generates ``--volumes`` volumes for label maps drawn from its training maps (rflow, 30 steps,
+generate's 3D default conditioning scale, recorded per arm: arms at different scales are refused) and is
 evaluated with ``--masks``: 2.5D FID and recall (axial, coronal, sagittal) with their real floors (holdout vs
 train), sharpness ratio, 3D MS-SSIM, condition Dice of a segmenter trained on the real training pairs against
 its real holdout ceiling. The ``headline`` is the new arm with the lowest 2.5D FID, named in
@@ -298,11 +299,35 @@ def _arm(name: str, values: dict[str, Any], args: argparse.Namespace) -> dict:
     report = _evaluate(work / "synthetic", real, work / "report", args)
     steps = {s: values[s]["steps"] for s in STAGES if "steps" in values.get(s, {})}
     return figures(report, seconds) | {
+        "conditioning_scale": _conditioning_scale(work / "synthetic"),
         "steps": steps,
         "stage_seconds": _stage_seconds(run_dir),
         "generation_s": round(generation_s, 1),
         "evaluate_s": report["timings_s"],
     }
+
+
+def _conditioning_scale(synthetic: Path) -> float:
+    """The label-map ControlNet's scale the arm's volumes were generated at (generate's default for 3D)."""
+    from synthmed.artifacts.manifest import read_manifest
+
+    rows = read_manifest(synthetic / "manifest.jsonl")
+    scales = {row["conditioning_scale"] for row in rows if "conditioning_scale" in row}
+    if len(scales) != 1:
+        raise SystemExit(f"{synthetic}: volumes generated at several conditioning scales {sorted(scales)}")
+    return float(scales.pop())
+
+
+def _same_scale(results: dict[str, Any], work: Path) -> None:
+    """Arms are compared at one conditioning scale: a resumed arm generated at another default is refused."""
+    for name, result in results.items():
+        result.setdefault("conditioning_scale", _conditioning_scale(work / name / "synthetic"))
+    scales = {n: r["conditioning_scale"] for n, r in results.items()}
+    if len(set(scales.values())) > 1:
+        raise SystemExit(
+            f"arms generated at different conditioning scales {scales}: delete the result.json of those "
+            "at the old scale and rerun with --resume (their trainings are reused)"
+        )
 
 
 def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
@@ -334,6 +359,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             results[name] = _arm(name, values, args)
             done.parent.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps(results[name], indent=1))
+    _same_scale(results, work)
     new = {n: r for n, r in results.items() if n != "today" and r["fid_25d"] is not None}
     best = min(new, key=lambda n: new[n]["fid_25d"]) if new else "today"
     head = {k: results[best][k] for k in HEADLINE}
