@@ -29,7 +29,6 @@ import torch
 
 from benchmarks import quality3d, volume64
 
-RESULTS = Path(__file__).parent / "results"
 STUDENT_STEPS = (1, 2, 4)
 TEACHER_STEPS = 30
 SMOKE = {
@@ -207,12 +206,3 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "rows": rows,
         "settings": {k: v for k, v in vars(args).items() if k != "func"},
     }
-
-
-def write(result: dict[str, Any], work_dir: str) -> Path:
-    """``benchmarks/results/distill3d.json``; a smoke run's ``distill3d_smoke.json`` stays in its work
-    folder."""
-    path = Path(work_dir) / "distill3d_smoke.json" if result["smoke"] else RESULTS / "distill3d.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path

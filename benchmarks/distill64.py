@@ -37,7 +37,6 @@ import torch
 
 from benchmarks.measure import PeakMemory, stepping_seconds, timed
 
-RESULTS = Path(__file__).parent / "results"
 HEADLINE = (
     "images_per_s",
     "fid",
@@ -392,12 +391,3 @@ def _default_steps(sampler: str) -> int:
     from synthmed.models.builders import default_steps
 
     return default_steps(sampler)
-
-
-def write(result: dict[str, Any], work_dir: str) -> Path:
-    """``benchmarks/results/distill64.json``; a smoke run's ``distill64_smoke.json`` stays in its work
-    folder."""
-    path = Path(work_dir) / "distill64_smoke.json" if result["smoke"] else RESULTS / "distill64.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path

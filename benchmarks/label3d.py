@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).parent / "results"
 HEADLINE = ("condition_dice", "condition_dice_ceiling", "ratio", "choice", "controlnet_train_minutes")
 SMOKE = {"budgets": [2, 4], "scales": [1.0, 2.0], "sample_steps": 2, "segmenter_steps": 4, "max_maps": 3}
 
@@ -198,11 +197,3 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
         "smoke": args.smoke,
     }
-
-
-def write(result: dict[str, Any], work_dir: str) -> Path:
-    """``benchmarks/results/label3d.json``; a smoke run's ``label3d_smoke.json`` stays in its work folder."""
-    path = Path(work_dir) / "label3d_smoke.json" if result["smoke"] else RESULTS / "label3d.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path

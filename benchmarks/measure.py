@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
+RESULTS = Path(__file__).parent / "results"
 
 
 def synchronize(device: torch.device) -> None:
@@ -113,3 +114,12 @@ def stepping_seconds(log: Path) -> float:
     """Seconds a stage spent stepping, from its training log: steps over the last logged rate."""
     row = _rated(log)
     return row["step"] / row["steps_per_s"]
+
+
+def write_result(name: str, result: dict, work_dir: str | Path) -> Path:
+    """``benchmarks/results/<name>.json``; a smoke run's ``<name>_smoke.json`` stays in its work folder."""
+    smoke = bool(result.get("smoke"))
+    path = Path(work_dir) / f"{name}_smoke.json" if smoke else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

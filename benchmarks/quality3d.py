@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
 ARMS = ("today", "ae_losses", "slicewise")
 STAGES = ("autoencoder", "diffusion", "controlnet")
 HEADLINE = (
@@ -371,12 +370,3 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         "settings": {k: v for k, v in vars(args).items() if k != "func"},
         "smoke": args.smoke,
     }
-
-
-def write(result: dict[str, Any], work_dir: str) -> Path:
-    """``benchmarks/results/quality3d.json``; a smoke run's ``quality3d_smoke.json`` stays in its work
-    folder."""
-    path = Path(work_dir) / "quality3d_smoke.json" if result["smoke"] else RESULTS / "quality3d.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.measure import PeakMemory, machine, timed
+from benchmarks.measure import PeakMemory, timed
 from benchmarks.training import measure_steps
 from synthmed.config import build_train_config
 from synthmed.runtime import resolve_device
 from synthmed.training.run import _stage_task, _trainer, load_training_data, train
 
-RESULTS = Path(__file__).parent / "results"
 PRESETS = ("small64", "small128", "small256")
 #: The generator issue's measured UNet budget (quality64's 'new' arm).
 QUALITY_STEPS = 1663
@@ -116,19 +115,11 @@ def run(args: argparse.Namespace, data: Path) -> dict:
         print(preset, json.dumps(rows[preset]), flush=True)
     return {
         "benchmark": "resolution",
-        "machine": machine(),
         "precision": args.precision,
         "threads": args.threads,
         "quality_budget_steps": QUALITY_STEPS,
         "presets": rows,
     }
-
-
-def write(result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "resolution.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -89,7 +89,7 @@ from benchmarks import (
     utility,
     volume64,
 )
-from benchmarks.measure import last_rate, machine, peak_rss_mib
+from benchmarks.measure import last_rate, machine, peak_rss_mib, write_result
 
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(os.environ.get("SYNTHMED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -400,6 +400,20 @@ def _augment_summary(results: dict) -> list[dict]:
     return rows
 
 
+#: Benchmarks whose results go through write_result (a smoke run's stays in its work folder): their run and
+#: the part of the result printed.
+SELF_WRITTEN = {
+    "utility_kermany": (utility.run_kermany, "headline"),
+    "utility_busi_seg": (utility.run_busi, "headline"),
+    "quality3d": (quality3d.run, "headline"),
+    "label3d": (label3d.run, "headline"),
+    "distill3d": (distill3d.run, "rows"),
+    "distill64": (distill64.run, "headline"),
+    "resolution": (resolution.run, "presets"),
+    "thin128": (thin128.run, "headline"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -476,37 +490,12 @@ def main() -> None:
         "busi",
     )
     args = parser.parse_args()
-    if args.name in ("utility_kermany", "utility_busi_seg"):
-        run = utility.run_kermany if args.name == "utility_kermany" else utility.run_busi
-        result = {"machine": machine(), **run(args, DATA)}
-        print(json.dumps(result["headline"], indent=2))
-        print(f"written: {utility.write(args.name, result, args.work_dir)}")
-        return
-    if args.name == "quality3d":
-        result = {"machine": machine(), **quality3d.run(args, DATA)}
-        print(json.dumps(result["headline"], indent=2))
-        print(f"written: {quality3d.write(result, args.work_dir)}")
-        return
-    if args.name == "label3d":
-        result = {"machine": machine(), **label3d.run(args, DATA)}
-        print(json.dumps(result["headline"], indent=2))
-        print(f"written: {label3d.write(result, args.work_dir)}")
-        return
-    if args.name in ("resolution", "thin128"):
-        bench = resolution if args.name == "resolution" else thin128
-        result = bench.run(args, DATA)
-        print(json.dumps(result.get("headline") or result["presets"], indent=2))
-        print(f"written: {bench.write(result)}")
-        return
-    if args.name == "distill3d":
-        result = {"machine": machine(), **distill3d.run(args, DATA)}
-        print(json.dumps(result["rows"], indent=1))
-        print(f"written: {distill3d.write(result, args.work_dir)}")
-        return
-    if args.name == "distill64":
-        result = {"machine": machine(), **distill64.run(args, DATA)}
-        print(json.dumps(result["headline"], indent=2))
-        print(f"written: {distill64.write(result, args.work_dir)}")
+    if args.name in SELF_WRITTEN:
+        bench, shown = SELF_WRITTEN[args.name]
+        result = bench(args, DATA)  # first: machine() records the thread count the run set
+        result = {"machine": machine(), **result}
+        print(json.dumps(result[shown], indent=2))
+        print(f"written: {write_result(args.name, result, args.work_dir)}")
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"{args.name}.json"

@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 from benchmarks.controlnet64 import CLASSES, generate_for, lesion_pairs
-from benchmarks.measure import machine
 from benchmarks.resolution import QUALITY_STEPS
 from synthmed.config import build_train_config
 from synthmed.data.structure import structure_maps
@@ -36,7 +35,6 @@ from synthmed.evaluation.condition import dice_hd95, edge_f1, segment, summarise
 from synthmed.sampling.pipeline import Pipeline
 from synthmed.training.run import train
 
-RESULTS = Path(__file__).parent / "results"
 TOLERANCES = (1.0, 2.0)
 STAGES = ("autoencoder", "diffusion", "controlnet-mask", "controlnet-edges")
 
@@ -108,7 +106,6 @@ def run(args: argparse.Namespace, data: Path) -> dict:
     f1["autoencoder_reconstruction"] = _f1(_edges(pipe, _reconstructed(pipe, holdout.images)), cond_edges)
     return {
         "benchmark": "thin128",
-        "machine": machine(),
         "headline": _headline(dice, f1, wall),
         "train": {
             "wall_s": wall,
@@ -137,13 +134,6 @@ def _headline(dice: dict, f1: dict, wall: dict) -> dict:
         "edge_f1_2px_reconstruction": f1["autoencoder_reconstruction"]["2px"]["mean"],
         "train_minutes": round(sum(wall.values()) / 60, 1),
     }
-
-
-def write(result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "thin128.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -38,7 +38,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results"
 FIGURES = Path(__file__).resolve().parents[1] / "docs" / "images"
 KERMANY_REGIMES = {  # name: (NORMAL prevalence or None, real fraction)
     "rarity5": (0.05, 1.0),
@@ -460,12 +459,3 @@ def run_busi(args: argparse.Namespace, data: Path) -> dict:
 def _fraction(pool: list[tuple[str, list[Path]]], cls: str, fraction: float, rng: random.Random) -> list:
     groups = [g for g in pool if g[0] == cls]
     return rng.sample(groups, max(2, round(fraction * len(groups))))
-
-
-def write(name: str, result: dict, work_dir: str) -> Path:
-    """``benchmarks/results/<name>.json``; a smoke run's ``<name>_smoke.json`` stays in its work folder."""
-    folder = Path(work_dir) if result["smoke"] else RESULTS
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}{'_smoke' if result['smoke'] else ''}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    return path
