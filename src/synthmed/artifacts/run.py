@@ -54,6 +54,11 @@ class ControlNetMetadata(BaseModel):
     num_labels: int = 2  # 3D: label values of its label maps, background included
     encoding: Literal["onehot", "bits"] = "onehot"  # 3D: how label maps become channels
     quality_bounds: dict[str, tuple[float, float]] = {}  # 3D: per-label intensity bounds (quality check)
+    channel_quality_bounds: list[dict[str, tuple[float, float]]] = []  # 3D, several channels: each one's
+
+    def bounds_per_channel(self) -> list[dict[str, tuple[float, float]]]:
+        """The quality check's bounds of every image channel (one channel: ``quality_bounds``)."""
+        return self.channel_quality_bounds or [self.quality_bounds]
 
 
 class RunMetadata(BaseModel):

@@ -329,7 +329,7 @@ def _real_volumes(root: Path) -> tuple[list[Found], list[Skipped]]:
         for pair in found.pairs:
             rel = pair.image.relative_to(root).as_posix()
             mask = pair.label.relative_to(root).as_posix() if pair.label else None
-            items.append(Found(rel, label, _content_hash(pair.image), mask))
+            items.append(Found(rel, label, _content_hash(pair), mask))
         prefix = folder.relative_to(root)
         skipped += [Skipped((prefix / s.source).as_posix(), s.reason) for s in found.skipped]
     return items, skipped

@@ -157,8 +157,16 @@ class DataConfig(Strict):
         ge=1,
         le=16,
         description="Image channels the model sees: 1 (grey: colour becomes luminance), 3 (RGB: grey images "
-        "are repeated), or N (.npz images with N channels). Default: what most of the data set's images "
-        "have; every image converted to fit is counted and reported.",
+        "are repeated), or N (.npz images with N channels; volumes: N contrasts). Default: what most of the "
+        "data set's images have; every image converted to fit is counted and reported (a volume with "
+        "another count is skipped).",
+    )
+    channel_names: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Volumes: the name of each channel, resolved from the data at training (the contrast "
+        "folders images/<name>/, or nnU-Net's dataset.json channel_names; else '0', '1', ...); the export's "
+        "nnU-Net channel_names.",
     )
     volume: VolumeData | None = Field(
         None,
@@ -178,8 +186,14 @@ class DataConfig(Strict):
             raise ValueError(
                 f"clip_percentiles must satisfy 0 <= low < high <= 100, got {self.clip_percentiles}"
             )
-        if self.volume is not None and (self.channels or 1) > 1:
-            raise ValueError("channels > 1 is not supported for volumes yet (3D runs are single-channel)")
+        if (
+            self.channel_names is not None
+            and self.channels is not None
+            and len(self.channel_names) != self.channels
+        ):
+            raise ValueError(
+                f"channel_names names {len(self.channel_names)} channels but channels is {self.channels}"
+            )
         if self.val_fraction + self.holdout_fraction >= 0.9:
             raise ValueError("val_fraction + holdout_fraction must leave at least 10% for training")
         if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):

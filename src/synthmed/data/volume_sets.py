@@ -3,7 +3,8 @@
 The split is made over content hashes of the image files and written to the run's ``split.json`` exactly like
 the 2D one (`synthmed.data.splits`), so a resumed run trains on the same volumes and a changed data set fails
 loudly. Every volume is read once at preparation: one that fails its checks (NaN, empty, label map off the
-image grid, ...) is listed as skipped with the reason and the rest of the data set is used.
+image grid, ...) or has another channel count than the data set (``data.channels``; unset: what most volumes
+have) is listed as skipped with the reason and the rest of the data set is used.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from synthmed.data.sources import Record, Skipped
 from synthmed.data.splits import assign_splits, read_split_file, write_split
 from synthmed.data.volumes import (
     VolumePair,
+    channel_mismatch,
+    common_channels,
     discover_volumes,
     is_volume_set,
     load_volume_pair,
@@ -37,8 +40,8 @@ CACHE_VERSION = 1
 
 @dataclass
 class VolumeSplit:
-    """(N, 1, X, Y, Z) images in [0, 1], int64 label maps, (N, 3) spacings in mm, the items' keys and their
-    (N,) class indices."""
+    """(N, C, X, Y, Z) images in [0, 1], (N, 1, X, Y, Z) int64 label maps, (N, 3) spacings in mm, the
+    items' keys and their (N,) class indices."""
 
     images: torch.Tensor
     label_maps: torch.Tensor
@@ -79,8 +82,13 @@ def class_roots(cfg: DataConfig) -> dict[str, Path]:
     return found
 
 
-def _content_hash(path: Path) -> str:
-    """sha256 of a NIfTI file, or of a DICOM series folder's files in name order."""
+def _content_hash(pair: VolumePair) -> str:
+    """sha256 of a NIfTI file, or of a DICOM series folder's files in name order; several contrast files:
+    of the hashes of each in channel order."""
+    if pair.contrasts:
+        joined = "".join(_content_hash(VolumePair(path, None, pair.key)) for path in pair.files)
+        return hashlib.sha256(joined.encode()).hexdigest()
+    path = pair.image
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for f in files:
@@ -88,25 +96,33 @@ def _content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _pairs(cfg: DataConfig) -> tuple[dict[str, tuple[str, VolumePair]], list[Skipped]]:
-    """Every image/label pair by its path relative to the source, with its class; the skipped files."""
+def _pairs(cfg: DataConfig) -> tuple[dict[str, tuple[str, VolumePair]], list[Skipped], list[str] | None]:
+    """Every image/label pair by its path relative to the source, with its class; the skipped files; the
+    contrast (channel) names of a multi-contrast layout."""
     pairs: dict[str, tuple[str, VolumePair]] = {}
     skipped: list[Skipped] = []
+    names: list[str] | None = None
     root = Path(str(cfg.source))
     for name, folder in class_roots(cfg).items():
         prefix = folder.relative_to(root)
         found = discover_volumes(folder, require_labels=True)
         pairs |= {(prefix / p.image.relative_to(folder)).as_posix(): (name, p) for p in found.pairs}
         skipped += [Skipped((prefix / s.source).as_posix(), s.reason, name) for s in found.skipped]
-    return pairs, skipped
+        names = names or found.channel_names
+    return pairs, skipped, names
+
+
+def channel_names(cfg: DataConfig) -> list[str] | None:
+    """The contrast folder names (or nnU-Net channel names) of the source, None for other layouts."""
+    return _pairs(cfg)[2]
 
 
 def prepare_volumes(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
     """Check every image/label pair, split them (stratified by class) and write ``split_path``; or verify
     and re-use that file."""
     assert cfg.volume is not None
-    pairs, skipped = _pairs(cfg)
-    hashes = {source: _content_hash(pair.image) for source, (_, pair) in pairs.items()}
+    pairs, skipped, _ = _pairs(cfg)
+    hashes = {source: _content_hash(pair) for source, (_, pair) in pairs.items()}
     if split_path.exists():
         saved = read_split_file(split_path)
         changed = [r.source for r in saved.records if hashes.get(r.source) != r.sha256]
@@ -120,11 +136,12 @@ def prepare_volumes(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
     records = []
     for source, (name, pair) in track(sorted(pairs.items()), "Checking volumes"):
         try:
-            _, _, meta = load_volume_pair(pair, cfg.volume.ingestion())
+            image, _, meta = load_volume_pair(pair, cfg.volume.ingestion())
         except SynthmedError as exc:
             skipped.append(Skipped(source, str(exc), name))
             continue
-        records.append(Record(source, name, hashes[source], phash=meta["phash"]))
+        records.append(Record(source, name, hashes[source], phash=meta["phash"], channels=len(image)))
+    records = _same_channels(records, skipped, cfg.channels)
     if not records:
         reason = skipped[-1].reason if skipped else "no image/label pairs"
         raise SynthmedError(f"no usable volume among {len(pairs)} pairs, e.g. {reason}", path=cfg.source)
@@ -137,6 +154,17 @@ def prepare_volumes(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
     settings["holdout_fraction"] = cfg.holdout_fraction
     write_split(split_path, records, class_names, skipped, settings, duplicates=copies)
     return prepared
+
+
+def _same_channels(records: list[Record], skipped: list[Skipped], channels: int | None) -> list[Record]:
+    """The records with ``channels`` channels (None: what most have); the others go to ``skipped``."""
+    count = channels or common_channels([r.channels for r in records])
+    skipped += [
+        Skipped(r.source, channel_mismatch(r.channels, count), r.label)
+        for r in records
+        if r.channels != count
+    ]
+    return [r for r in records if r.channels == count]
 
 
 def load_volume_split(
@@ -155,7 +183,7 @@ def load_volume_split(
     if path.exists():
         c = ckpt.load(path)
         return VolumeSplit(c["images"], c["label_maps"], c["spacings"], list(c["keys"]), c["classes"])
-    pairs, _ = _pairs(cfg)
+    pairs, _, _ = _pairs(cfg)
     images, maps, mm, keys = [], [], [], []
     for spacing in spacings:
         for r in track(records, f"Loading {split} volumes"):

@@ -3,7 +3,8 @@
 From the training volumes, each foreground label gets the [lower, upper] percentiles of its per-volume
 median intensity (`intensity_bounds`). A generated volume passes when, for every label in its label map,
 the median intensity inside that label lies within those bounds (`check_volume`): a cheap test that
-catches the generator painting a structure with the wrong tissue, or a washed-out volume.
+catches the generator painting a structure with the wrong tissue, or a washed-out volume. Multi-contrast
+volumes are checked channel by channel, each against its own bounds (`channel_bounds`, `check_channels`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,26 @@ def check_volume(
     }
     passed = all(r["status"] != "fail" for r in results.values())
     return {"passed": passed, "labels": results}
+
+
+def channel_bounds(
+    images: torch.Tensor, labels: torch.Tensor, num_labels: int
+) -> list[dict[int, tuple[float, float]]]:
+    """`intensity_bounds` of each channel of (N, C, ...) volumes: contrasts have their own intensities."""
+    return [intensity_bounds(images[:, c : c + 1], labels, num_labels) for c in range(images.shape[1])]
+
+
+def check_channels(
+    image: torch.Tensor, label: torch.Tensor, bounds: Sequence[Mapping[str, Sequence[float]]]
+) -> dict[str, Any]:
+    """`check_volume` of a (C, X, Y, Z) volume, each channel against its bounds; for several channels the
+    result adds ``channels`` (each one's result) and passes when every channel does; ``labels``: channel 0."""
+    if len(image) != len(bounds):
+        raise SynthmedError(f"{len(image)} channels but quality bounds for {len(bounds)}")
+    if len(image) == 1:
+        return check_volume(image, label, bounds[0])
+    per = [check_volume(image[c : c + 1], label, b) for c, b in enumerate(bounds)]
+    return {"passed": all(r["passed"] for r in per), "labels": per[0]["labels"], "channels": per}
 
 
 def _judge(median: float | None, bound: tuple[float, float] | None) -> dict[str, Any]:

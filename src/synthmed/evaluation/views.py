@@ -74,6 +74,13 @@ def view_slices(
     return out.reshape(-1, volumes.shape[1], size, size)
 
 
+def channels_side_by_side(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) slices -> (N, 1, H, C * W): a multi-contrast slice's channels as one grey picture, left
+    to right in channel order (for previews and report thumbnails); one channel as it is."""
+    n, c, h, w = images.shape
+    return images if c == 1 else images.permute(0, 2, 1, 3).reshape(n, 1, h, c * w)
+
+
 def three_view_slices(
     volumes: torch.Tensor, *, size: int, fraction: float = 0.5, slices: int | None = None
 ) -> dict[str, torch.Tensor]:

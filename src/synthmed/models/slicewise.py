@@ -30,19 +30,20 @@ SLICE_BATCH = 64
 class SliceWiseAutoencoder(nn.Module):
     """``autoencoder`` (2D) applied to each axial slice of a volume; latents keep every slice."""
 
-    def __init__(self, autoencoder: AutoencoderKL) -> None:
+    def __init__(self, autoencoder: AutoencoderKL | ChannelWiseAutoencoder) -> None:
         super().__init__()
         self.autoencoder = autoencoder
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 1, X, Y, Z) -> latent mean and sigma, each (B, C, X/f, Y/f, Z)."""
+        """(B, C, X, Y, Z) -> latent mean and sigma, each (B, L, X/f, Y/f, Z) (L: 4 per channel on the
+        foundation autoencoder)."""
         slices = _to_slices(x)
         parts = [self.autoencoder.encode(s) for s in slices.split(SLICE_BATCH)]
         mu, sigma = (torch.cat(p) for p in zip(*parts, strict=True))
         return _to_volume(mu, len(x)), _to_volume(sigma, len(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, C, X/f, Y/f, Z) latents -> (B, 1, X, Y, Z) volumes."""
+        """(B, L, X/f, Y/f, Z) latents -> (B, C, X, Y, Z) volumes."""
         slices = _to_slices(z)
         return _to_volume(torch.cat([self.autoencoder.decode(s) for s in slices.split(SLICE_BATCH)]), len(z))
 
@@ -79,14 +80,17 @@ Autoencoder = AutoencoderKL | SliceWiseAutoencoder | ChannelWiseAutoencoder | Pa
 
 def build_run_autoencoder(cfg: TrainConfig) -> Autoencoder:
     """The (untrained) autoencoder of run ``cfg``: 2D or 3D AutoencoderKL, or the 2D grey one slice by slice
-    (3D) or channel by channel (multi-channel 2D); 2D latents folded when ``diffusion.latent_patch`` > 1."""
-    model: Autoencoder
+    (3D) and/or channel by channel (multi-channel); 2D latents folded when ``diffusion.latent_patch`` > 1."""
+    if cfg.channelwise:
+        grey = ChannelWiseAutoencoder(build_autoencoder(cfg.autoencoder.arch, 2), cfg.image_channels)
+        return SliceWiseAutoencoder(grey) if cfg.slicewise else _patched(grey, cfg)
     if cfg.slicewise:
         return SliceWiseAutoencoder(build_autoencoder(cfg.autoencoder.arch, 2))
-    if cfg.channelwise:
-        model = ChannelWiseAutoencoder(build_autoencoder(cfg.autoencoder.arch, 2), cfg.image_channels)
-    else:
-        model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims, cfg.image_channels)
+    model = build_autoencoder(cfg.autoencoder.arch, cfg.data.spatial_dims, cfg.image_channels)
+    return _patched(model, cfg)
+
+
+def _patched(model: AutoencoderKL | ChannelWiseAutoencoder, cfg: TrainConfig) -> Autoencoder:
     patch = cfg.diffusion.latent_patch
     return PatchedAutoencoder(model, patch) if patch > 1 else model
 

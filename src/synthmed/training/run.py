@@ -33,9 +33,9 @@ from synthmed.data.integrity import require_kept_classes, skip_summary
 from synthmed.data.masks import load_image_mask_pairs
 from synthmed.data.sources import Record, require_source, source_kind, source_root
 from synthmed.data.structure import structure_maps
-from synthmed.data.volume_sets import load_volume_split, prepare_volumes
+from synthmed.data.volume_sets import channel_names, load_volume_split, prepare_volumes
 from synthmed.errors import SynthmedError
-from synthmed.evaluation.quality import intensity_bounds
+from synthmed.evaluation.quality import channel_bounds
 from synthmed.models.builders import build_autoencoder
 from synthmed.models.foundation import foundation_weights
 from synthmed.models.slicewise import Autoencoder
@@ -102,7 +102,9 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         a, b = old.get(key), new.get(key)
         if key in RESUMABLE_CHANGES or f"{prefix}{key}" in ("runtime", "controlnet"):
             continue
-        if f"{prefix}{key}" == "data.channels" and b is None:  # unset: the saved one, resolved from the data
+        if (
+            f"{prefix}{key}" in ("data.channels", "data.channel_names") and b is None
+        ):  # resolved from the data
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff(a, b, f"{prefix}{key}.")
@@ -184,6 +186,7 @@ def _load_volume_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
     prepared = prepare_volumes(cfg.data, cfg.seed, cfg.run_dir / "split.json")
     for skipped in prepared.skipped:
         console.print(f"skipped {skipped.source}: {skipped.reason}", highlight=False, soft_wrap=True)
+    _resolve_volume_channels(cfg, prepared.records)
     cache = cfg.run_dir / "cache"
     train = load_volume_split(cfg.data, prepared, "train", cache, augment=True)
     val = load_volume_split(cfg.data, prepared, "val", cache)
@@ -209,6 +212,25 @@ def _load_volume_data(cfg: TrainConfig, device: torch.device) -> TrainingData:
         max(num_labels, 2),
         train.keys,
     )
+
+
+def _resolve_volume_channels(cfg: TrainConfig, records: Sequence[Record]) -> None:
+    """``data.channels`` (and for several, ``data.channel_names``) from the checked volumes, kept in
+    config.yaml; prepare_volumes left out the volumes of another count."""
+    cfg.data.channels = cfg.data.channels or (records[0].channels if records else 1)
+    if cfg.data.channels == 1:
+        return
+    found = channel_names(cfg.data) or [str(c) for c in range(cfg.data.channels)]
+    given = cfg.data.channel_names
+    if given is not None and given != found:
+        raise SynthmedError(
+            f"data.channel_names {given} differ from the data's channels {found}; remove data.channel_names "
+            "(it is resolved from the contrast folders) or rename the folders",
+            field="data.channel_names",
+        )
+    if len(found) != cfg.data.channels:
+        found = [str(c) for c in range(cfg.data.channels)]
+    cfg.data.channel_names = found
 
 
 def stage_dir(cfg: TrainConfig, stage: str) -> Path:
@@ -464,12 +486,15 @@ def _controlnet_task(cfg: TrainConfig, data: TrainingData, device: torch.device)
         assert data.train_maps is not None and data.num_labels is not None
         _save_candidates(cfg, data)
         # The generation quality check's bounds (MAISI): per-label median intensities of the training volumes.
-        bounds = intensity_bounds(data.train_images.cpu(), data.train_maps.cpu(), data.num_labels)
+        bounds = channel_bounds(data.train_images.cpu(), data.train_maps.cpu(), data.num_labels)
+        as_json = [{str(k): [float(lo), float(hi)] for k, (lo, hi) in b.items()} for b in bounds]
         extra = {
             "num_labels": data.num_labels,
             "encoding": cfg.controlnet.encoding,
-            "quality_bounds": {str(k): [float(lo), float(hi)] for k, (lo, hi) in bounds.items()},
+            "quality_bounds": as_json[0],
         }
+        if len(as_json) > 1:  # contrasts: each channel its own bounds
+            extra["channel_quality_bounds"] = as_json
     torch.manual_seed(cfg.seed)
     return ControlNetTask(
         cfg.controlnet,

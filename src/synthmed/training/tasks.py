@@ -18,7 +18,7 @@ from synthmed.artifacts.run import controlnet_stage_dir
 from synthmed.config import AutoencoderConfig, ControlNetConfig, DiffusionConfig
 from synthmed.diffusion.sampler import denoise, initial_noise
 from synthmed.evaluation.sharpness import laplacian_energy
-from synthmed.evaluation.views import view_slices
+from synthmed.evaluation.views import channels_side_by_side, view_slices
 from synthmed.models.builders import (
     build_controlnet,
     build_discriminator,
@@ -49,10 +49,11 @@ class LatentSet:
 
 
 def as_images(x: torch.Tensor) -> torch.Tensor:
-    """2D batches as they are; 3D volumes as their central axial slices, upright (for preview grids)."""
+    """2D batches as they are; 3D volumes as their central axial slices, upright (for preview grids), the
+    channels (contrasts) of each side by side as one grey image."""
     if x.ndim == 4:
         return x
-    return view_slices(x.float(), "axial", size=max(x.shape[2:4]), slices=1)
+    return channels_side_by_side(view_slices(x.float(), "axial", size=max(x.shape[2:4]), slices=1))
 
 
 def global_randn(n: int, part: slice, like: torch.Tensor) -> torch.Tensor:
@@ -449,6 +450,8 @@ class ControlNetTask(DiffusionTask):
         else:
             assert self.val.label_maps is not None
             maps = self.val.label_maps[index].float() / (self.num_labels - 1)
+        if images.ndim == 5:  # volumes: the map beside each contrast
+            maps = maps.expand(-1, images.shape[1], *maps.shape[2:])
         shown, maps = as_images(images), as_images(maps)
         maps = maps.expand(-1, shown.shape[1], *maps.shape[2:])  # grey maps beside colour images
         save_grid(torch.cat([shown, maps]), path, ncols=len(index))
