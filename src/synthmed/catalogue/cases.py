@@ -32,6 +32,7 @@ class Case:
     sample: Sample
     model: dict[str, Any]
     image: np.ndarray  # 2D (rows, columns) uint8/uint16 or colour (rows, columns, 3) uint8; 3D (x, y, z)
+    # or, several channels (contrasts), (x, y, z, c)
     affine: np.ndarray | None  # 3D voxel -> RAS mm
     mask: np.ndarray | None  # 2D 0/1 uint8; 3D integer label map on the image's grid
 
@@ -49,11 +50,11 @@ def read_case(session: Session, sample: Sample, dims: int) -> Case:
             mask = (_read_2d(mask_path, colour=False) > 0).astype(np.uint8)
             _same_shape(mask.shape, image.shape[:2], mask_path)
         return Case(case_id, sample, model, image, None, mask)
-    image, affine = _read_volume(path)
+    image, affine = _read_volume(path, channels=True)
     label = None
     if mask_path is not None:
         label, label_affine = _read_volume(mask_path)
-        _same_shape(label.shape, image.shape, mask_path)
+        _same_shape(label.shape, image.shape[:3], mask_path)
         if not np.allclose(label_affine, affine, atol=1e-3):
             raise SynthmedError(
                 "the label map's affine differs from its image's; they must share a grid", path=mask_path
@@ -126,7 +127,8 @@ def unsigned(arr: np.ndarray, path: Path) -> tuple[np.ndarray, float, float]:
     return stored.astype(np.uint16), slope, lo
 
 
-def _read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_volume(path: Path, channels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels (x, y, z) as stored, or with ``channels`` also (x, y, z, c) for several, and the affine."""
     try:
         img = open_volume(path)
         arr = np.asanyarray(img.dataobj)
@@ -136,8 +138,9 @@ def _read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise SynthmedError(f"not a readable NIfTI volume ({type(exc).__name__}: {exc})", path=path) from exc
     if arr.ndim == 4 and arr.shape[3] == 1:
         arr = arr[..., 0]
-    if arr.ndim != 3 or arr.size == 0:
-        raise SynthmedError(f"expected a 3D volume, got shape {arr.shape}", path=path)
+    if not (arr.ndim == 3 or (channels and arr.ndim == 4)) or arr.size == 0:
+        expected = "a 3D volume or channels on a 4th axis" if channels else "a 3D volume"
+        raise SynthmedError(f"expected {expected}, got shape {arr.shape}", path=path)
     return arr, np.asarray(img.affine, dtype=np.float64)
 
 
@@ -156,13 +159,16 @@ def _model(session: Session, sample: Sample) -> dict[str, Any]:
     run = session.get(GenerationRun, sample.generation_run_id) if sample.generation_run_id else None
     if run is not None:
         model = run.model
-        volume = (model.config or {}).get("data", {}).get("volume") or {}
+        data = (model.config or {}).get("data", {})
+        volume = data.get("volume") or {}
         return {
             "run_dir": model.run_dir,
             "autoencoder_sha256": model.autoencoder_sha256,
             "diffusion_sha256": model.diffusion_sha256,
             "modality": volume.get("modality"),
+            "channel_names": data.get("channel_names") or prov.get("channel_names"),
             "settings": run.settings or {},
         }
     keys = ("run_dir", "autoencoder_sha256", "diffusion_sha256")
-    return {key: prov.get(key) for key in keys} | {"modality": None, "settings": {}}
+    known: dict[str, Any] = {"modality": None, "channel_names": prov.get("channel_names"), "settings": {}}
+    return {key: prov.get(key) for key in keys} | known

@@ -8,7 +8,8 @@ Layout (Medical Segmentation Decathlon / nnU-Net v2): ``imagesTr/<case>_0000<end
   for colour (one file, as nnU-Net reads natural images); masks 0/1.
 - nifti: ``.nii.gz``; a 2D image is a one-slice volume (x = column, y = row, unit spacing, as ITK and MONAI
   read PNGs); a 3D volume keeps its values and affine. Colour: one file per channel (``_0000``, ``_0001``,
-  ``_0002``: red, green, blue), nnU-Net's layout for several channels.
+  ``_0002``: red, green, blue), nnU-Net's layout for several channels; so are the contrasts of a
+  multi-channel volume (named in ``channel_names`` as the run's ``data.channel_names``).
 - dicom: Secondary Capture images (colour: photometric interpretation RGB) built by highdicom with new UIDs,
   placeholder patient attributes that say synthetic (nothing is copied from any source file), Synthetic Data
   (0008,001C) = YES, Conversion Type SYN and a series description naming the model. Masks and label maps
@@ -122,16 +123,22 @@ def export_approved(
 
 
 def _channels(case: Case, seen: set[int]) -> int:
-    """The case's channel count; a corpus mixing grey and colour cases is refused (nnU-Net needs one)."""
-    count = 3 if case.image.ndim == 3 and case.affine is None else 1
+    """The case's channel count; a corpus mixing channel counts (grey and colour) is refused (nnU-Net
+    needs one)."""
+    colour = case.image.ndim == 3 and case.affine is None
+    count = 3 if colour else case.image.shape[3] if case.image.ndim == 4 else 1
     if seen and count not in seen:
         where = Path(case.sample.dataset.root) / case.sample.path
         raise SynthmedError(
-            f"is {'colour' if count == 3 else 'grey'} among {'grey' if count == 3 else 'colour'} samples; a "
-            "training corpus holds one kind: export one data set at a time with --dataset NAME",
+            f"is {_kind(count)} among {_kind(next(iter(seen)))} samples; a training corpus holds one kind: "
+            "export one data set at a time with --dataset NAME",
             path=where,
         )
     return count
+
+
+def _kind(channels: int) -> str:
+    return {1: "grey", 3: "colour"}.get(channels, f"{channels}-channel")
 
 
 def _approved(session: Session, name: str | None) -> list[Sample]:
@@ -248,9 +255,15 @@ def _write_case(staging: Path, fmt: Format, case: Case) -> dict[str, Any]:
             _write_png(case.mask, staging / mask_rel)
     elif fmt == "nifti":
         _write_nifti(case, staging / image_rel, staging / mask_rel if mask_rel else None)
-        if case.image.ndim == 3 and case.affine is None:  # colour: the other channels' files beside it
+        if case.image.ndim == (3 if case.affine is None else 4):  # channels: the others' files beside it
             image_rel = image_rel.removesuffix(f"_0000{ending}") + f"_000*{ending}"
     else:
+        if case.image.ndim == 4:
+            raise SynthmedError(
+                "a multi-channel volume has no DICOM Secondary Capture form here; export it with "
+                "--format nifti (one file per channel)",
+                path=Path(case.sample.dataset.root) / case.sample.path,
+            )
         if case.affine is not None:
             image_rel = image_rel.removesuffix(ending)  # a 3D volume: a folder of slices
         write_dicom(case, staging / image_rel, staging / mask_rel if mask_rel else None)
@@ -267,8 +280,10 @@ def _write_nifti(case: Case, image_path: Path, mask_path: Path | None) -> None:
         images = [channels[..., c].T[:, :, None] for c in range(channels.shape[-1])]
         affine = np.eye(4)
         mask = case.mask.T[:, :, None] if case.mask is not None else None
-    else:
-        images, mask, affine = [case.image], case.mask, case.affine
+    else:  # 3D: (x, y, z), or one file per channel of (x, y, z, c)
+        channels = case.image[..., None] if case.image.ndim == 3 else case.image
+        images = [channels[..., c] for c in range(channels.shape[-1])]
+        mask, affine = case.mask, case.affine
     for c, image in enumerate(images):  # nnU-Net: <case>_0000, _0001, ... one channel each
         path = image_path.with_name(f"{case.case_id}_{c:04d}{ENDINGS['nifti']}")
         save_nifti(image, affine, path, dtype=image.dtype)
@@ -334,7 +349,7 @@ def _dataset_json(
         "synthetic": True,
         "synthmed_version": __version__,
         "tensorImageSize": f"{dims}D",
-        "channel_names": _channel_names(models, channels),
+        "channel_names": _channel_names(models, channels, dims),
         "labels": labels,
         "numTraining": len(rows),
         "file_ending": ENDINGS[fmt],
@@ -359,11 +374,16 @@ def _model_name(model: dict[str, Any]) -> str:
     return f"model {run} (diffusion sha256 {digest[:12]})" if digest else f"model {run}"
 
 
-def _channel_names(models: list[dict[str, Any]], channels: int) -> dict[str, str]:
-    """One entry per channel, as nnU-Net numbers the files: the modality for grey, R, G, B for colour."""
-    if channels == 3:
+def _channel_names(models: list[dict[str, Any]], channels: int, dims: int = 2) -> dict[str, str]:
+    """One entry per channel, as nnU-Net numbers the files: the modality for grey, R, G, B for colour, the
+    run's channel (contrast) names for a multi-channel volume (else "0", "1", ...)."""
+    if channels == 3 and dims == 2:
         return {"0": "R", "1": "G", "2": "B"}
-    return {"0": _channel_name(models)}
+    if channels == 1:
+        return {"0": _channel_name(models)}
+    names = {tuple(m["channel_names"]) for m in models if m.get("channel_names")}
+    found = names.pop() if len(names) == 1 else ()
+    return {str(c): found[c] if len(found) == channels else str(c) for c in range(channels)}
 
 
 def _channel_name(models: list[dict[str, Any]]) -> str:

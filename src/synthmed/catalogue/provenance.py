@@ -274,6 +274,8 @@ def _check_volume_kind(claim: Claim) -> None:
     except Exception as exc:  # nibabel raises many types for damaged files
         raise SynthmedError(f"not a readable NIfTI volume ({type(exc).__name__})") from exc
     shape, size = tuple(int(n) for n in header.get_data_shape()), tuple(claim.row.get("size") or ())
+    channels = int(claim.row.get("channels", 1))
+    size = (*size, channels) if channels > 1 else size  # contrasts on the 4th axis
     if header.get_data_dtype() != np.float32 or shape != size:
         raise SynthmedError(
             f"a {header.get_data_dtype()} volume of shape {shape}; generation wrote this row as float32 of "
@@ -358,7 +360,8 @@ def _replay(pipe: Pipeline, claim: Claim, members: list[Claim]) -> list[np.ndarr
         from synthmed.sampling.volumes import regenerate_volume  # 3D: only when a volume is checked
 
         volume, _, _ = regenerate_volume(pipe, claim.row)
-        return [volume.detach().cpu().numpy()[0].astype(np.float32)]
+        arr = volume.detach().cpu().numpy().astype(np.float32)
+        return [arr[0] if len(arr) == 1 else np.moveaxis(arr, 0, -1)]  # as save_nifti stores channels
     batch = pipe.regenerate_batch(claim.row)
     seeds = [int(s) for s in claim.row["batch_seeds"]]
     return [to_uint(batch[seeds.index(int(m.row["seed"]))], int(m.row.get("bit_depth", 8))) for m in members]

@@ -57,8 +57,11 @@ def save_three_view_preview(
     image: torch.Tensor, label: torch.Tensor | None, path: Path, *, size: int = 128
 ) -> None:
     """Write `three_view_preview` as an RGB PNG (atomically), with the legend of the labels present below it;
-    without a label map, the plain image."""
-    views = three_view_preview(image, label, size=size)
+    without a label map, the plain image. A (C, X, Y, Z) volume of several channels (contrasts) shows one
+    row of views per channel, channel 0 on top."""
+    rows = [three_view_preview(image[c : c + 1], label, size=size) for c in range(image.shape[0])]
+    gap = np.ones((GUTTER, rows[0].shape[1], 3), dtype=np.float32)
+    views = np.concatenate([part for row in rows for part in (gap, row)][1:], axis=0)
     if label is not None:
         present = [int(v) for v in torch.unique(label).tolist() if v > 0]
         views = np.concatenate([views, legend(present, views.shape[1])], axis=0)

@@ -3,7 +3,9 @@
 The feature extractor is the same in-house 2D network as for images, trained on slices of the real
 training volumes from all three views (the view is its class label, the rotation its self-supervised
 task). FID is computed per view on the central slices and averaged, as MAISI reports it; per-view figures
-go through exactly the 2D code path.
+go through exactly the 2D code path. Multi-contrast volumes keep their channels throughout (the extractor,
+C2ST and segmenter see them jointly; sharpness and label intensities are also reported per channel); the
+real sets are loaded with the synthetic set's channel count.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from synthmed.evaluation.sections import (
 )
 from synthmed.evaluation.sets import ImageSet
 from synthmed.evaluation.verdict import finish
-from synthmed.evaluation.views import VIEWS, three_view_slices, view_slices
+from synthmed.evaluation.views import VIEWS, channels_side_by_side, three_view_slices, view_slices
 
 #: Evaluation grid when neither the options nor the synthetic folder's manifest give one.
 DEFAULT_VOLUME_SIZE = (64, 64, 64)
@@ -82,19 +84,21 @@ def volume_grid(cfg: EvaluateConfig) -> dict[str, Any]:
 
 
 def load_volume_sets(cfg: EvaluateConfig) -> tuple[dict[str, ImageSet], dict[str, torch.Tensor | None]]:
-    """The three sets as (N, 1, X, Y, Z) volumes, and their label maps (None where a set has none)."""
+    """The three sets as (N, C, X, Y, Z) volumes, and their label maps (None where a set has none)."""
     grid = volume_grid(cfg)
     spacing = tuple(grid["spacing"]) if grid["spacing"] else None
     vcfg = VolumeConfig(size=tuple(grid["size"]), spacing=spacing, modality=cfg.modality)
     if cfg.real is None or cfg.holdout is None:
         raise SynthmedError("3D evaluation needs --real and --holdout folders of volumes", field="real")
-    roots = {"train": cfg.real, "holdout": cfg.holdout, "synthetic": cfg.synthetic}
+    roots = {"synthetic": cfg.synthetic, "train": cfg.real, "holdout": cfg.holdout}
     sets, label_maps = {}, {}
+    channels: int | None = None  # the real sets at the synthetic set's
     for name, root in roots.items():
-        loaded = load_volumes(Path(root), vcfg, require_labels=cfg.masks)
+        loaded = load_volumes(Path(root), vcfg, require_labels=cfg.masks, channels=channels)
+        channels = channels or loaded.images.shape[1]
         sets[name] = ImageSet(name, Path(root), loaded.images, None, [], loaded.keys, loaded.skipped)
         label_maps[name] = loaded.labels
-    return sets, label_maps
+    return {n: sets[n] for n in SET_NAMES}, {n: label_maps[n] for n in SET_NAMES}
 
 
 def label_map_section(
@@ -107,28 +111,35 @@ def label_map_section(
     if missing:
         return {"not_computed": f"fewer than 2 volumes with label maps in the {', '.join(missing)} set(s)"}
     values = sorted(set(torch.unique(maps["train"]).tolist()) - {0})
+    # evaluation.condition's segmenter takes one image channel: several contrasts are judged on channel 0.
+    images = {n: s.images[:, :1] for n, s in sets.items()}
     per_label = {}
     for value in values:
         masks = {n: (m == value).to(torch.uint8) for n, m in maps.items()}
         segmenter = train_segmenter(
-            sets["train"].images, masks["train"], steps=cfg.segmenter_steps, batch_size=4, seed=cfg.seed
+            images["train"], masks["train"], steps=cfg.segmenter_steps, batch_size=4, seed=cfg.seed
         )
         per_label[f"label_{value}"] = condition_fidelity(
             segmenter,
-            sets["synthetic"].images,
+            images["synthetic"],
             masks["synthetic"],
-            sets["holdout"].images,
+            images["holdout"],
             masks["holdout"],
             seed=cfg.seed,
         )
     names = {"background": 0} | {f"label_{v}": v for v in values}
-    real = intensity_stats(sets["train"].images, maps["train"], names)
-    synthetic = intensity_stats(sets["synthetic"].images, maps["synthetic"], names)
-    return {
-        "labels": per_label,
-        "intensity": {"ks_test": compare_intensity(real, synthetic)},
-        "segmenter": {"steps": cfg.segmenter_steps, "train_volumes": len(sets["train"])},
-    }
+    tests = [
+        compare_intensity(
+            intensity_stats(sets["train"].images[:, c : c + 1], maps["train"], names),
+            intensity_stats(sets["synthetic"].images[:, c : c + 1], maps["synthetic"], names),
+        )
+        for c in range(sets["train"].images.shape[1])
+    ]
+    intensity = {"ks_test": tests[0]} | ({"per_channel": tests} if len(tests) > 1 else {})
+    about: dict[str, Any] = {"steps": cfg.segmenter_steps, "train_volumes": len(sets["train"])}
+    if len(tests) > 1:
+        about["image_channels"] = "channel 0 only (the segmenter takes one channel)"
+    return {"labels": per_label, "intensity": intensity, "segmenter": about}
 
 
 def view_extractor(
@@ -238,10 +249,9 @@ def evaluate_volumes(cfg: EvaluateConfig) -> Path:
         "condition_fidelity": condition,
         "timings_s": timings,
     }
+    axial = {n: view_slices(s.images, "axial", size=cfg.image_size, slices=1) for n, s in sets.items()}
+    # Thumbnails: several contrasts side by side.
     shown = {
-        n: ImageSet(
-            n, s.root, view_slices(s.images, "axial", size=cfg.image_size, slices=1), None, [], s.sources
-        )
-        for n, s in sets.items()
+        n: ImageSet(n, s.root, channels_side_by_side(axial[n]), None, [], s.sources) for n, s in sets.items()
     }
     return write_report(finish(report), shown, pairs, cfg.out)

@@ -9,9 +9,11 @@ the manifest records every attempt. An interrupted job continues where it stoppe
 
 Output layout (readable back by `synthmed.data.volumes.discover_volumes`, flat layout)::
 
-    OUT/syn_<seed>_image.nii.gz   float32 in [0, 1], affine with the requested spacing
+    OUT/syn_<seed>_image.nii.gz   float32 in [0, 1], affine with the requested spacing; several channels
+                                  (contrasts): a 4D NIfTI (X, Y, Z, C)
     OUT/syn_<seed>_label.nii.gz   uint8/int16 label map on the same grid (when a label map conditions it)
-    OUT/previews/syn_<seed>.png   axial | coronal | sagittal mid-slices with the labels overlaid
+    OUT/previews/syn_<seed>.png   axial | coronal | sagittal mid-slices with the labels overlaid (one row
+                                  per channel)
     OUT/manifest.jsonl
 """
 
@@ -36,7 +38,7 @@ from synthmed.config import GenerateConfig
 from synthmed.data.volumes import VolumeConfig, load_label_map, save_nifti
 from synthmed.errors import SynthmedError
 from synthmed.evaluation.previews import save_three_view_preview
-from synthmed.evaluation.quality import check_volume
+from synthmed.evaluation.quality import check_channels
 from synthmed.models.conditioning import check_label_range
 from synthmed.progress import progress_bar
 from synthmed.runtime import step_seed
@@ -177,7 +179,7 @@ def quality_failures(cfg: GenerateConfig) -> list[int]:
 def regenerate_volume(
     pipe: Pipeline, row: dict[str, Any]
 ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
-    """Re-create one manifest row's volume (1, X, Y, Z), its affine and the label map it was generated for
+    """Re-create one manifest row's volume (C, X, Y, Z), its affine and the label map it was generated for
     (None without a ControlNet), bit for bit on the same device and precision: the same label map (file
     checked by hash, or the same candidate and deformation) and seeds."""
     for key in ("autoencoder_sha256", "diffusion_sha256", "controlnet_sha256"):
@@ -278,14 +280,16 @@ def _quality_checked(
     """The first image (this one, then retries with derived seeds) that passes, else the last tried."""
     if cond.label_map is None or pipe.controlnet is None:
         return image, [{"seed": seed, "quality": None}]
-    bounds = pipe.controlnet.meta.quality_bounds
-    attempts: list[dict[str, Any]] = [{"seed": seed, "quality": check_volume(image, cond.label_map, bounds)}]
+    bounds = pipe.controlnet.meta.bounds_per_channel()
+    attempts: list[dict[str, Any]] = [
+        {"seed": seed, "quality": check_channels(image, cond.label_map, bounds)}
+    ]
     for k in range(1, cfg.qc_retries + 1):
         if attempts[-1]["quality"]["passed"]:
             break
         retry = step_seed(seed, k)
         image = _sample(pipe, cfg, [retry], [cond], size, spacing)[0]
-        attempts.append({"seed": retry, "quality": check_volume(image, cond.label_map, bounds)})
+        attempts.append({"seed": retry, "quality": check_channels(image, cond.label_map, bounds)})
     return image, attempts
 
 
@@ -299,6 +303,8 @@ def _settings(
     extra |= {"tile_size": cfg.tile_size, "tile_overlap": cfg.tile_overlap, "qc_retries": cfg.qc_retries}
     if pipe.controlnet is not None:
         extra["controlnet_sha256"] = pipe.controlnet.sha256
+    if pipe.cfg.image_channels > 1:  # a 4D NIfTI (X, Y, Z, C): what each channel is (nnU-Net export)
+        extra["channel_names"] = pipe.cfg.data.channel_names
     return row | extra
 
 
