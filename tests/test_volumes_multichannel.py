@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from synthmed.artifacts.manifest import read_manifest
@@ -18,6 +19,7 @@ from synthmed.cli import app
 from synthmed.config import GenerateConfig, build_train_config
 from synthmed.data.volumes import VolumeConfig, discover_volumes, load_volume_pair, load_volumes
 from synthmed.errors import SynthmedError
+from synthmed.evaluation.previews import GUTTER, LEGEND_HEIGHT
 
 KEYS = [f"hippocampus_{n:03d}" for n in (1, 3, 4, 6, 7, 8, 11)]
 GRID = (32, 44, 32)  # every case's contrasts and label map cropped / padded to one grid
@@ -188,7 +190,8 @@ def test_train_and_generate_two_contrasts(run2c: Path, generated: Path, tmp_path
         assert np.abs(data[..., 0] - data[..., 1]).mean() > 1e-3  # two contrasts, not one twice
         assert nib.load(generated / row["label_file"]).shape == SIZE
         assert [len(r["labels"]) > 0 for r in row["quality"]["channels"]] == [True, True]
-        assert (generated / row["preview"]).is_file()
+        with Image.open(generated / row["preview"]) as preview:  # a row of three views per contrast + legend
+            assert preview.height == 2 * 128 + GUTTER + LEGEND_HEIGHT
     row = rows[1]
     again = tmp_path / "again.nii.gz"
     args = ["regenerate", str(generated / "manifest.jsonl"), "--file", row["file"], "--out", str(again)]
