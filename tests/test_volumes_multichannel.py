@@ -226,6 +226,7 @@ def test_evaluate_two_contrasts(contrasts: Path, generated: Path, tmp_path: Path
     doc = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert [c["channel"] for c in doc["sharpness"]["all"]["per_channel"]] == [0, 1]
     assert len(doc["condition_fidelity"]["intensity"]["per_channel"]) == 2
+    assert doc["condition_fidelity"]["segmenter"]["image_channels"] == 2  # every contrast, not channel 0
 
 
 def test_export_writes_one_nifti_per_contrast(generated: Path, tmp_path: Path) -> None:

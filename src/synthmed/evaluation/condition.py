@@ -271,7 +271,7 @@ def intensity_stats(
     pixels of the label. In pad mode the background includes the zero padding border, identically for
     real and synthetic images of the same shape.
     """
-    _check_pairs(images, masks, "intensity")
+    _check_pairs(images, masks, "intensity", channels=1)
     pixels = images.float().flatten(1).numpy()
     values = masks.flatten(1).numpy()
     return {name: _label_stats(pixels, values, v) | {"label": v} for name, v in (labels or LABELS).items()}
@@ -329,11 +329,15 @@ def compare_intensity(
     return out
 
 
-def _check_pairs(images: torch.Tensor, masks: torch.Tensor, what: str) -> None:
-    if images.ndim not in (4, 5) or images.shape[1] != 1 or images.shape != masks.shape:
+def _check_pairs(images: torch.Tensor, masks: torch.Tensor, what: str, channels: int | None = None) -> None:
+    """(N, C, *spatial) images (C = ``channels`` when given; any for the segmenter, which takes every channel
+    of multi-contrast images) with one (N, 1, *spatial) mask each."""
+    shape_ok = images.ndim in (4, 5) and masks.shape == (images.shape[0], 1, *images.shape[2:])
+    if not shape_ok or (channels is not None and images.shape[1] != channels):
         raise SynthmedError(
-            f"{what} images {tuple(images.shape)} and masks {tuple(masks.shape)} must both be (N, 1, S, S) "
-            "or (N, 1, X, Y, Z) with one mask per image"
+            f"{what} images {tuple(images.shape)} and masks {tuple(masks.shape)} must be (N, C, S, S) or "
+            f"(N, C, X, Y, Z) images{'' if channels is None else f' with C = {channels}'} with one mask "
+            "per image, (N, 1, ...)"
         )
 
 

@@ -111,8 +111,7 @@ def label_map_section(
     if missing:
         return {"not_computed": f"fewer than 2 volumes with label maps in the {', '.join(missing)} set(s)"}
     values = sorted(set(torch.unique(maps["train"]).tolist()) - {0})
-    # evaluation.condition's segmenter takes one image channel: several contrasts are judged on channel 0.
-    images = {n: s.images[:, :1] for n, s in sets.items()}
+    images = {n: s.images for n, s in sets.items()}  # every contrast: the segmenter takes C channels
     per_label = {}
     for value in values:
         masks = {n: (m == value).to(torch.uint8) for n, m in maps.items()}
@@ -137,8 +136,7 @@ def label_map_section(
     ]
     intensity = {"ks_test": tests[0]} | ({"per_channel": tests} if len(tests) > 1 else {})
     about: dict[str, Any] = {"steps": cfg.segmenter_steps, "train_volumes": len(sets["train"])}
-    if len(tests) > 1:
-        about["image_channels"] = "channel 0 only (the segmenter takes one channel)"
+    about["image_channels"] = int(sets["train"].images.shape[1])
     return {"labels": per_label, "intensity": intensity, "segmenter": about}
 
 
