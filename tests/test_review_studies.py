@@ -277,6 +277,23 @@ def test_volumes_render_to_one_slice_count(hippocampus: Path, tmp_path: Path) ->
     assert not (tmp_path / "study_2").exists()
 
 
+def test_multi_contrast_volumes_show_their_contrasts_side_by_side(hippocampus: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+
+    a, b = sorted((hippocampus / "images").glob("*.nii.gz"))[:2]
+    img = nib.load(a)
+    t1 = np.asarray(img.dataobj, dtype=np.float32)
+    two = tmp_path / "two.nii.gz"  # a second contrast in other units: windowed on its own
+    nib.save(nib.Nifti1Image(np.stack([t1, 1000 + 3 * t1.max() - 3 * t1], -1), img.affine), two)
+    planes = render.render_volume(two, 64, 20)
+    single = render.render_volume(a, 64, 20)
+    assert planes.shape == (20, 64, 128) and np.array_equal(planes[:, :, :64], single)
+    assert np.abs(planes[:, :, 64:].astype(int) - single).mean() > 50  # the inverted contrast, full range
+    assert render.render_study(tmp_path / "c", 1, [(1, two), (2, two)], spatial_dims=3, size=64) > 0
+    with pytest.raises(SynthmedError, match="same number of contrasts"):
+        render.render_study(tmp_path / "c", 2, [(1, two), (2, b)], spatial_dims=3, size=64)
+
+
 def test_3d_study_asks_slice_consistency(catalogue, hippocampus: Path) -> None:
     cat, factory, cache = catalogue
     real, syn = add_volume_datasets(cat.url, hippocampus, cache.parent, 2)

@@ -7,7 +7,9 @@ windowed, resized and written the same way, so nothing but its pixels can tell w
   (area averaging) for real and synthetic alike; otherwise a 224 px real image beside a 64 px synthetic
   one, both enlarged to the screen, is told apart by its sharpness alone;
 - geometry: the study's square ``size``, aspect ratio kept (3D: from the voxel spacing), zero padding;
-  3D volumes are reoriented to RAS and resampled to the study's common number of axial slices;
+  3D volumes are reoriented to RAS and resampled to the study's common number of axial slices; a
+  multi-contrast volume (4D NIfTI) shows its contrasts side by side, each windowed on its own, and every
+  volume of its study must have as many;
 - colour: a 2D study holding any colour image is rendered in RGB throughout (grey images as three equal
   channels), with the window off (8-bit values as stored, 16-bit ones scaled by their range), so a colour
   photograph is shown as taken and real and synthetic items look alike in everything but their pixels;
@@ -49,6 +51,8 @@ WINDOW = (0.5, 99.5)
 #: Largest volume rendered (voxels): far above any CT or MRI series, far below what exhausts memory.
 MAX_VOXELS = 1 << 28
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
+#: Most contrasts (4th NIfTI axis) a study volume may hold: each is shown side by side at the study's size.
+MAX_CONTRASTS = 4
 STUDY_INFO = "study.json"  # beside the items' folders: how the study was rendered
 # Bits per sample of Pillow's image modes; every other mode (L, P, RGB, RGBA, LA...) has 8 per channel.
 PIL_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
@@ -163,8 +167,11 @@ def _open_volume(path: Path):  # -> nibabel image, RAS
     except Exception as exc:  # nibabel, gzip and OS errors on damaged or missing files
         raise SynthmedError(f"cannot read this NIfTI file ({type(exc).__name__}: {exc})", path=path) from exc
     shape = img.shape
-    if len(shape) != 3 or min(shape) < 1:
-        raise SynthmedError(f"expected one 3D volume, got shape {shape}", path=path)
+    if len(shape) not in (3, 4) or min(shape) < 1 or (len(shape) == 4 and shape[3] > MAX_CONTRASTS):
+        raise SynthmedError(
+            f"expected one 3D volume (or a 4D NIfTI of up to {MAX_CONTRASTS} contrasts), got shape {shape}",
+            path=path,
+        )
     if int(np.prod(shape)) > MAX_VOXELS:
         raise SynthmedError(f"volume of {shape} voxels is above the {MAX_VOXELS:,}-voxel limit", path=path)
     return img
@@ -175,10 +182,17 @@ def axial_slices(path: Path) -> int:
     return int(_open_volume(path).shape[2])
 
 
+def volume_contrasts(path: Path) -> int:
+    """Contrasts (channels) of a NIfTI volume: its 4th axis, 1 for a 3D file (header only)."""
+    shape = _open_volume(path).shape
+    return int(shape[3]) if len(shape) == 4 else 1
+
+
 def render_volume(path: Path, size: int, slices: int, native: int | None = None) -> np.ndarray:
     """A NIfTI volume as (slices, size, size) uint8 axial planes, radiological display (patient's right on
     the viewer's left, anterior up), in-plane aspect ratio from the voxel spacing; first brought down to
-    ``native`` voxels along the longest in-plane side when it is larger."""
+    ``native`` voxels along the longest in-plane side when it is larger. A 4D volume of C contrasts gives
+    (slices, size, C x size): its contrasts side by side, each windowed on its own."""
     img = _open_volume(path)
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
@@ -187,6 +201,14 @@ def render_volume(path: Path, size: int, slices: int, native: int | None = None)
     if not np.isfinite(data).all():
         raise SynthmedError("volume holds NaN or infinite values", path=path)
     zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    contrasts = data[..., None] if data.ndim == 3 else data
+    panels = [_axial_planes(c, zooms, size, slices, native) for c in np.moveaxis(contrasts, 3, 0)]
+    return np.concatenate(panels, axis=2)
+
+
+def _axial_planes(
+    data: np.ndarray, zooms: list[float], size: int, slices: int, native: int | None
+) -> np.ndarray:
     # RAS (x, y, z) -> (z, rows = y flipped, columns = x flipped): axial planes for display.
     planes = np.ascontiguousarray(np.transpose(data, (2, 1, 0))[:, ::-1, ::-1])
     height, width = planes.shape[1] * zooms[1], planes.shape[2] * zooms[0]
@@ -222,6 +244,7 @@ def render_study(
     slices = 1
     if spatial_dims == 3:
         slices = min(max(axial_slices(path) for _, path in items), size)  # one count for every item
+        _check_contrasts(items)
     colour = spatial_dims == 2 and any(is_colour_image(path) for _, path in items)  # one look for all
     final = study_dir(cache, study_id)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
@@ -244,6 +267,17 @@ def render_study(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return slices
+
+
+def _check_contrasts(items: list[tuple[int, Path]]) -> None:
+    """One number of contrasts per 3D study: a wider image would tell its volume apart at a glance."""
+    counts = {path: volume_contrasts(path) for _, path in items}
+    if len(set(counts.values())) > 1:
+        found = ", ".join(f"{path.name}: {n}" for path, n in list(counts.items())[:4])
+        raise SynthmedError(
+            f"a study's volumes must all have the same number of contrasts (found {found}); a volume shown "
+            "with more contrasts side by side would unblind it: make one study per contrast count"
+        )
 
 
 def study_info(cache: Path, study_id: int) -> dict:

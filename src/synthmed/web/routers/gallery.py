@@ -115,8 +115,10 @@ def overlay_png(image: Path, mask: Path | None, spatial_dims: int, size: int = T
     try:
         if spatial_dims == 3:
             slices = axial_slices(image)
-            plane = render_volume(image, size, slices)[slices // 2]
+            plane = render_volume(image, size, slices)[slices // 2]  # contrasts side by side
             region = render_volume(mask, size, slices)[slices // 2] > 0 if mask else None
+            if region is not None:  # the label map over every contrast
+                region = np.tile(region, (1, plane.shape[1] // region.shape[1]))
         else:
             plane = render_image(image, size, colour=is_colour_image(image))
             region = _mask_plane(mask, size) if mask else None
