@@ -1,6 +1,6 @@
 """Peak memory of decoding a 3D latent tiled vs in one call: ``python -m benchmarks.decode3d [--sizes ...]``.
 
-The ``small3d`` autoencoder (channels 32/64/64, 4x compression, 4 latent channels; random weights, since
+The ``vae3d`` autoencoder (channels 32/64/64, 4x compression, 4 latent channels; random weights, since
 memory does not depend on them) decodes a random latent of ``size/4`` voxels per axis in float32 under
 ``torch.inference_mode()``: once with `synthmed.diffusion.tiled.decode_latents` (tiles of 16 latent = 64
 output voxels, overlap 0.25, stitched on the CPU) and once in a single ``decode`` call.

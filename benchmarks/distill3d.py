@@ -2,7 +2,7 @@
 rectified-flow teacher at 30 steps, on the 64^3 hippocampus model, in one run on the same weights.
 
 - Teacher: ``--run-dir`` (a trained 3D rectified-flow run with its label-map ControlNet), or, when it has no
-  trained model, a ``small3d`` run trained here as ``volume64`` trains it (MSD hippocampus at 0.7 mm so the
+  trained model, a ``vae3d`` run trained here as ``volume64`` trains it (MSD hippocampus at 0.7 mm so the
   structure fills the 64^3 grid; ``--volumes`` pairs; fixed steps per stage).
 - Distillation: ``synthmed distill`` (rectified-flow halving from ``--teacher-steps`` down to 1 step, the
   label-map ControlNet attached), timed, unless its students exist (then the minutes come from its logs).
@@ -84,7 +84,7 @@ def _teacher(args: argparse.Namespace, data: Path, work: Path) -> tuple[Path, di
         return run_dir, json.loads(record.read_text()) if record.is_file() else {"trained": "before"}
     source = volume64._subset(data, work / "data", args.volumes)
     values: dict[str, Any] = {
-        "preset": "tiny3d" if args.smoke else "small3d",
+        "preset": "tiny3d" if args.smoke else "vae3d",
         "run_dir": str(run_dir),
         "data": {"source": str(source), "volume": {"size": list(args.size), "spacing": list(args.spacing)}},
         "runtime": {"precision": args.precision},

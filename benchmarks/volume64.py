@@ -1,7 +1,7 @@
 """``python -m benchmarks.run volume64``: 3D generation cost at 64^3 with a label map, rectified flow in 30
 steps against DDPM in 1000 steps on the same network, in one run.
 
-A ``small3d`` run (rectified flow, MAISI style) is trained on MSD hippocampus MRI resampled to 0.7 mm so the
+A ``vae3d`` run (rectified flow, MAISI style) is trained on MSD hippocampus MRI resampled to 0.7 mm so the
 structure fills the 64^3 grid, for a fixed number of steps per stage. Then, on the same weights and the same
 label map, one volume is generated (network + ControlNet per step, VAE decoding included) with:
 
@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace, data: Path) -> dict:
         "controlnet": args.controlnet_steps,
     }
     values = {
-        "preset": "small3d",
+        "preset": "vae3d",
         "run_dir": str(run_dir),
         "data": {"source": str(data), "volume": {"spacing": list(SPACING)}},
         "runtime": {"precision": args.precision},

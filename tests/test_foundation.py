@@ -86,7 +86,7 @@ def test_a_local_weights_file_must_be_safetensors_of_this_arch(tmp_path: Path) -
 
 
 def test_config_takes_foundation_for_volumes_and_refuses_weights_without_it(tmp_path: Path) -> None:
-    cfg = build_train_config({"preset": "foundation3d"})  # slice-wise: test_volume_autoencoders
+    cfg = build_train_config({"preset": "small3d"})  # slice-wise: test_volume_autoencoders
     assert cfg.slicewise and cfg.latent_factors == (4, 4, 1) and cfg.autoencoder.arch == _arch()
     with pytest.raises(SynthmedError, match="set source: foundation"):
         build_train_config({"preset": "tiny", "autoencoder": {"weights": str(tmp_path / "x.safetensors")}})

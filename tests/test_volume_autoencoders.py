@@ -76,7 +76,7 @@ def test_slicewise_foundation_autoencoder_keeps_every_slice(pairs: Path) -> None
     assert torch.equal(tiled.clamp(0, 1), recon)
 
 
-def test_foundation3d_run_trains_unet_and_controlnet_on_slice_latents(pairs: Path, tmp_path: Path) -> None:
+def test_slicewise_run_trains_unet_and_controlnet_on_slice_latents(pairs: Path, tmp_path: Path) -> None:
     stage = {"steps": 3, "batch_size": 2, "preview_every": 3}
     values = {
         "preset": "tiny3d",

@@ -135,8 +135,8 @@ def test_foundation_slice_by_slice_encodes_each_contrast_as_grey() -> None:
     from synthmed.models.slicewise import SliceWiseAutoencoder, build_run_autoencoder
 
     volume = {"size": [32, 32, 8]}
-    cfg = build_train_config({"preset": "foundation3d", "data": {"channels": 2, "volume": volume}})
-    grey = build_train_config({"preset": "foundation3d", "data": {"volume": volume}})
+    cfg = build_train_config({"preset": "small3d", "data": {"channels": 2, "volume": volume}})
+    grey = build_train_config({"preset": "small3d", "data": {"volume": volume}})
     assert cfg.slicewise and cfg.channelwise and cfg.latent_channels == 8
     torch.manual_seed(0)
     model = build_run_autoencoder(cfg).eval()

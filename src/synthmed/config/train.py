@@ -48,7 +48,7 @@ class AutoencoderConfig(StageConfig):
         description="foundation: use the autoencoder shipped with synthmed (2D greyscale; trained once on "
         "chest X-ray, ultrasound and MRI slices; its arch is the small64 preset's), so a run trains only the "
         "diffusion UNet; for volumes it encodes each axial slice and the 3D UNet learns the stacked latents "
-        "(preset foundation3d); train: train this run's own autoencoder (unusual data, colour, 3D).",
+        "(preset small3d); train: train this run's own autoencoder (unusual data; preset vae3d for volumes).",
     )
     weights: Path | None = Field(
         None,

@@ -1,7 +1,7 @@
 """Tiled (sliding-window) VAE decoding of large latents, as NVIDIA MAISI does for 3D generation.
 
 Why tile: the decoder's full-resolution activations dominate memory and grow with the volume. Decoding a
-256^3 volume of the ``small3d`` autoencoder in one call peaked at 14 GiB (several 64-channel 256^3 feature
+256^3 volume of the ``vae3d`` autoencoder in one call peaked at 14 GiB (several 64-channel 256^3 feature
 maps, 4 GiB each); tiles of 16 latent voxels stitched on the CPU peaked at 0.9 GiB (benchmarks/decode3d.py).
 Tiles bound the memory of z's device by the tile, whatever the volume size.
 
