@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -37,13 +38,13 @@ QUALITY_STEPS = 1663
 
 
 def _subset(data: Path, root: Path, per_class: int) -> Path:
-    """``per_class`` Kermany training images of each class, linked into ``root``."""
+    """``per_class`` Kermany training images of each class, copied into ``root`` (ingestion refuses links
+    that leave a data folder)."""
     for cls in ("NORMAL", "PNEUMONIA"):
         (root / cls).mkdir(parents=True, exist_ok=True)
         for src in sorted((data / "cxr-kermany" / "train" / cls).glob("*.jpeg"))[:per_class]:
-            link = root / cls / src.name
-            if not link.exists():
-                link.symlink_to(src)
+            if not (root / cls / src.name).exists():
+                shutil.copy(src, root / cls / src.name)
     return root
 
 
