@@ -69,6 +69,7 @@ def _preset(preset: str, source: Path, work: Path, args: argparse.Namespace) -> 
         )
         steps = measure_steps(trainer.train_step, args, device, cfg.diffusion.batch_size)
     rate = steps["steps_per_s"]
+    train(cfg, ["diffusion"], progress=False)  # --fit-steps UNet steps: weights to time generation with
     return {
         "image_size": cfg.data.image_size,
         "unet_latents": [cfg.latent_channels, *(cfg.data.image_size // f for f in cfg.latent_factors)],
@@ -86,7 +87,6 @@ def _preset(preset: str, source: Path, work: Path, args: argparse.Namespace) -> 
 def _generation(cfg, args: argparse.Namespace) -> dict:
     from synthmed.sampling.pipeline import Pipeline
 
-    train(cfg, ["diffusion"], progress=False)
     pipe = Pipeline.load(cfg.run_dir, precision=args.precision)
     label = pipe.meta.class_names[0]
     pipe.sample_batch([0], label, steps=2)  # warm-up: allocations, oneDNN kernel choice
