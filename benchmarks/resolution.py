@@ -28,11 +28,11 @@ import torch
 
 from benchmarks.measure import PeakMemory, timed
 from benchmarks.training import measure_steps
-from synthmed.config import build_train_config
+from synthmed.config import PRESETS, build_train_config
 from synthmed.runtime import resolve_device
 from synthmed.training.run import _stage_task, _trainer, load_training_data, train
 
-PRESETS = ("small64", "small128", "small256")
+MEASURED = ("small64", "small128", "small256")
 #: The generator issue's measured UNet budget (quality64's 'new' arm).
 QUALITY_STEPS = 1663
 
@@ -78,8 +78,8 @@ def _preset(preset: str, source: Path, work: Path, args: argparse.Namespace) -> 
         "encode_peak_mib": encode_memory.mib,
         "diffusion": steps | {"batch": cfg.diffusion.batch_size},
         "minutes_quality_budget": round(QUALITY_STEPS / rate / 60, 1),
-        "minutes_preset_budget": round(cfg.diffusion.steps / rate / 60, 1),
-        "preset_steps": cfg.diffusion.steps,
+        "minutes_preset_budget": round(PRESETS[preset]["diffusion"]["steps"] / rate / 60, 1),
+        "preset_steps": PRESETS[preset]["diffusion"]["steps"],
     } | _generation(cfg, args)
 
 
@@ -88,7 +88,7 @@ def _generation(cfg, args: argparse.Namespace) -> dict:
     from synthmed.sampling.pipeline import Pipeline
 
     pipe = Pipeline.load(cfg.run_dir, precision=args.precision)
-    label = pipe.meta.class_names[0]
+    label = pipe.class_names[0]
     pipe.sample_batch([0], label, steps=2)  # warm-up: allocations, oneDNN kernel choice
     t0 = time.perf_counter()
     pipe.sample_batch(list(range(args.images)), label, steps=25, guidance=3.0)
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace, data: Path) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    p.add_argument("--presets", nargs="+", default=list(MEASURED), choices=list(MEASURED))
     p.add_argument("--per-class", type=int, default=100, help="Kermany training images per class")
     p.add_argument("--steps", type=int, default=10, help="timed UNet training steps")
     p.add_argument("--warmup", type=int, default=2)
