@@ -4,7 +4,8 @@ A ``small128`` run (the shipped foundation autoencoder, latents folded 2x2 into 
 BUSI (benign, malignant, normal; 128 px) for the generator issue's measured UNet budget, then a mask
 ControlNet and an edges (Canny) ControlNet, each for ``--controlnet-steps``. Every holdout image with a lesion
 mask (benign, malignant) gives one image of its class per arm, seed i, the default sampler (25 DDIM steps,
-guidance 3) at conditioning scale 1 (the 2D default; nothing here is tuned) and, as the baseline, scale 0:
+guidance 3) at each ControlNet's conditioning scale, the best of ``--scales`` on the validation lesion images
+(as label3d chooses 3D's; the holdout images only measure the choice) and, as the baseline, scale 0:
 
 - mask: a lesion segmenter (the evaluation stage's MONAI UNet) trained only on the real training pairs
   segments the generated images; Dice against the conditioning masks beside the same segmenter's Dice on the
@@ -80,6 +81,32 @@ def _reconstructed(pipe: Pipeline, images: torch.Tensor) -> torch.Tensor:
     return pipe.decode(z)
 
 
+def _choose_scales(pipe: Pipeline, segmenter, cfg, args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """Each ControlNet's conditioning scale, the best of ``--scales`` on the validation lesion images (the
+    holdout images only measure the choice), and the validation rows."""
+    if len(args.scales) == 1:
+        return {"mask": args.scales[0], "edges": args.scales[0]}, []
+    val, labels = lesion_pairs(cfg, "val")
+    edges = _edges(pipe, val.images)
+    rows = []
+    for scale in args.scales:
+        masked, _ = generate_for(pipe, val.masks, labels, scale, args.steps)
+        edged, _ = generate_for(pipe, edges, labels, scale, args.steps, condition="edges")
+        rows.append(
+            {
+                "scale": scale,
+                "val_images": len(labels),
+                "val_mask_dice": dice_hd95(segment(segmenter, masked), val.masks)["dice"]["mean"],
+                "val_edge_f1_2px": float(edge_f1(_edges(pipe, edged), edges, 2.0).mean()),
+            }
+        )
+    best = {
+        "mask": max(rows, key=lambda r: r["val_mask_dice"])["scale"],
+        "edges": max(rows, key=lambda r: r["val_edge_f1_2px"])["scale"],
+    }
+    return best, rows
+
+
 def run(args: argparse.Namespace, data: Path) -> dict:
     torch.set_num_threads(args.threads)
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
@@ -92,13 +119,15 @@ def run(args: argparse.Namespace, data: Path) -> dict:
     )
     pipe = Pipeline.load(cfg.run_dir, precision=args.precision)
     pipe.sample_batch([0], labels[0], steps=2)  # warm-up: allocations, oneDNN kernel choice
+    chosen, validation = _choose_scales(pipe, segmenter, cfg, args)
     cond_edges = _edges(pipe, holdout.images)
     dice, f1, seconds = {}, {}, {}
-    for arm, scale in (("controlnet", 1.0), ("baseline_scale0", 0.0)):
-        masked, seconds[f"mask_{arm}"] = generate_for(pipe, holdout.masks, labels, scale, args.steps)
+    for arm in ("controlnet", "baseline_scale0"):
+        scale = {"mask": 0.0, "edges": 0.0} if arm == "baseline_scale0" else chosen
+        masked, seconds[f"mask_{arm}"] = generate_for(pipe, holdout.masks, labels, scale["mask"], args.steps)
         dice[arm] = dice_hd95(segment(segmenter, masked), holdout.masks)["dice"]
         edged, seconds[f"edges_{arm}"] = generate_for(
-            pipe, cond_edges, labels, scale, args.steps, condition="edges"
+            pipe, cond_edges, labels, scale["edges"], args.steps, condition="edges"
         )
         f1[arm] = _f1(_edges(pipe, edged), cond_edges)
     dice["real_holdout_ceiling"] = dice_hd95(segment(segmenter, holdout.images), holdout.masks)["dice"]
@@ -115,6 +144,8 @@ def run(args: argparse.Namespace, data: Path) -> dict:
         "segmenter": {"train_pairs": len(train_pairs.sources), "steps": args.segmenter_steps},
         "holdout_images": len(labels),
         "sampler": f"ddim {args.steps} steps, guidance 3, {args.precision}",
+        "chosen_scale": chosen,
+        "validation": validation,
         "mask_dice": dice,
         "edge_f1": f1,
         "seconds_per_image": {arm: round(s, 3) for arm, s in seconds.items()},
@@ -141,6 +172,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controlnet-steps", type=int, default=1000, help="per ControlNet (mask, edges)")
     p.add_argument("--segmenter-steps", type=int, default=400)
     p.add_argument("--steps", type=int, default=25, help="sampler steps")
+    p.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=[1.0, 2.0, 4.0],
+        help="conditioning scales to choose from on the validation images (one: no choice)",
+    )
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work-dir", default="runs/bench-thin128")
