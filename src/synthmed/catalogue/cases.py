@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from synthmed.catalogue.models import GenerationRun, Sample
 from synthmed.catalogue.provenance import inside_folder
-from synthmed.data.readers import DICOM_EXTENSIONS, has_dicom_magic, is_colour, read_bytes, validate_array
+from synthmed.data.readers import is_colour, is_dicom, read_bytes, validate_array
 from synthmed.data.volumes import open_volume
 from synthmed.errors import SynthmedError
 
@@ -73,7 +73,7 @@ def _read_2d(path: Path, colour: bool = True) -> np.ndarray:
     (rows, columns, 3) uint8 when it holds colour (and ``colour``)."""
     data = read_bytes(path)
     try:
-        dicom = path.suffix.lower() in DICOM_EXTENSIONS or has_dicom_magic(data)
+        dicom = is_dicom(path, data)
         arr = _dicom_pixels(data, path) if dicom else _pil_pixels(data, colour)
     except SynthmedError:
         raise

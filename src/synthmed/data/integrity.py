@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from synthmed.data.readers import split_frame
 from synthmed.data.sources import SPLITS, Record, Skipped
 from synthmed.errors import SynthmedError
 
@@ -128,11 +129,13 @@ def content_groups(records: Sequence[Record]) -> list[list[int]]:
 
 
 def duplicates(records: Sequence[Record], groups: Sequence[Sequence[int]]) -> list[Duplicate]:
-    """Each member of a content group of two or more paired with the group's first record (by source)."""
+    """Each member of a content group of two or more paired with the group's first record (by source); the
+    frames of one multi-frame file share its hash but are not copies of each other."""
     out = []
     for group in groups:
         members = sorted((records[i] for i in group), key=lambda r: r.source)
-        out += [Duplicate(members[0], other) for other in members[1:]]
+        first = split_frame(members[0].source)[0]
+        out += [Duplicate(members[0], r) for r in members[1:] if split_frame(r.source)[0] != first]
     return out
 
 

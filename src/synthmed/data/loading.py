@@ -29,7 +29,7 @@ from synthmed.data.integrity import (
 )
 from synthmed.data.npz import load_npz, npz_arrays, parse_npz_source
 from synthmed.data.preprocess import preprocess
-from synthmed.data.readers import Pixels, decode_pixels, read_bytes, validate_pixels
+from synthmed.data.readers import Pixels, decode_pixels, read_bytes, split_frame, validate_pixels
 from synthmed.data.sources import (
     SPLITS,
     Discovery,
@@ -55,13 +55,15 @@ _SPLIT_SETTINGS = ("seed", "val_fraction", "holdout_fraction", "classes", "patte
 
 
 class ItemReader:
-    """Reads records of one data source as raw (H, W) arrays; an .npz is opened once, not per item."""
+    """Reads records of one data source as raw (H, W) arrays; an .npz is opened once, not per item, and the
+    frames of a multi-frame DICOM (consecutive records) read and verify their file once."""
 
     def __init__(self, cfg: DataConfig) -> None:
         self.src = require_source(cfg)
         self.kind = source_kind(self.src)
         self.root = source_root(self.src)
         self._npz: dict[str, np.ndarray] | None = None
+        self._last: tuple[Path, str, bytes] | None = None  # (path, sha256, bytes) of the last file read
 
     def read(self, record: Record) -> np.ndarray:
         return self.read_pixels(record).array
@@ -69,14 +71,19 @@ class ItemReader:
     def read_pixels(self, record: Record) -> Pixels:
         if self.kind == "npz":
             return self._read_npz_item(record)
-        path = self.root / record.source
-        data = read_bytes(path)
-        if hashlib.sha256(data).hexdigest() != record.sha256:
-            raise SynthmedError(
-                "file content changed since the split was made; restore it or start a new run directory",
-                path=path,
-            )
-        return decode_pixels(data, path)
+        file, frame = split_frame(record.source)
+        path = self.root / file
+        if self._last is None or self._last[:2] != (path, record.sha256):
+            data = read_bytes(path)
+            if hashlib.sha256(data).hexdigest() != record.sha256:
+                raise SynthmedError(
+                    "file content changed since the split was made; restore it or start a new run directory",
+                    path=path,
+                )
+            self._last = (path, record.sha256, data) if frame is not None else None
+        else:
+            data = self._last[2]
+        return decode_pixels(data, path, frame)
 
     def _read_npz_item(self, record: Record) -> Pixels:
         if self._npz is None:

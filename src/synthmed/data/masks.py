@@ -27,7 +27,7 @@ from scipy import ndimage
 from synthmed.config import DataConfig
 from synthmed.data.enhance import Enhancement
 from synthmed.data.preprocess import FitResize, PercentileScale, build_transform, preprocess
-from synthmed.data.readers import IMAGE_EXTENSIONS, LOSSY_EXTENSIONS, read_channels, read_image
+from synthmed.data.readers import IMAGE_EXTENSIONS, LOSSY_EXTENSIONS, read_channels, read_image, split_frame
 from synthmed.data.sources import Skipped, handle_failure
 from synthmed.errors import SynthmedError
 
@@ -205,6 +205,9 @@ def load_image_mask_pairs(
     used: list[Path] = []
     fragmented: list[tuple[str, int, int]] = []
     for path in map(Path, images):
+        if split_frame(str(path))[1] is not None:
+            skipped.append(Skipped(str(path), "a frame of a multi-frame DICOM: masks pair with whole files"))
+            continue
         try:
             files = find_mask_files(path)
             if not files and path in lesion_free:

@@ -3,6 +3,10 @@
 `read_image` gives luminance; `decode_pixels` also says whether the file held colour and keeps its RGB
 channels, so callers can train on colour (``data.channels``) or report the conversion.
 
+A multi-frame DICOM (an ultrasound or endoscopy cine, colour or grey) is a set of 2D images: a data set
+reads each frame as its own item, named ``<file>#frame=<n>`` (1-based, as DICOM numbers frames), and only
+that frame is decoded. Where one image is expected (an editing source, a mask), such a file is refused.
+
 Every failure, whatever library raised it, leaves as a SynthmedError naming the file: readers face
 files from the wild, and one damaged scan must be reported (or skipped), never crash a long run.
 """
@@ -10,6 +14,7 @@ files from the wild, and one damaged scan must be reported (or skipped), never c
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, pixel_array
 
 from synthmed.errors import SynthmedError
 
@@ -26,6 +31,10 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", "
 #: Lossy formats: a mask saved in one has grey levels along its edges.
 LOSSY_EXTENSIONS = frozenset({".jpg", ".jpeg"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+#: Most frames one multi-frame DICOM may claim (over five minutes of a 30 fps cine): a hostile header claiming
+#: a billion frames must not become a billion records.
+MAX_FRAMES = 10_000
+_FRAME = re.compile(r"^(?P<file>.+)#frame=(?P<n>[1-9][0-9]*)$")
 #: Largest image accepted (64 megapixels, e.g. 8000 x 8000): far above any radiograph or mammogram,
 #: far below what exhausts memory, so a hostile header claiming 100k x 100k fails fast.
 MAX_PIXELS = 64_000_000
@@ -58,6 +67,39 @@ def is_image_file(path: Path) -> bool:
             return has_dicom_magic(f.read(_DICM_OFFSET + 4))
     except OSError:
         return False
+
+
+def frame_source(source: str, frame: int) -> str:
+    """The item name of frame ``frame`` (1-based) of the multi-frame file ``source``."""
+    return f"{source}#frame={frame}"
+
+
+def split_frame(source: str) -> tuple[str, int | None]:
+    """``(file, frame)`` of an item name: the frame of a multi-frame DICOM, or ``(source, None)``."""
+    match = _FRAME.match(source)
+    return (match["file"], int(match["n"])) if match else (source, None)
+
+
+def is_dicom(path: Path, head: bytes) -> bool:
+    """A DICOM extension, or the DICOM magic in ``head`` (the file's first bytes)."""
+    return path.suffix.lower() in DICOM_EXTENSIONS or has_dicom_magic(head)
+
+
+def dicom_frame_count(path: Path) -> int:
+    """Frames of a DICOM file from its header alone (pixels not read): 1 for a single image; a header that
+    claims more than MAX_FRAMES is refused."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # real archives are full of slightly non-conformant tags
+        try:
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+        except Exception as exc:
+            raise SynthmedError(
+                f"not a readable DICOM file ({type(exc).__name__}: {exc})", path=path
+            ) from exc
+    if not 1 <= frames <= MAX_FRAMES:
+        raise SynthmedError(f"DICOM header claims {frames} frames (limit {MAX_FRAMES:,})", path=path)
+    return frames
 
 
 def read_bytes(path: Path) -> bytes:
@@ -122,15 +164,18 @@ def decode_image(data: bytes, path: Path) -> np.ndarray:
     return decode_pixels(data, path).array
 
 
-def decode_pixels(data: bytes, path: Path) -> Pixels:
-    """`decode_image`, saying whether the image was colour."""
+def decode_pixels(data: bytes, path: Path, frame: int | None = None) -> Pixels:
+    """`decode_image`, saying whether the image was colour; ``frame`` (1-based) picks one frame of a
+    multi-frame DICOM."""
     path = Path(path)
     if not data:
         raise SynthmedError("file is empty (0 bytes)", path=path)
-    is_dicom = path.suffix.lower() in DICOM_EXTENSIONS or has_dicom_magic(data)
+    dicom = is_dicom(path, data)
+    if frame is not None and not dicom:
+        raise SynthmedError(f"frame {frame} asked of a file that is not DICOM", path=path)
     try:
-        if is_dicom:
-            return validate_pixels(_decode_dicom(data, path), str(path))
+        if dicom:
+            return validate_pixels(_decode_dicom(data, path, frame), str(path))
         grey, rgb = _decode_pil(data, path)
         pixels = validate_pixels(rgb if rgb is not None else grey, str(path))
         # Pillow's own rounded luminance, as always: pixel hashes of split files stay valid
@@ -138,7 +183,7 @@ def decode_pixels(data: bytes, path: Path) -> Pixels:
     except SynthmedError:
         raise
     except Exception as exc:  # any decoder failure on hostile bytes becomes our one error type
-        kind = "DICOM" if is_dicom else "image"
+        kind = "DICOM" if dicom else "image"
         raise SynthmedError(
             f"damaged or unsupported {kind} file ({type(exc).__name__}: {exc})", path=path
         ) from exc
@@ -201,7 +246,7 @@ def _check_size(width: int, height: int, path: Path) -> None:
         )
 
 
-def _decode_dicom(data: bytes, path: Path) -> np.ndarray:
+def _decode_dicom(data: bytes, path: Path, frame: int | None) -> np.ndarray:
     with warnings.catch_warnings():
         # pydicom warns on every slightly non-conformant tag; real archives are full of them.
         warnings.simplefilter("ignore")
@@ -215,9 +260,10 @@ def _decode_dicom(data: bytes, path: Path) -> np.ndarray:
             raise SynthmedError(
                 "DICOM file has no pixel data (a report, structured document or DICOMDIR?)", path=path
             )
-        _check_dicom_shape(ds, path)
+        frames = _check_dicom_shape(ds, path, frame)
         try:
-            arr = ds.pixel_array
+            # only the frame asked for is decoded: a long cine never sits in memory whole
+            arr = pixel_array(ds, index=frame - 1) if frame is not None and frames > 1 else ds.pixel_array
         except Exception as exc:
             syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             name = getattr(syntax, "name", "unknown transfer syntax")
@@ -229,15 +275,19 @@ def _decode_dicom(data: bytes, path: Path) -> np.ndarray:
         return _dicom_to_grey(arr, ds, path)
 
 
-def _check_dicom_shape(ds: pydicom.Dataset, path: Path) -> None:
+def _check_dicom_shape(ds: pydicom.Dataset, path: Path, frame: int | None) -> int:
+    """The file's frame count, after checking the frame asked for and the image size."""
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
+    if frames > 1 and frame is None:
         raise SynthmedError(
-            f"multi-frame DICOM with {frames} frames; synthmed trains on single 2D images, "
-            "so export one frame per file",
+            f"multi-frame DICOM with {frames} frames: a data set reads each frame as its own image, but "
+            "here one image is expected, so export the frame wanted as its own file",
             path=path,
         )
+    if frame is not None and not 1 <= frame <= frames:
+        raise SynthmedError(f"frame {frame} asked of a DICOM file with {frames} frame(s)", path=path)
     _check_size(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), path)
+    return frames
 
 
 def _dicom_to_grey(arr: np.ndarray, ds: pydicom.Dataset, path: Path) -> np.ndarray:

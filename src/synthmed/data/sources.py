@@ -21,7 +21,15 @@ import numpy as np
 
 from synthmed.config import DataConfig
 from synthmed.data.npz import class_indices, class_names, load_npz, npz_arrays, npz_source, npz_split_keys
-from synthmed.data.readers import IMAGE_EXTENSIONS, is_image_file, validate_array
+from synthmed.data.readers import (
+    IMAGE_EXTENSIONS,
+    dicom_frame_count,
+    frame_source,
+    is_dicom,
+    is_image_file,
+    split_frame,
+    validate_array,
+)
 from synthmed.errors import SynthmedError
 from synthmed.progress import track
 
@@ -125,6 +133,17 @@ def hash_file(path: Path) -> str:
         raise SynthmedError("file not found", path=path) from exc
     except OSError as exc:
         raise SynthmedError(f"cannot read file ({exc.strerror or exc})", path=path) from exc
+
+
+def file_records(path: Path, rel: str, label: str, sha256: str, split: str | None = None) -> list[Record]:
+    """The images of one file: each frame of a multi-frame DICOM (sharing the file's hash, so a cine lands
+    in one split, never in training and holdout at once), or the file itself."""
+    with path.open("rb") as f:
+        dicom = is_dicom(path, f.read(132))
+    frames = dicom_frame_count(path) if dicom else 1
+    if frames == 1:
+        return [Record(rel, label, sha256, split)]
+    return [Record(frame_source(rel, k), label, sha256, split) for k in range(1, frames + 1)]
 
 
 def hash_array(arr: np.ndarray) -> str:
@@ -231,8 +250,12 @@ def _discover_folder(root: Path, cfg: DataConfig) -> tuple[list[Record], list[Sk
         if not is_image_file(path):
             skipped.append(Skipped(rel, f"not an image file ({_ext_hint(path)})", label))
             continue
+        if split_frame(rel)[1] is not None:
+            reason = "file name ends like a frame of a multi-frame file ('#frame=N')"
+            skipped.append(Skipped(rel, reason, label))
+            continue
         try:
-            records.append(Record(rel, label, hash_file(path)))
+            records += file_records(path, rel, label, hash_file(path))
         except SynthmedError as exc:
             handle_failure(exc, rel, skipped, cfg.on_error, label)
     if not records:
@@ -353,8 +376,13 @@ def _discover_csv(path: Path, cfg: DataConfig) -> tuple[list[Record], list[Skipp
             )
             continue
         first_seen[rel] = line
+        file, frame = split_frame(rel)  # a manifest may list single frames of a multi-frame DICOM
         try:
-            records.append(Record(rel, label, _hash_listed(root / rel, line, path), split))
+            sha = _hash_listed(root / file, line, path)
+            if frame is None:
+                records += file_records(root / file, rel, label, sha, split)
+            else:
+                records.append(Record(rel, label, sha, split))
         except SynthmedError as exc:
             handle_failure(exc, rel, skipped, cfg.on_error, label)
     if not records:

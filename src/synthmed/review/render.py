@@ -38,9 +38,8 @@ from PIL import Image
 from synthmed.catalogue.db import database_url
 from synthmed.data.preprocess import FitResize, PercentileScale
 from synthmed.data.readers import (
-    DICOM_EXTENSIONS,
     decode_pixels,
-    has_dicom_magic,
+    is_dicom,
     read_bytes,
     read_channels,
     read_image,
@@ -128,7 +127,7 @@ def native_geometry(path: Path, spatial_dims: int) -> Native:
     try:
         with open(path, "rb") as f:
             head = f.read(132)
-        if has_dicom_magic(head) or path.suffix.lower() in DICOM_EXTENSIONS:
+        if is_dicom(path, head):
             import pydicom
 
             ds = pydicom.dcmread(path, stop_before_pixels=True)
