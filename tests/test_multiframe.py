@@ -119,3 +119,23 @@ def test_frames_have_no_masks_and_say_so(retinamnist: Path, tmp_path: Path) -> N
     pairs = load_image_mask_pairs([Path(f"{path}#frame=1")], DataConfig(image_size=28))
     reasons = [s.reason for s in pairs.skipped]
     assert reasons == ["a frame of a multi-frame DICOM: masks pair with whole files"]
+
+
+def test_the_catalogue_leaves_a_cine_out_and_says_why(retinamnist: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from synthmed.catalogue.db import make_engine, session_factory, transaction
+    from synthmed.catalogue.importer import CatalogueWarning, import_real
+    from synthmed.catalogue.migrate import upgrade
+
+    root = tmp_path / "set"
+    _cine(_fundus(retinamnist, 0, 3), root / "none" / "cine.dcm")
+    (root / "some").mkdir()
+    Image.fromarray(_fundus(retinamnist, 1, 1)[0]).save(root / "some" / "photo.png")
+    url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    warns = pytest.warns(CatalogueWarning, match=r"cine\.dcm: left out \(multi-frame DICOM")
+    with warns, transaction(session_factory(engine)) as session:
+        assert [s.path for s in import_real(session, root, "mixed").samples] == ["some/photo.png"]
+    engine.dispose()

@@ -26,6 +26,7 @@ from synthmed.catalogue.models import Dataset, GenerationRun, Sample, TrainedMod
 from synthmed.catalogue.provenance import COPY_PERCENTILE, Claim, Proof, mark_copy_check, prove
 from synthmed.config import DataConfig, VolumeData, format_validation_error, read_yaml
 from synthmed.data.masks import find_mask_files
+from synthmed.data.readers import split_frame
 from synthmed.data.sources import Skipped, discover, hash_file, refuse_links_leaving
 from synthmed.data.volume_sets import _content_hash, class_roots
 from synthmed.data.volumes import NIFTI_SUFFIXES, discover_volumes
@@ -312,13 +313,19 @@ def _has_nifti(root: Path) -> bool:
 
 def _real_images(root: Path) -> tuple[list[Found], list[Skipped]]:
     found = discover(DataConfig(source=root, allow_single_class=True))
-    items = []
+    items, skipped = [], list(found.skipped)
     for record in found.records:
+        file, frame = split_frame(record.source)
+        if frame is not None:  # the catalogue and the review app show single images
+            if frame == 1:
+                reason = "multi-frame DICOM: the catalogue holds single images, so export its frames as files"
+                skipped.append(Skipped(file, reason, record.label))
+            continue
         masks = [m.relative_to(root).as_posix() for m in find_mask_files(root / record.source)]
         provenance = {"masks": masks} if len(masks) > 1 else {}  # several lesions: every mask file
         mask = masks[0] if masks else None
         items.append(Found(record.source, record.label, record.sha256, mask, provenance=provenance))
-    return items, found.skipped
+    return items, skipped
 
 
 def _real_volumes(root: Path) -> tuple[list[Found], list[Skipped]]:
