@@ -2,10 +2,11 @@
 
 A ``small128`` run (the shipped foundation autoencoder, latents folded 2x2 into 16x16x16 cells) is trained on
 BUSI (benign, malignant, normal; 128 px) for the generator issue's measured UNet budget, then a mask
-ControlNet and an edges (Canny) ControlNet, each for ``--controlnet-steps``. Every holdout image with a lesion
-mask (benign, malignant) gives one image of its class per arm, seed i, the default sampler (25 DDIM steps,
-guidance 3) at each ControlNet's conditioning scale, the best of ``--scales`` on the validation lesion images
-(as label3d chooses 3D's; the holdout images only measure the choice) and, as the baseline, scale 0:
+ControlNet and an edges (Canny) ControlNet, each for ``--controlnet-steps`` (default: the preset's). Every
+holdout image with a lesion mask (benign, malignant) gives one image of its class per arm, seed i, the default
+sampler (25 DDIM steps, guidance 3) at each ControlNet's conditioning scale, the best of ``--scales`` on the
+validation lesion images (as label3d chooses 3D's; the holdout images only measure the choice) and, as the
+baseline, scale 0:
 
 - mask: a lesion segmenter (the evaluation stage's MONAI UNet) trained only on the real training pairs
   segments the generated images; Dice against the conditioning masks beside the same segmenter's Dice on the
@@ -16,7 +17,8 @@ guidance 3) at each ControlNet's conditioning scale, the best of ``--scales`` on
   (the issue's reference, 1 by construction) and the autoencoder's reconstructions of them (the most any
   generator on this autoencoder can reach). Target: F1 at 2 px >= 0.8 of the real reference.
 
-``--resume`` keeps the trained stages (train.json) and measures again.
+``--resume`` keeps the trained stages (train.json), continues a stage from its checkpoint when more steps are
+asked for, and measures again.
 """
 
 from __future__ import annotations
@@ -47,24 +49,32 @@ def _config(args: argparse.Namespace, data: Path, condition: str = "mask"):
         "data": {"source": str(data / "busi"), "classes": CLASSES},
         "runtime": {"precision": args.precision, "num_threads": args.threads},
         "diffusion": {"steps": args.diffusion_steps, "preview_every": 10**6, "checkpoint_every": 250},
-        "controlnet": {"steps": args.controlnet_steps, "condition": condition, "checkpoint_every": 250},
+        "controlnet": {"condition": condition, "checkpoint_every": 250},
     }
+    if args.controlnet_steps is not None:
+        values["controlnet"]["steps"] = args.controlnet_steps
     return build_train_config(values)
 
 
 def _train(args: argparse.Namespace, data: Path) -> dict:
-    """Every stage not yet done (train.json records the finished ones and their wall time)."""
+    """Every stage not yet trained to its steps, resumed from its checkpoint (train.json records each stage's
+    steps and wall time, summed over resumptions; an entry of a bare number, written before steps were
+    recorded, is a finished stage). Returns the wall seconds per stage."""
     record = Path(args.work_dir) / "train.json"
     done = json.loads(record.read_text()) if args.resume and record.is_file() else {}
     for stage in STAGES:
-        if stage in done:
-            continue
         name, _, condition = stage.partition("-")
+        cfg = _config(args, data, condition or "mask")
+        steps = 0 if name == "autoencoder" else getattr(cfg, name).steps  # the foundation one is installed
+        entry = done.get(stage)
+        if isinstance(entry, (int, float)) or (entry and entry["steps"] >= steps):
+            continue
         t0 = time.perf_counter()
-        train(_config(args, data, condition or "mask"), [name], resume=True, progress=False)
-        done[stage] = round(time.perf_counter() - t0, 1)
+        train(cfg, [name], resume=True, progress=False)
+        wall = (entry["wall_s"] if entry else 0.0) + time.perf_counter() - t0
+        done[stage] = {"wall_s": round(wall, 1), "steps": steps}
         record.write_text(json.dumps(done, indent=1))
-    return done
+    return {k: v if isinstance(v, (int, float)) else v["wall_s"] for k, v in done.items()}
 
 
 def _edges(pipe: Pipeline, images: torch.Tensor) -> torch.Tensor:
@@ -139,7 +149,7 @@ def run(args: argparse.Namespace, data: Path) -> dict:
         "train": {
             "wall_s": wall,
             "diffusion_steps": args.diffusion_steps,
-            "controlnet_steps": args.controlnet_steps,
+            "controlnet_steps": cfg.controlnet.steps,
         },
         "segmenter": {"train_pairs": len(train_pairs.sources), "steps": args.segmenter_steps},
         "holdout_images": len(labels),
@@ -169,17 +179,17 @@ def _headline(dice: dict, f1: dict, wall: dict) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diffusion-steps", type=int, default=QUALITY_STEPS)
-    p.add_argument("--controlnet-steps", type=int, default=1000, help="per ControlNet (mask, edges)")
+    p.add_argument("--controlnet-steps", type=int, help="per ControlNet (mask, edges); default: the preset's")
     p.add_argument("--segmenter-steps", type=int, default=400)
     p.add_argument("--steps", type=int, default=25, help="sampler steps")
     p.add_argument(
         "--scales",
         type=float,
         nargs="+",
-        default=[1.0, 2.0, 4.0],
+        default=[1.0, 2.0, 4.0, 8.0],
         help="conditioning scales to choose from on the validation images (one: no choice)",
     )
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work-dir", default="runs/bench-thin128")
-    p.add_argument("--resume", action="store_true", help="keep the trained stages (train.json)")
+    p.add_argument("--resume", action="store_true", help="keep or continue the trained stages (train.json)")
