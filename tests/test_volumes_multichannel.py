@@ -253,3 +253,30 @@ def test_export_writes_one_nifti_per_contrast(generated: Path, tmp_path: Path) -
     source = np.asarray(nib.load(sorted(generated.glob("syn_*_image.nii.gz"))[0]).dataobj)
     exported = [np.asarray(nib.load(tmp_path / "export" / "imagesTr" / f).dataobj) for f in files[:2]]
     assert all(np.array_equal(exported[c], source[..., c]) for c in (0, 1))
+
+
+def test_real_contrast_files_are_catalogued_and_shown_like_a_4d_volume(
+    contrasts: Path, generated: Path, tmp_path: Path
+) -> None:
+    from synthmed.catalogue.db import make_engine, session_factory, transaction
+    from synthmed.catalogue.importer import import_real
+    from synthmed.catalogue.migrate import upgrade
+    from synthmed.review import render
+
+    url = f"sqlite:///{tmp_path / 'catalogue.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with transaction(session_factory(engine)) as session:
+        sample = sorted(import_real(session, contrasts, "mri2c").samples, key=lambda s: s.path)[0]
+        files = sample.files
+    engine.dispose()
+    key = Path(sample.path).name
+    assert [f.relative_to(contrasts).as_posix() for f in files] == [f"images/t1/{key}", f"images/t2/{key}"]
+    planes = render.render_volume(files, 64, 20)
+    single = [render.render_volume(f, 64, 20) for f in files]
+    assert planes.shape == (20, 64, 128) and np.array_equal(planes, np.concatenate(single, axis=2))
+    synthetic = sorted(generated.glob("syn_*_image.nii.gz"))[0]  # a 4D NIfTI of the same two contrasts
+    items = [(1, files), (2, synthetic)]
+    assert render.render_study(tmp_path / "cache", 1, items, spatial_dims=3, size=64) > 0  # not refused
+    widths = {Image.open(p).width for p in (tmp_path / "cache").rglob("*.png")}
+    assert widths == {128}

@@ -159,7 +159,8 @@ def import_real_images(
     database: Database = None,
     config: ConfigFile = None,
 ) -> None:
-    """Catalogue a folder of real images (labels from class folders, masks and label maps beside them)."""
+    """Catalogue a folder of real images (labels from class folders, masks and label maps beside them; a
+    volume stored one file per contrast keeps every contrast file). Multi-frame DICOMs are left out, named."""
     options = locals()  # each option sets the CatalogueImportRealConfig field of its name
     from synthmed.catalogue.importer import import_real
 

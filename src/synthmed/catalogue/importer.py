@@ -336,7 +336,10 @@ def _real_volumes(root: Path) -> tuple[list[Found], list[Skipped]]:
         for pair in found.pairs:
             rel = pair.image.relative_to(root).as_posix()
             mask = pair.label.relative_to(root).as_posix() if pair.label else None
-            items.append(Found(rel, label, _content_hash(pair), mask))
+            # one 3D file per contrast: the further ones, so the review app shows every contrast
+            contrasts = [c.relative_to(root).as_posix() for c in pair.contrasts]
+            provenance = {"contrasts": contrasts} if contrasts else {}
+            items.append(Found(rel, label, _content_hash(pair), mask, provenance=provenance))
         prefix = folder.relative_to(root)
         skipped += [Skipped((prefix / s.source).as_posix(), s.reason) for s in found.skipped]
     return items, skipped

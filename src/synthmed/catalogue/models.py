@@ -7,6 +7,7 @@ migrations (``synthmed/catalogue/migrations``), which ``synthmed db upgrade`` ap
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -164,6 +165,13 @@ class Sample(Base):
     @property
     def origin(self) -> str:
         return self.dataset.origin
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Its file below the data set's root; a volume stored one 3D file per contrast: those files in
+        contrast order (the further ones under provenance 'contrasts')."""
+        extra = self.provenance.get("contrasts") or [] if isinstance(self.provenance, dict) else []
+        return tuple(Path(self.dataset.root) / p for p in (self.path, *extra))
 
 
 class Study(Base):

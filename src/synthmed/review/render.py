@@ -8,8 +8,8 @@ windowed, resized and written the same way, so nothing but its pixels can tell w
   one, both enlarged to the screen, is told apart by its sharpness alone;
 - geometry: the study's square ``size``, aspect ratio kept (3D: from the voxel spacing), zero padding;
   3D volumes are reoriented to RAS and resampled to the study's common number of axial slices; a
-  multi-contrast volume (4D NIfTI) shows its contrasts side by side, each windowed on its own, and every
-  volume of its study must have as many;
+  multi-contrast volume (a 4D NIfTI, or one 3D file per contrast on one grid) shows its contrasts side by
+  side, each windowed on its own, and every volume of its study must have as many;
 - colour: a 2D study holding any colour image is rendered in RGB throughout (grey images as three equal
   channels), with the window off (8-bit values as stored, 16-bit ones scaled by their range), so a colour
   photograph is shown as taken and real and synthetic items look alike in everything but their pixels;
@@ -26,7 +26,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,22 @@ STUDY_INFO = "study.json"  # beside the items' folders: how the study was render
 # Bits per sample of Pillow's image modes; every other mode (L, P, RGB, RGBA, LA...) has 8 per channel.
 PIL_BITS = {"1": 1, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}
 HEADER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF")
+#: What an item is rendered from: one image or NIfTI file, or a volume's files in contrast order (a
+#: multi-contrast case stored as one 3D file per contrast).
+Source = Path | Sequence[Path]
+
+
+def volume_files(source: Source) -> tuple[Path, ...]:
+    """The files of a volume source, in contrast order."""
+    return (source,) if isinstance(source, Path) else tuple(source)
+
+
+def image_file(source: Source) -> Path:
+    """The one file of a 2D image source."""
+    files = volume_files(source)
+    if len(files) != 1:
+        raise SynthmedError(f"a 2D image is one file, not {len(files)}", path=files[0] if files else None)
+    return files[0]
 
 
 @dataclass(frozen=True)
@@ -117,13 +133,14 @@ def _to_uint8(arr: torch.Tensor) -> np.ndarray:
     return np.round(np.clip(np.asarray(arr, dtype=np.float32), 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def native_geometry(path: Path, spatial_dims: int) -> Native:
+def native_geometry(path: Source, spatial_dims: int) -> Native:
     """The stored resolution of an image or volume, read from its header only (fast on large files)."""
     if spatial_dims == 3:
-        img = _open_volume(path)
+        img = _open_volume(volume_files(path)[0])  # a volume's contrasts share one grid
         return Native(
             height=int(img.shape[1]), width=int(img.shape[0]), bits=img.get_data_dtype().itemsize * 8
         )
+    path = image_file(path)
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -176,23 +193,35 @@ def _open_volume(path: Path):  # -> nibabel image, RAS
     return img
 
 
-def axial_slices(path: Path) -> int:
+def axial_slices(path: Source) -> int:
     """Axial slices of a NIfTI volume in RAS orientation (header only)."""
-    return int(_open_volume(path).shape[2])
+    return int(_open_volume(volume_files(path)[0]).shape[2])
 
 
-def volume_contrasts(path: Path) -> int:
-    """Contrasts (channels) of a NIfTI volume: its 4th axis, 1 for a 3D file (header only)."""
-    shape = _open_volume(path).shape
-    return int(shape[3]) if len(shape) == 4 else 1
+def volume_contrasts(path: Source) -> int:
+    """Contrasts (channels) of a volume: a 4D NIfTI's 4th axis, 1 per 3D file (headers only)."""
+    shapes = [_open_volume(f).shape for f in volume_files(path)]
+    return sum(int(shape[3]) if len(shape) == 4 else 1 for shape in shapes)
 
 
-def render_volume(path: Path, size: int, slices: int, native: int | None = None) -> np.ndarray:
+def render_volume(path: Source, size: int, slices: int, native: int | None = None) -> np.ndarray:
     """A NIfTI volume as (slices, size, size) uint8 axial planes, radiological display (patient's right on
     the viewer's left, anterior up), in-plane aspect ratio from the voxel spacing; first brought down to
-    ``native`` voxels along the longest in-plane side when it is larger. A 4D volume of C contrasts gives
-    (slices, size, C x size): its contrasts side by side, each windowed on its own."""
+    ``native`` voxels along the longest in-plane side when it is larger. C contrasts (a 4D volume, or one
+    file each) give (slices, size, C x size): side by side, each windowed on its own."""
+    files = volume_files(path)
+    if volume_contrasts(files) > MAX_CONTRASTS:
+        raise SynthmedError(f"a study volume may hold up to {MAX_CONTRASTS} contrasts", path=files[0])
+    panels = [panel for f in files for panel in _contrast_panels(f, size, slices, native, files[0])]
+    return np.concatenate(panels, axis=2)
+
+
+def _contrast_panels(path: Path, size: int, slices: int, native: int | None, first: Path) -> list[np.ndarray]:
+    """One file's contrasts as (slices, size, size) planes each; a file off ``first``'s grid is refused."""
     img = _open_volume(path)
+    reference = _open_volume(first)
+    if img.shape[:3] != reference.shape[:3] or not np.allclose(img.affine, reference.affine, atol=1e-3):
+        raise SynthmedError(f"a contrast on another grid than {first.name}'s", path=path)
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:
@@ -201,8 +230,7 @@ def render_volume(path: Path, size: int, slices: int, native: int | None = None)
         raise SynthmedError("volume holds NaN or infinite values", path=path)
     zooms = [float(z) for z in img.header.get_zooms()[:3]]
     contrasts = data[..., None] if data.ndim == 3 else data
-    panels = [_axial_planes(c, zooms, size, slices, native) for c in np.moveaxis(contrasts, 3, 0)]
-    return np.concatenate(panels, axis=2)
+    return [_axial_planes(c, zooms, size, slices, native) for c in np.moveaxis(contrasts, 3, 0)]
 
 
 def _axial_planes(
@@ -226,7 +254,7 @@ def _axial_planes(
 def render_study(
     cache: Path,
     study_id: int,
-    items: Iterable[tuple[int, Path]],
+    items: Iterable[tuple[int, Source]],
     spatial_dims: int,
     size: int,
     native: int | None = None,
@@ -244,7 +272,7 @@ def render_study(
     if spatial_dims == 3:
         slices = min(max(axial_slices(path) for _, path in items), size)  # one count for every item
         _check_contrasts(items)
-    colour = spatial_dims == 2 and any(is_colour_image(path) for _, path in items)  # one look for all
+    colour = spatial_dims == 2 and any(is_colour_image(image_file(path)) for _, path in items)  # one look
     final = study_dir(cache, study_id)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -253,7 +281,7 @@ def render_study(
             planes = (
                 render_volume(path, size, slices, native)
                 if spatial_dims == 3
-                else render_image(path, size, native, colour)[None]
+                else render_image(image_file(path), size, native, colour)[None]
             )
             folder = tmp / str(item_id)
             folder.mkdir(parents=True)
@@ -268,9 +296,9 @@ def render_study(
     return slices
 
 
-def _check_contrasts(items: list[tuple[int, Path]]) -> None:
+def _check_contrasts(items: list[tuple[int, Source]]) -> None:
     """One number of contrasts per 3D study: a wider image would tell its volume apart at a glance."""
-    counts = {path: volume_contrasts(path) for _, path in items}
+    counts = {volume_files(path)[0]: volume_contrasts(path) for _, path in items}
     if len(set(counts.values())) > 1:
         found = ", ".join(f"{path.name}: {n}" for path, n in list(counts.items())[:4])
         raise SynthmedError(
@@ -291,9 +319,10 @@ def slice_count(cache: Path, study_id: int, item_id: int) -> int:
     return sum(1 for p in folder.glob("*.png")) if folder.is_dir() else 0
 
 
-def preview_png(path: Path, spatial_dims: int, size: int = 256) -> bytes:
+def preview_png(path: Source, spatial_dims: int, size: int = 256) -> bytes:
     """An admin's gallery thumbnail: the image, or a volume's middle axial slice (not blinded)."""
     if spatial_dims == 3:
         planes = render_volume(path, size, axial_slices(path))
         return encode_png(planes[len(planes) // 2])
-    return encode_png(render_image(path, size, colour=is_colour_image(path)))
+    image = image_file(path)
+    return encode_png(render_image(image, size, colour=is_colour_image(image)))

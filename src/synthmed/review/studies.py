@@ -161,7 +161,7 @@ def create_study(session: Session, cfg: StudyConfig, created_by: int, cache: Pat
     session.add_all(items)
     session.add_all(StudyReader(study=study, user=user) for user in readers)
     session.flush()
-    files = [(item.id, _sample_file(item.sample)) for item in items]
+    files = [(item.id, item.sample.files) for item in items]
     native, info = _common_resolution(drawn, cfg.image_size)
     render_study(cache, study.id, files, real.spatial_dims, cfg.image_size, native, info)
     for user in readers:
@@ -169,15 +169,11 @@ def create_study(session: Session, cfg: StudyConfig, created_by: int, cache: Pat
     return study
 
 
-def _sample_file(sample: Sample) -> Path:
-    return Path(sample.dataset.root) / sample.path
-
-
 def _common_resolution(drawn: dict[Dataset, list[Sample]], size: int) -> tuple[int, dict]:
     """The native resolution every image of the study is brought to (the lowest among the drawn images,
     at most the display size), and what the admin's study page says about it."""
     real, synthetic = (
-        set_resolution(d.name, [native_geometry(_sample_file(s), d.spatial_dims) for s in samples])
+        set_resolution(d.name, [native_geometry(s.files, d.spatial_dims) for s in samples])
         for d, samples in drawn.items()
     )
     native = min(size, real.side_min, synthetic.side_min)

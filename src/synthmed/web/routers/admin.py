@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
@@ -387,9 +386,8 @@ def review_batch(
 def sample_image(session: DB, user: Admin, sample_id: int) -> Response:
     """A sample at its native resolution (3D: the middle axial slice), for the review's full-size viewer."""
     sample = get_or_404(session, Sample, sample_id)
-    path = Path(sample.dataset.root) / sample.path
-    side = min(native_geometry(path, sample.dataset.spatial_dims).side, MAX_FULL_SIZE)
-    return Response(preview_png(path, sample.dataset.spatial_dims, side), media_type="image/png")
+    side = min(native_geometry(sample.files, sample.dataset.spatial_dims).side, MAX_FULL_SIZE)
+    return Response(preview_png(sample.files, sample.dataset.spatial_dims, side), media_type="image/png")
 
 
 @router.get("/samples/{sample_id}/preview.png")
@@ -397,5 +395,4 @@ def sample_preview(session: DB, user: Admin, sample_id: int) -> Response:
     sample = session.get(Sample, sample_id)
     if sample is None:
         raise HTTPException(404, "Not found.")
-    path = Path(sample.dataset.root) / sample.path
-    return Response(preview_png(path, sample.dataset.spatial_dims), media_type="image/png")
+    return Response(preview_png(sample.files, sample.dataset.spatial_dims), media_type="image/png")

@@ -19,7 +19,14 @@ from synthmed.data.preprocess import FitResize
 from synthmed.data.readers import read_image
 from synthmed.data.sources import hash_file
 from synthmed.errors import SynthmedError
-from synthmed.review.render import axial_slices, is_colour_image, render_image, render_volume
+from synthmed.review.render import (
+    Source,
+    axial_slices,
+    image_file,
+    is_colour_image,
+    render_image,
+    render_volume,
+)
 from synthmed.web.auth import Admin
 from synthmed.web.deps import DB, get_or_404
 from synthmed.web.pages import readable, render
@@ -94,9 +101,7 @@ def thumbnail(session: DB, user: Admin, sample_id: int) -> Response:
     sample = get_or_404(session, Sample, sample_id)
     root = Path(sample.dataset.root)
     mask = root / sample.mask_path if sample.mask_path else None
-    return Response(
-        overlay_png(root / sample.path, mask, sample.dataset.spatial_dims), media_type="image/png"
-    )
+    return Response(overlay_png(sample.files, mask, sample.dataset.spatial_dims), media_type="image/png")
 
 
 def _mask_plane(path: Path, size: int) -> np.ndarray:
@@ -110,7 +115,7 @@ def _mask_plane(path: Path, size: int) -> np.ndarray:
     return plane
 
 
-def overlay_png(image: Path, mask: Path | None, spatial_dims: int, size: int = THUMB) -> bytes:
+def overlay_png(image: Source, mask: Path | None, spatial_dims: int, size: int = THUMB) -> bytes:
     """The image (3D: its middle axial slice) as an RGB PNG with its mask tinted and outlined."""
     try:
         if spatial_dims == 3:
@@ -120,7 +125,8 @@ def overlay_png(image: Path, mask: Path | None, spatial_dims: int, size: int = T
             if region is not None:  # the label map over every contrast
                 region = np.tile(region, (1, plane.shape[1] // region.shape[1]))
         else:
-            plane = render_image(image, size, colour=is_colour_image(image))
+            path = image_file(image)
+            plane = render_image(path, size, colour=is_colour_image(path))
             region = _mask_plane(mask, size) if mask else None
     except SynthmedError as exc:
         raise HTTPException(404, f"cannot show this sample: {exc}") from exc
