@@ -17,6 +17,9 @@ baseline, scale 0:
   (the issue's reference, 1 by construction) and the autoencoder's reconstructions of them (the most any
   generator on this autoencoder can reach). Target: F1 at 2 px >= 0.8 of the real reference.
 
+``realism`` gives each generated set's sharpness ratio and intensities beside the real holdout images' (what
+a strong conditioning scale may cost), and ``--figure`` shows holdout conditions and their images.
+
 ``--resume`` keeps the trained stages (train.json), continues a stage from its checkpoint when more steps are
 asked for, and measures again.
 """
@@ -29,16 +32,19 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from benchmarks.controlnet64 import CLASSES, generate_for, lesion_pairs
 from benchmarks.resolution import QUALITY_STEPS
 from synthmed.config import build_train_config
 from synthmed.data.structure import structure_maps
 from synthmed.evaluation.condition import dice_hd95, edge_f1, segment, summarise, train_segmenter
+from synthmed.evaluation.sharpness import laplacian_energy
 from synthmed.sampling.pipeline import Pipeline
 from synthmed.training.run import train
 
 TOLERANCES = (1.0, 2.0)
+FIGURE_ROWS = 6
 STAGES = ("autoencoder", "diffusion", "controlnet-mask", "controlnet-edges")
 
 
@@ -131,7 +137,7 @@ def run(args: argparse.Namespace, data: Path) -> dict:
     pipe.sample_batch([0], labels[0], steps=2)  # warm-up: allocations, oneDNN kernel choice
     chosen, validation = _choose_scales(pipe, segmenter, cfg, args)
     cond_edges = _edges(pipe, holdout.images)
-    dice, f1, seconds = {}, {}, {}
+    dice, f1, seconds, made = {}, {}, {}, {}
     for arm in ("controlnet", "baseline_scale0"):
         scale = {"mask": 0.0, "edges": 0.0} if arm == "baseline_scale0" else chosen
         masked, seconds[f"mask_{arm}"] = generate_for(pipe, holdout.masks, labels, scale["mask"], args.steps)
@@ -140,6 +146,8 @@ def run(args: argparse.Namespace, data: Path) -> dict:
             pipe, cond_edges, labels, scale["edges"], args.steps, condition="edges"
         )
         f1[arm] = _f1(_edges(pipe, edged), cond_edges)
+        made[f"mask_{arm}"], made[f"edges_{arm}"] = masked, edged
+    _figure(holdout.images, holdout.masks, cond_edges, made, Path(args.figure))
     dice["real_holdout_ceiling"] = dice_hd95(segment(segmenter, holdout.images), holdout.masks)["dice"]
     f1["real_holdout_own_edges"] = _f1(_edges(pipe, holdout.images), cond_edges)
     f1["autoencoder_reconstruction"] = _f1(_edges(pipe, _reconstructed(pipe, holdout.images)), cond_edges)
@@ -158,8 +166,35 @@ def run(args: argparse.Namespace, data: Path) -> dict:
         "validation": validation,
         "mask_dice": dice,
         "edge_f1": f1,
+        "realism": _realism(holdout.images, made),
+        "figure": args.figure,
         "seconds_per_image": {arm: round(s, 3) for arm, s in seconds.items()},
     }
+
+
+def _realism(real: torch.Tensor, made: dict[str, torch.Tensor]) -> dict:
+    """What a strong conditioning scale may cost: each generated set's sharpness (mean |Laplacian|) over the
+    real holdout images' (issue 16's sharpness ratio; 0.8-1.25 is its target) and its mean and spread of
+    intensity beside theirs."""
+    base = float(laplacian_energy(real).mean())
+    out = {"real": {"intensity_mean": float(real.mean()), "intensity_std": float(real.std())}}
+    for name, images in made.items():
+        out[name] = {
+            "sharpness_ratio": float(laplacian_energy(images).mean()) / base,
+            "intensity_mean": float(images.mean()),
+            "intensity_std": float(images.std()),
+        }
+    return out
+
+
+def _figure(real: torch.Tensor, masks: torch.Tensor, edges: torch.Tensor, made: dict, path: Path) -> None:
+    """The first FIGURE_ROWS holdout images, one per row: real | its edges | made from the edges | its mask |
+    made from the mask (each ControlNet at its chosen scale), for the docs."""
+    columns = [real, edges, made["edges_controlnet"], masks, made["mask_controlnet"]]
+    rows = [torch.cat([c[i, 0].float().clamp(0, 1) for c in columns], dim=1) for i in range(FIGURE_ROWS)]
+    grid = (torch.cat(rows, dim=0) * 255).round().to(torch.uint8).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path, optimize=True)
 
 
 def _headline(dice: dict, f1: dict, wall: dict) -> dict:
@@ -192,4 +227,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work-dir", default="runs/bench-thin128")
+    p.add_argument("--figure", default="docs/images/thin128.png", help="holdout conditions and their images")
     p.add_argument("--resume", action="store_true", help="keep or continue the trained stages (train.json)")
