@@ -4,6 +4,7 @@ frame is decoded, and the frames of one file stay in one split."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +78,14 @@ def test_a_grey_cine_reads_like_pydicom_frame_by_frame(dicom_file) -> None:
         np.testing.assert_allclose(decode_pixels(data, path, k).array, whole[k - 1])
 
 
-def test_a_folder_of_cines_is_one_image_per_frame_in_one_split(retinamnist: Path, tmp_path: Path) -> None:
+def test_a_folder_of_cines_is_one_image_per_frame_in_one_split(
+    retinamnist: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = _cine_folder(retinamnist, tmp_path / "cines")
     cfg = DataConfig(source=root, val_fraction=0.25, holdout_fraction=0.25)
-    prepared = prepare(cfg, 0, tmp_path / "s.json")
+    with caplog.at_level(logging.WARNING):
+        prepared = prepare(cfg, 0, tmp_path / "s.json")
+    assert "40 images are frames of 8 multi-frame DICOM files" in caplog.text
     assert len(prepared.records) == 2 * 4 * 5 and {r.channels for r in prepared.records} == {3}
     assert prepared.records[0].source == "none/cine0.dcm#frame=1"
     split_of: dict[str, set[str]] = {}

@@ -321,6 +321,14 @@ def prepare(cfg: DataConfig, seed: int, split_path: Path) -> Prepared:
 def report_split(prepared: Prepared, where: Path) -> Prepared:
     """Refuse a class without training images; warn about small classes and count skipped files per class."""
     check_class_sizes(prepared.records, prepared.class_names, where)
+    frames = [file for file, frame in (split_frame(r.source) for r in prepared.records) if frame]
+    if frames:  # fewer independent samples than images: worth saying
+        log.warning(
+            "%d images are frames of %d multi-frame DICOM files; a file's frames stay in one split, so the "
+            "splits are drawn by file",
+            len(frames),
+            len(set(frames)),
+        )
     if prepared.skipped:
         kept = [r.label for r in prepared.records]
         log.warning(
