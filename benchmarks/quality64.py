@@ -121,7 +121,7 @@ def _generate(run_dir: Path, out: Path, classes: list[str], n: int, sampler: dic
         generate_to_folder(cfg.model_copy(update=sampler), progress=False)
 
 
-def _figures(report: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+def report_figures(report: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     """The issue's headline keys, with per-class recall and floors beside them."""
     head = report["headline"]
     div = report["diversity"]["all"]
@@ -131,9 +131,9 @@ def _figures(report: dict[str, Any], classes: list[str]) -> dict[str, Any]:
         "msssim": div["synthetic"]["value"],
         "msssim_real": div["holdout"]["value"],
         "recall_per_class": {
-            c: {
-                "recall": fidelity[c]["synthetic"]["recall"]["value"],
-                "floor": fidelity[c]["real_floor"]["recall"]["value"],
+            c: {  # None where the class had too few images to compute it (the report says why)
+                "recall": _recall(fidelity[c], "synthetic"),
+                "floor": _recall(fidelity[c], "real_floor"),
             }
             for c in classes
             if c in fidelity
@@ -142,6 +142,10 @@ def _figures(report: dict[str, Any], classes: list[str]) -> dict[str, Any]:
         "warnings": head["warnings"],
         "verdicts": {r["measure"]: r["verdict"] for r in report["summary"]},
     }
+
+
+def _recall(entry: dict[str, Any], row: str) -> float | None:
+    return entry.get(row, {}).get("recall", {}).get("value")
 
 
 def _arm(
@@ -174,7 +178,7 @@ def _arm(
 
     shipped = read_run_config(run_dir).autoencoder.source == "foundation"
     return {
-        **_figures(report, classes),
+        **report_figures(report, classes),
         "foundation_sha256": shipped_card()["sha256"] if shipped else None,  # a resumed arm keeps its own
         "user_train_minutes": round(wall / 60, 2),
         "diffusion_steps": steps,

@@ -6,7 +6,9 @@ information they are not supposed to have). The generator recipe is ``--preset``
 ``--generator-config`` (a YAML of TrainConfig fields: the current best recipe) merged on top;
 ``--reuse-generators`` keeps trained generators and their images. Then ``synthmed benchmark-augmentation``
 runs every arm of the protocol (controls, synthetic arms, 5 seeds, Holm) on real test images no generator
-saw.
+saw, and ``synthmed evaluate`` measures each regime's synthetic images against the generator's own real
+split (``generator.quality``: fidelity, diversity, sharpness, C2ST, label and condition fidelity), which
+names what limits the generator when a target is missed.
 
 utility_kermany (Kermany chest X-rays, official test split as the test set):
 - ``rarity5``, ``rarity10``: NORMAL cut to 5% / 10% prevalence; synthetic NORMAL images fill the gap
@@ -62,6 +64,15 @@ SMOKE = {
     "extractor_steps": 4,
     "max_per_class": 80,
     "test_per_class": 30,
+}
+EVALUATE_SMOKE = {  # `synthmed evaluate` at toy sizes for --smoke
+    "extractor_steps": 4,
+    "segmenter_steps": 2,
+    "c2st_steps": 2,
+    "c2st_folds": 2,
+    "c2st_permutations": 10,
+    "bootstrap": 10,
+    "msssim_pairs": 4,
 }
 
 
@@ -195,6 +206,32 @@ def _benchmark(real: Path, test: Path, synthetic: Path, out: Path, s: dict, args
     return benchmark(cfg)
 
 
+def _generator_quality(root: Path, classes: list[str], smoke: bool, reuse: bool, masks: bool = False) -> dict:
+    """What may limit the generator (the issue asks to name it from the evaluation's measures): ``synthmed
+    evaluate`` of the regime's synthetic images against its generator's own real train and holdout split:
+    fidelity and diversity beside their real floors, sharpness, C2ST, label agreement of a real-trained
+    classifier and, for pairs, condition fidelity. Done once per regime (``generator_quality.json``)."""
+    from benchmarks.quality64 import report_figures
+    from synthmed.config import EvaluateConfig
+    from synthmed.evaluation.run import evaluate
+
+    def make() -> dict:
+        sizes = EVALUATE_SMOKE if smoke else {}
+        out = root / "evaluation"
+        cfg = EvaluateConfig(
+            synthetic=root / "synthetic", out=out, cache_dir=out / "cache", masks=masks, **sizes
+        )
+        report = json.loads((evaluate(cfg) / "report.json").read_text())
+        condition = report.get("condition_fidelity") or {}
+        return report_figures(report, classes) | {
+            "label_fidelity": report["label_fidelity"],
+            "condition_fidelity": {k: v for k, v in condition.items() if k not in ("intensity", "skipped")},
+            "report": str(out / "report.html"),
+        }
+
+    return _once(root / "generator_quality.json", reuse, make)
+
+
 def _regime_summary(results: dict, generator: dict, real_counts: dict, fraction: float) -> dict:
     return {
         "real_fraction": fraction,
@@ -308,6 +345,7 @@ def run_kermany(args: argparse.Namespace, data: Path) -> dict:
         kw: dict[str, Any] = {"fill_class": "NORMAL", "primary_metric": "f1[NORMAL]"} if rarity else {}
         results = _benchmark(root / "real", test, root / "synthetic", root / "results", s, args, **kw)
         generator["synthetic_generated"] = per_class
+        generator["quality"] = _generator_quality(root, list(counts), args.smoke, args.reuse_generators)
         regimes[name] = _regime_summary(results, generator, counts, fraction)
     return _kermany_result(regimes, args, work)
 
@@ -438,6 +476,8 @@ def run_busi(args: argparse.Namespace, data: Path) -> dict:
         results = _benchmark(
             root / "real", test, root / "synthetic", root / "results", s, args, task="segment"
         )
+        reuse = args.reuse_generators
+        generator["quality"] = _generator_quality(root, list(BUSI_CLASSES), args.smoke, reuse, masks=True)
         regimes[name] = _regime_summary(results, generator, counts, fraction)
     first = "pairs25" if "pairs25" in regimes else next(iter(regimes))
     return {

@@ -223,6 +223,10 @@ def test_utility_busi_seg_smoke_run_end_to_end(data_root: Path, tmp_path: Path) 
     mask = read_image(tmp_path / "pairs25" / "synthetic" / rows[0]["annotation"])
     assert set(np.unique(mask).tolist()) <= {0, 255} and mask.any()
     assert result["targets"]["pairs25_dice"]["met"] in (True, False)
+    quality = regime["generator"]["quality"]  # what may limit the generator, from `synthmed evaluate`
+    assert {"fid", "fid_floor", "recall", "sharpness_ratio", "c2st_accuracy", "msssim"} <= quality.keys()
+    assert set(quality["label_fidelity"]["synthetic"]) == {"benign", "malignant"}
+    assert quality["condition_fidelity"]["synthetic"]["n_images"] == len(rows)
 
     # started again with --reuse-generators: the finished generator, pairs and runs are reused
     done = subprocess.run(
