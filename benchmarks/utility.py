@@ -40,7 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-FIGURES = Path(__file__).resolve().parents[1] / "docs" / "images"
+REPO = Path(__file__).resolve().parents[1]
+FIGURES = REPO / "docs" / "images"
 KERMANY_REGIMES = {  # name: (NORMAL prevalence or None, real fraction)
     "rarity5": (0.05, 1.0),
     "rarity10": (0.10, 1.0),
@@ -259,7 +260,7 @@ def _figures(name: str, regimes: dict[str, dict], out_dir: Path, fractions: dict
     for regime, r in regimes.items():
         path = out_dir / f"{name}_{regime}_gain_vs_ratio.png"
         plot_gain_vs_ratio(r["table"], r["headline"]["metric"], path)
-        written.append(str(path))
+        written.append(_shown(path))
     points = [
         p | {"real_fraction": fractions[regime]}
         for regime, r in regimes.items()
@@ -270,8 +271,13 @@ def _figures(name: str, regimes: dict[str, dict], out_dir: Path, fractions: dict
         metric = next(r["headline"]["metric"] for k, r in regimes.items() if k in fractions)
         path = out_dir / f"{name}_gain_vs_fraction.png"
         plot_gain_vs_fraction(points, metric, path)
-        written.append(str(path))
+        written.append(_shown(path))
     return written
+
+
+def _shown(path: Path) -> str:
+    """A figure's path as the results name it: relative to the repository when inside it."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def _target(regime: dict, points: float) -> dict:
