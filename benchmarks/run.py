@@ -432,7 +432,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--run-dir", default="runs/bench-train64", help="train64 run that makes the synthetic set")
     p.add_argument("--work-dir", default="runs/bench-eval64")
-    p = sub.add_parser("augment64", help="augmentation protocol on Kermany 64 px, NORMAL at 5% prevalence")
+    p = sub.add_parser("augment64", help="augmentation protocol on Kermany 64 px, NORMAL at 5%% prevalence")
     p.add_argument("--prevalence", type=float, default=0.05)
     p.add_argument("--ae-steps", type=int, default=500)
     p.add_argument("--diffusion-steps", type=int, default=1000)
