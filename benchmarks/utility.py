@@ -24,6 +24,11 @@ utility_busi_seg (BUSI benign + malignant lesion segmentation): a seeded, duplic
 ControlNet; synthetic pairs are generated for training masks drawn and deformed (downstream.pairs).
 Headline: pairs25 (target: Dice >= +3 points over the strongest control, corrected CI above 0).
 
+``--arms`` restricts every regime of the run to those arms; with only ``real`` and ``weighted`` a regime
+trains no generator (a real-data reference, e.g. ``full`` for the scarcity gap). ``--merge`` keeps the
+regimes of the committed results file that this run does not measure, each with the commit that recorded
+it, so regimes measured in different sessions make one report.
+
 ``--smoke`` runs everything at toy sizes (tiny preset, few images, steps and seeds) to prove the code path
 end to end; its figures are not evidence and it writes ``<work-dir>/<name>_smoke.json``.
 """
@@ -35,13 +40,17 @@ import json
 import math
 import random
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "docs" / "images"
+RESULTS = Path(__file__).parent / "results"
+REAL_ONLY_ARMS = {"real", "weighted"}  # arms that need no generator (synthmed.downstream.arms.REAL_ONLY_ARMS)
 KERMANY_REGIMES = {  # name: (NORMAL prevalence or None, real fraction)
     "rarity5": (0.05, 1.0),
     "rarity10": (0.10, 1.0),
@@ -99,6 +108,10 @@ def add_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--oversupply", type=float, default=1.5, help="synthetic images made per image used")
     p.add_argument("--work-dir", default=f"runs/bench-utility-{kind}")
     p.add_argument("--reuse-generators", action="store_true", help="keep trained generators and images")
+    p.add_argument("--arms", nargs="+", help="downstream arms of every regime (default: all for the task)")
+    p.add_argument(
+        "--merge", action="store_true", help="keep the results file's regimes that this run does not measure"
+    )
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,7 +195,7 @@ def _generate(run_dir: Path, out: Path, counts: dict[str, int], s: dict, args: a
             )
 
 
-def _benchmark(real: Path, test: Path, synthetic: Path, out: Path, s: dict, args, **kw: Any) -> dict:
+def _benchmark(real: Path, test: Path, synthetic: Path | None, out: Path, s: dict, args, **kw: Any) -> dict:
     from synthmed.config import AugmentationConfig
     from synthmed.downstream.run import benchmark
 
@@ -200,6 +213,7 @@ def _benchmark(real: Path, test: Path, synthetic: Path, out: Path, s: dict, args
             "eval_every": s["eval_every"],
             "bootstrap": s["bootstrap"],
             "selection": {"extractor_steps": s["extractor_steps"]},
+            "arms": args.arms,
             "cache_dir": out.parent / "cache",
         }
         | kw
@@ -233,8 +247,13 @@ def _generator_quality(root: Path, classes: list[str], smoke: bool, reuse: bool,
     return _once(root / "generator_quality.json", reuse, make)
 
 
-def _regime_summary(results: dict, generator: dict, real_counts: dict, fraction: float) -> dict:
+def _needs_generator(args: argparse.Namespace) -> bool:
+    return args.arms is None or not set(args.arms) <= REAL_ONLY_ARMS
+
+
+def _regime_summary(results: dict, generator: dict | None, real_counts: dict, fraction: float) -> dict:
     return {
+        "measured": _measured(),
         "real_fraction": fraction,
         "real_train": real_counts,
         "headline": results["headline"],
@@ -251,12 +270,42 @@ def _regime_summary(results: dict, generator: dict, real_counts: dict, fraction:
     }
 
 
+def _measured() -> dict[str, Any]:
+    """When and from which commit a regime was measured (``dirty``: with uncommitted changes)."""
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    dirty = bool(git("status", "--porcelain"))
+    return {"utc": when, "commit": git("rev-parse", "HEAD") or None, "dirty": dirty}
+
+
+def _merged(name: str, regimes: dict[str, dict], args: argparse.Namespace, order: list[str]) -> dict:
+    """``regimes`` and, with --merge, the results file's regimes this run did not measure, in ``order``. A
+    kept regime without its own ``measured`` record is dated by the commit that last wrote the file (a smoke
+    run merges with its own earlier smoke result, where measure.write_result put it)."""
+    path = Path(args.work_dir) / f"{name}_smoke.json" if args.smoke else RESULTS / f"{name}.json"
+    kept: dict[str, dict] = {}
+    if args.merge and path.is_file():
+        last = subprocess.run(
+            ["git", "log", "-1", "--format=%H %cI", "--", str(path)], cwd=REPO, capture_output=True, text=True
+        ).stdout.split()
+        for k, r in json.loads(path.read_text()).get("regimes", {}).items():
+            record = {"results_file_commit": last[0], "utc": last[1]} if last else {"results_file": str(path)}
+            kept[k] = {"measured": r.get("measured", record)} | r
+    both = kept | regimes
+    return {k: both[k] for k in order if k in both}
+
+
 def _figures(name: str, regimes: dict[str, dict], out_dir: Path, fractions: dict[str, float]) -> list[str]:
-    """Gain vs ratio per regime, and gain vs real fraction across the regimes given in ``fractions``."""
+    """Gain vs ratio per regime, and gain vs real fraction across the regimes given in ``fractions``; a
+    regime without synthetic arms (a real-data reference) has no gain to plot."""
     from synthmed.downstream.report import gain_points, plot_gain_vs_fraction, plot_gain_vs_ratio
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    regimes = {k: r for k, r in regimes.items() if r["generator"] is not None}
     for regime, r in regimes.items():
         path = out_dir / f"{name}_{regime}_gain_vs_ratio.png"
         plot_gain_vs_ratio(r["table"], r["headline"]["metric"], path)
@@ -332,8 +381,13 @@ def run_kermany(args: argparse.Namespace, data: Path) -> dict:
         if not args.reuse_generators:
             shutil.rmtree(root, ignore_errors=True)
         counts = _kermany_folder(data, root / "real", prevalence, fraction, s)
-        generator = _train_generator(root / "real", root / "generator", s, args, mask=False)
         rarity = prevalence is not None
+        kw: dict[str, Any] = {"fill_class": "NORMAL", "primary_metric": "f1[NORMAL]"} if rarity else {}
+        if not _needs_generator(args):
+            results = _benchmark(root / "real", test, None, root / "results", s, args, **kw)
+            regimes[name] = _regime_summary(results, None, counts, fraction)
+            continue
+        generator = _train_generator(root / "real", root / "generator", s, args, mask=False)
         base = counts["NORMAL"] if rarity else sum(counts.values())
         wanted = math.ceil(args.oversupply * max(args.ratios) * base)
         per_class = (
@@ -348,12 +402,11 @@ def run_kermany(args: argparse.Namespace, data: Path) -> dict:
             return per_class
 
         _once(root / "synthetic.json", args.reuse_generators, make)
-        kw: dict[str, Any] = {"fill_class": "NORMAL", "primary_metric": "f1[NORMAL]"} if rarity else {}
         results = _benchmark(root / "real", test, root / "synthetic", root / "results", s, args, **kw)
         generator["synthetic_generated"] = per_class
         generator["quality"] = _generator_quality(root, list(counts), args.smoke, args.reuse_generators)
         regimes[name] = _regime_summary(results, generator, counts, fraction)
-    return _kermany_result(regimes, args, work)
+    return _kermany_result(_merged("utility_kermany", regimes, args, list(KERMANY_REGIMES)), args, work)
 
 
 def _kermany_result(regimes: dict[str, dict], args: argparse.Namespace, work: Path) -> dict:
@@ -469,6 +522,10 @@ def run_busi(args: argparse.Namespace, data: Path) -> dict:
         if not (root / "real").is_dir():
             _copy_pairs(chosen, data, root / "real")
         counts = {c: len(list((root / "real" / c / "images").iterdir())) for c in BUSI_CLASSES}
+        if not _needs_generator(args):
+            results = _benchmark(root / "real", test, None, root / "results", s, args, task="segment")
+            regimes[name] = _regime_summary(results, None, counts, fraction)
+            continue
         generator = _train_generator(root / "real", root / "generator", s, args, mask=True)
         wanted = math.ceil(args.oversupply * max(args.ratios) * sum(counts.values()))
 
@@ -485,6 +542,7 @@ def run_busi(args: argparse.Namespace, data: Path) -> dict:
         reuse = args.reuse_generators
         generator["quality"] = _generator_quality(root, list(BUSI_CLASSES), args.smoke, reuse, masks=True)
         regimes[name] = _regime_summary(results, generator, counts, fraction)
+    regimes = _merged("utility_busi_seg", regimes, args, list(BUSI_REGIMES))
     first = "pairs25" if "pairs25" in regimes else next(iter(regimes))
     return {
         "benchmark": "utility_busi_seg",

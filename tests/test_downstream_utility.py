@@ -258,3 +258,38 @@ def test_cli_options_set_the_protocol(cxr: dict[str, Path], tmp_path: Path) -> N
     assert saved["data"]["val"]["NORMAL"] / sum(saved["data"]["val"].values()) == pytest.approx(0.2, abs=0.05)
     # min_confidence 0: only the privacy filter drops, and it drops exactly the three training copies
     assert [s["dropped_counts"] for s in saved["selection"]] == [{"label_confidence": 0, "privacy": 3}]
+
+
+def test_a_real_data_reference_runs_without_a_synthetic_set(cxr: dict[str, Path], tmp_path: Path) -> None:
+    args = ["--real-train", cxr["train"], "--real-test", cxr["test"], "--out", tmp_path / "o"]
+    args += ["--image-size", 32, "--steps", 3, "--bootstrap", 20, "--seed", 0]
+    refused = CliRunner().invoke(app, ["benchmark-augmentation", *map(str, [*args, "--arm", "oversample"])])
+    assert refused.exit_code != 0 and "['oversample'] need a synthetic set" in refused.output
+    result = CliRunner().invoke(
+        app, ["benchmark-augmentation", *map(str, [*args, "--arm", "real", "--arm", "weighted"])]
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [p["label"] for p in saved["pooled"]] == ["real", "weighted"]
+    assert saved["headline"]["best_arm"] is None and not any(saved["data"]["synthetic"].values())
+    assert not saved["leak_check"]["checked"] and "no synthetic set" in saved["leak_check"]["reason"]
+
+
+def test_utility_kermany_merges_a_real_reference_with_a_later_regime(data_root: Path, tmp_path: Path) -> None:
+    """--arms real trains no generator; --merge keeps the earlier run's regime beside the new one, dated,
+    and the scarcity gap is computed across the two."""
+    env = os.environ | {"SYNTHMED_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "benchmarks.run", "utility_kermany", "--smoke", "--work-dir", str(tmp_path)]
+    for extra in (
+        ["--regimes", "full", "--arms", "real"],
+        ["--regimes", "scarcity10", "--arms", "real", "--merge"],
+    ):
+        done = subprocess.run([*cmd, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "utility_kermany_smoke.json").read_text())
+    assert list(result["regimes"]) == ["scarcity10", "full"]
+    assert all(r["generator"] is None and r["measured"]["utc"] for r in result["regimes"].values())
+    assert not (tmp_path / "full" / "generator").exists()
+    gap = result["targets"]["scarcity10_gap_closed"]
+    assert gap["best_arm_at_10pct"] is None and gap["met"] is False
+    assert set(result["headline"]) == HEADLINE_KEYS and result["figures"] == []

@@ -59,8 +59,10 @@ class AugmentationConfig(Strict):
         description="Real training images (class folders); the validation split comes from here."
     )
     real_test: Path = Field(description="Real test images the generator never saw (class folders).")
-    synthetic: Path = Field(
-        description="Synthetic images as `synthmed generate` writes them: <label>/*.png and manifest.jsonl."
+    synthetic: Path | None = Field(
+        None,
+        description="Synthetic images as `synthmed generate` writes them: <label>/*.png and manifest.jsonl. "
+        "Needed by every arm but real and weighted; without it only those run (a real-data reference).",
     )
     out: Path = Field(description="Output folder: results.json, results.csv and report.html.")
     image_size: int = Field(64, ge=16, le=1024, description="Every set is resized to this square size.")

@@ -43,6 +43,8 @@ TASK_ARMS = {
 }
 RATIO_ARMS = ("oversample", "augment", "real+synthetic", "real+selected")
 MIXED = ("real+synthetic", "real+selected")
+#: Arms that draw on no synthetic image (nor count-match to them): all a run without a synthetic set does.
+REAL_ONLY_ARMS = ("real", "weighted")
 
 #: (real fraction, seed) -> the synthetic pool that passed the selection, in the order to take it.
 SelectedPool = Callable[[float, int], Labelled]
@@ -88,6 +90,12 @@ def plan_arms(cfg: AugmentationConfig) -> list[Arm]:
         raise SynthmedError(
             f"arms {wrong} are not available for --task {cfg.task} (available: {list(TASK_ARMS[cfg.task])})",
             field="arms",
+        )
+    needing = [n for n in names if n not in REAL_ONLY_ARMS]
+    if cfg.synthetic is None and needing:
+        raise SynthmedError(
+            f"arms {needing} need a synthetic set: give one, or run only {list(REAL_ONLY_ARMS)}",
+            field="synthetic",
         )
     plan: list[Arm] = []
     for f in cfg.real_fractions:

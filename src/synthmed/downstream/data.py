@@ -79,7 +79,7 @@ def _load(name: str, root: Path, cfg: AugmentationConfig) -> ImageSet:
 
 
 def _load_real(
-    name: str, source: Path, split: str, cfg: AugmentationConfig, channels: int
+    name: str, source: Path, split: str, cfg: AugmentationConfig, channels: int | None
 ) -> tuple[ImageSet, Hashed]:
     """A real set, from a folder of class folders or the ``split`` of an .npz, at ``channels``."""
     if not Path(source).exists():
@@ -172,22 +172,25 @@ def _real_sets(cfg: AugmentationConfig) -> tuple[list[str], Labelled, Labelled, 
     if is_volume_folder(Path(cfg.real_train)):
         if cfg.task != "segment":
             raise SynthmedError("3D volumes carry no class labels: use --task segment", field="task")
-        (_, train), (test_hashes, test), (_, synthetic) = (
-            _volumes(n, r, cfg)
-            for n, r in (
-                ("real-train", cfg.real_train),
-                ("real-test", cfg.real_test),
-                ("synthetic", cfg.synthetic),
-            )
+        (_, train), (test_hashes, test) = (
+            _volumes(n, r, cfg) for n, r in (("real-train", cfg.real_train), ("real-test", cfg.real_test))
         )
+        synthetic = _volumes("synthetic", cfg.synthetic, cfg)[1] if cfg.synthetic else _none(train)
         return ["volume"], train, test, synthetic, test_hashes
-    synthetic_set = _load("synthetic", cfg.synthetic, cfg)
-    channels = synthetic_set.images.shape[1]  # the real sets as the synthetic one (grey or colour)
+    synthetic_set = _load("synthetic", cfg.synthetic, cfg) if cfg.synthetic else None
+    # the real sets as the synthetic one (grey or colour); without one, as the data config decides
+    channels = synthetic_set.images.shape[1] if synthetic_set else None
     real, _ = _load_real("real-train", cfg.real_train, "train", cfg, channels)
     names = real.class_names
     test_set, test_hashes = _load_real("real-test", cfg.real_test, "holdout", cfg, channels)
-    synthetic = _as_labelled(synthetic_set, names, cfg)
-    return names, _as_labelled(real, names, cfg), _as_labelled(test_set, names, cfg), synthetic, test_hashes
+    train = _as_labelled(real, names, cfg)
+    synthetic = _as_labelled(synthetic_set, names, cfg) if synthetic_set else _none(train)
+    return names, train, _as_labelled(test_set, names, cfg), synthetic, test_hashes
+
+
+def _none(like: Labelled) -> Labelled:
+    """The empty synthetic set of a run without one (only arms that use no synthetic image run)."""
+    return like.take(torch.zeros(0, dtype=torch.int64))
 
 
 def load_sets(cfg: AugmentationConfig) -> Sets:
@@ -255,10 +258,12 @@ def synthetic_subset(synthetic: Labelled, n: int, seed: int) -> Labelled:
     return synthetic.take(torch.randperm(len(synthetic), generator=gen)[:n].sort().values)
 
 
-def leak_check(test: Hashed, synthetic_root: Path) -> dict[str, Any]:
+def leak_check(test: Hashed, synthetic_root: Path | None) -> dict[str, Any]:
     """Refuse a test image whose bytes, or decoded and normalised pixels, match an image of the generator's
     train or val split (per the synthetic folder's manifest), so exported or re-encoded copies are caught
     too. When that cannot be checked the result says "not checked" and why."""
+    if synthetic_root is None:
+        return _not_checked("no synthetic set, so no generator whose training images the test could share")
     rows = read_manifest(Path(synthetic_root) / MANIFEST)
     run_dirs = sorted({str(r["run_dir"]) for r in rows if r.get("run_dir")})
     if not run_dirs:
