@@ -35,7 +35,11 @@ def benchmark_augmentation(
         ),
     ] = None,
     synthetic: Annotated[
-        Path | None, typer.Option(help="A `synthmed generate` folder (with manifest.jsonl).")
+        Path | None,
+        typer.Option(
+            help="A `synthmed generate` folder (with manifest.jsonl). Without one only the real and "
+            "weighted arms run (a real-data reference)."
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder for results.json, results.csv, report.html.")
