@@ -3,7 +3,8 @@
 Each regime gets its own real training folder, drawn once with a fixed seed, and its own generator trained
 on that folder only (a generator that saw more real images than the downstream arms would carry
 information they are not supposed to have). The generator recipe is ``--preset`` (default small64) with
-``--generator-config`` (a YAML of TrainConfig fields: the current best recipe) merged on top;
+``--generator-config`` (a YAML of TrainConfig fields: the current best recipe) merged on top, trained for
+1663 UNet steps (and 1000 mask ControlNet steps) unless told otherwise;
 ``--reuse-generators`` keeps trained generators and their images. Then ``synthmed benchmark-augmentation``
 runs every arm of the protocol (controls, synthetic arms, 5 seeds, Holm) on real test images no generator
 saw, and ``synthmed evaluate`` measures each regime's synthetic images against the generator's own real
@@ -46,6 +47,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from benchmarks.resolution import QUALITY_STEPS
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "docs" / "images"
@@ -93,8 +96,14 @@ def add_arguments(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--preset", default="small64", help="generator preset (the recipe's base)")
     p.add_argument("--generator-config", type=Path, help="YAML of TrainConfig fields merged on the preset")
     p.add_argument("--ae-steps", type=int, default=None, help="default: the recipe's")
-    p.add_argument("--diffusion-steps", type=int, default=None, help="default: the recipe's")
-    p.add_argument("--controlnet-steps", type=int, default=None, help="default: the recipe's")
+    # the budget every committed regime was measured at, so that a regime added later is comparable
+    p.add_argument(
+        "--diffusion-steps",
+        type=int,
+        default=QUALITY_STEPS,
+        help="UNet steps (default %(default)s: the generator issue's 60-minute budget on 2 cores)",
+    )
+    p.add_argument("--controlnet-steps", type=int, default=1000, help="mask ControlNet steps (BUSI)")
     p.add_argument("--sampler-steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--image-size", type=int, default=64)
