@@ -280,13 +280,14 @@ def _regime_summary(results: dict, generator: dict | None, real_counts: dict, fr
 
 
 def _measured() -> dict[str, Any]:
-    """When and from which commit a regime was measured (``dirty``: with uncommitted changes)."""
+    """When and from which commit a regime was measured (``dirty``: with uncommitted changes other than the
+    results and figures that benchmarks write)."""
 
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
     when = datetime.now(UTC).isoformat(timespec="seconds")
-    dirty = bool(git("status", "--porcelain"))
+    dirty = bool(git("status", "--porcelain", "--", ".", ":!benchmarks/results", ":!docs/images"))
     return {"utc": when, "commit": git("rev-parse", "HEAD") or None, "dirty": dirty}
 
 
