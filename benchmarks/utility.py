@@ -452,6 +452,7 @@ def _gap_closed(low: dict, full: dict) -> dict:
     gap = real_full - real_low
     share = (value(low, best) - real_low) / gap if best is not None and gap > 0 else None
     return {
+        "gap": gap,  # <= 0: 100% real does not beat 10% real on test, so there is no gap to close
         "best_arm_at_10pct": best,
         "macro_f1": {"real_10pct": real_low, "real_100pct": real_full, "best_arm_10pct": value(low, best)}
         if best
