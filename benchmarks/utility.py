@@ -49,11 +49,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.resolution import QUALITY_STEPS
+from synthmed.downstream.arms import REAL_ONLY_ARMS
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = REPO / "docs" / "images"
 RESULTS = Path(__file__).parent / "results"
-REAL_ONLY_ARMS = {"real", "weighted"}  # arms that need no generator (synthmed.downstream.arms.REAL_ONLY_ARMS)
 KERMANY_REGIMES = {  # name: (NORMAL prevalence or None, real fraction)
     "rarity5": (0.05, 1.0),
     "rarity10": (0.10, 1.0),
@@ -257,7 +257,7 @@ def _generator_quality(root: Path, classes: list[str], smoke: bool, reuse: bool,
 
 
 def _needs_generator(args: argparse.Namespace) -> bool:
-    return args.arms is None or not set(args.arms) <= REAL_ONLY_ARMS
+    return args.arms is None or not set(args.arms) <= set(REAL_ONLY_ARMS)
 
 
 def _regime_summary(results: dict, generator: dict | None, real_counts: dict, fraction: float) -> dict:
@@ -279,16 +279,16 @@ def _regime_summary(results: dict, generator: dict | None, real_counts: dict, fr
     }
 
 
+def _git(*a: str) -> str:
+    return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
 def _measured() -> dict[str, Any]:
     """When and from which commit a regime was measured (``dirty``: with uncommitted changes other than the
     results and figures that benchmarks write)."""
-
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
     when = datetime.now(UTC).isoformat(timespec="seconds")
-    dirty = bool(git("status", "--porcelain", "--", ".", ":!benchmarks/results", ":!docs/images"))
-    return {"utc": when, "commit": git("rev-parse", "HEAD") or None, "dirty": dirty}
+    dirty = bool(_git("status", "--porcelain", "--", ".", ":!benchmarks/results", ":!docs/images"))
+    return {"utc": when, "commit": _git("rev-parse", "HEAD") or None, "dirty": dirty}
 
 
 def _merged(name: str, regimes: dict[str, dict], args: argparse.Namespace, order: list[str]) -> dict:
@@ -298,12 +298,10 @@ def _merged(name: str, regimes: dict[str, dict], args: argparse.Namespace, order
     path = Path(args.work_dir) / f"{name}_smoke.json" if args.smoke else RESULTS / f"{name}.json"
     kept: dict[str, dict] = {}
     if args.merge and path.is_file():
-        last = subprocess.run(
-            ["git", "log", "-1", "--format=%H %cI", "--", str(path)], cwd=REPO, capture_output=True, text=True
-        ).stdout.split()
+        last = _git("log", "-1", "--format=%H %cI", "--", str(path)).split()
+        record = {"results_file_commit": last[0], "utc": last[1]} if last else {"results_file": str(path)}
         for k, r in json.loads(path.read_text()).get("regimes", {}).items():
-            record = {"results_file_commit": last[0], "utc": last[1]} if last else {"results_file": str(path)}
-            kept[k] = {"measured": r.get("measured", record)} | r
+            kept[k] = {"measured": record} | r  # a regime's own record, where it has one, wins
     both = kept | regimes
     return {k: both[k] for k in order if k in both}
 
