@@ -210,6 +210,7 @@ def train_foundation(
     *,
     seed: int = 0,
     precision: str = "bf16",
+    device: str = "auto",
     progress: bool = True,
     init: Path | None = None,
     stage: str = "autoencoder",
@@ -217,9 +218,9 @@ def train_foundation(
     """Train (or resume) the foundation autoencoder in ``out_dir / stage``; returns the exported model.pt.
 
     ``init``: a first-phase checkpoint whose EMA weights start a decoder phase (FOUNDATION_DECODER): the
-    encoder frozen, the discriminator taken over from that checkpoint."""
+    encoder frozen, the discriminator taken over from that checkpoint. ``device``: auto, cpu or cuda."""
     from synthmed.models.builders import build_autoencoder
-    from synthmed.runtime import resolve_precision
+    from synthmed.runtime import resolve_device, resolve_precision
     from synthmed.training.tasks import AutoencoderTask
     from synthmed.training.trainer import Trainer
 
@@ -228,7 +229,7 @@ def train_foundation(
     for s in sets:
         print(f"{s.name}: {len(s.train)} training and {len(s.val)} validation images", flush=True)
     train, val = mixed(sets, "train"), mixed(sets, "val", per_set=64)
-    device = torch.device("cpu")
+    torch_device = resolve_device(device)
     model = build_autoencoder(cfg.arch, 2)
     task = AutoencoderTask(model, cfg, train, val)
     if init is not None:
@@ -238,8 +239,8 @@ def train_foundation(
         cfg,
         out_dir / stage,
         seed=seed,
-        device=device,
-        dtype=resolve_precision(precision, device),
+        device=torch_device,
+        dtype=resolve_precision(precision, torch_device),
         progress=progress,
     )
     return trainer.run(resume=(out_dir / stage / "last.pt").exists())
