@@ -106,10 +106,10 @@ def _finish(ax: Any, xlabel: str, ylabel: str, path: Path, fig: Any) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{ylabel}\n(mean over seeds, 95% CI)")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # beside the axes: a legend of two dozen arms would hide the lines
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
