@@ -229,6 +229,34 @@ def test_decoder_phase_freezes_the_encoder_and_takes_over_the_discriminator(
         assert (p.grad is None) == frozen, name
 
 
+def test_decoder_phase_starts_from_safetensors_weights_with_a_fresh_discriminator(
+    kermany: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    from synthmed.training.foundation import ENCODER_PARTS, _start_decoder_phase
+
+    weights = {k: v + 0.01 for k, v in _tiny_task(False, kermany).model.state_dict().items()}
+    save_file(weights, tmp_path / "ae.safetensors")
+    task = _tiny_task(True, kermany)
+    fresh = {k: v.clone() for k, v in task.disc.state_dict().items()}
+    _start_decoder_phase(task, tmp_path / "ae.safetensors")
+    assert all(torch.equal(v, weights[k]) for k, v in task.model.state_dict().items())
+    assert all(torch.equal(v, fresh[k]) for k, v in task.disc.state_dict().items())
+    assert not any(p.requires_grad for part in ENCODER_PARTS for p in getattr(task.model, part).parameters())
+
+
+def test_discriminator_warms_up_before_its_loss_reaches_the_decoder(kermany: Path) -> None:
+    task = _tiny_task(False, kermany, adv_start=3, disc_warmup=2)
+    assert "discriminator" not in task.losses(torch.arange(4), step=0)[0]
+    losses, logs = task.losses(torch.arange(4), step=1)
+    assert "discriminator" in losses and "adv_g" not in logs
+    losses["autoencoder"].backward()
+    assert all(p.grad is None for p in task.disc.parameters())  # the decoder's loss has no adversarial term
+    losses, logs = task.losses(torch.arange(4), step=3)
+    assert {"autoencoder", "discriminator"} <= set(losses) and "adv_g" in logs
+
+
 def test_discriminator_learns_to_tell_blurred_reconstructions(kermany: Path) -> None:
     """Real and reconstructed images share the discriminator's batch. With a batch each, it learned to tell
     the batches apart through its BatchNorm statistics: judged image by image (eval mode) it scored a blurred

@@ -59,6 +59,12 @@ class AutoencoderConfig(StageConfig):
     kl_weight: float = Field(1e-6, ge=0)
     adv_weight: float = Field(0.0, ge=0, description="PatchDiscriminator loss weight; 0 disables it.")
     adv_start: int = Field(0, ge=0, description="Step at which the adversarial loss switches on.")
+    disc_warmup: int = Field(
+        0,
+        ge=0,
+        description="Steps before adv_start in which the discriminator alone learns, against the "
+        "reconstructions, so that it tells detail from blur when its loss reaches the decoder.",
+    )
     adv_adaptive: bool = Field(
         False,
         description="Scale the adversarial loss each step so its gradient at the decoder's last layer is "

@@ -186,18 +186,20 @@ FOUNDATION_AUTOENCODER = AutoencoderConfig.model_validate(
 )
 
 # Second phase: the encoder (and so the latent space) frozen, the decoder trained on with a stronger, adaptive
-# adversarial loss (Stable Diffusion's VAE decoder fine-tune) on posterior means: the first phase's posterior
-# noise (sigma 0.4 against a latent std of 1.4) taught the decoder to average fine detail away.
+# adversarial loss (Stable Diffusion's VAE decoder fine-tune). The discriminator first learns alone against
+# the reconstructions (disc_warmup) and at 4x the lr: without that head start, the decoder moved faster than
+# the discriminator learned, which stayed at chance (docs/performance.md). Posterior samples, not means, are
+# decoded: the diffusion recipe's UNet learns posterior samples (diffusion.latents: sample).
 FOUNDATION_DECODER = FOUNDATION_AUTOENCODER.model_copy(
     update={
         "steps": 6000,
         "lr": 2e-4,
         "warmup_steps": 100,
         "adv_weight": 0.5,
-        "adv_start": 0,
+        "adv_start": 500,
+        "disc_warmup": 500,
         "adv_adaptive": True,
         "disc_lr_factor": 4.0,
-        "decode_mean": True,
     }
 )
 ENCODER_PARTS = ("encoder", "quant_conv_mu", "quant_conv_log_sigma")
@@ -217,8 +219,9 @@ def train_foundation(
 ) -> Path:
     """Train (or resume) the foundation autoencoder in ``out_dir / stage``; returns the exported model.pt.
 
-    ``init``: a first-phase checkpoint whose EMA weights start a decoder phase (FOUNDATION_DECODER): the
-    encoder frozen, the discriminator taken over from that checkpoint. ``device``: auto, cpu or cuda."""
+    ``init``: a first-phase checkpoint (its EMA weights and discriminator) or autoencoder weights (a
+    safetensors file, e.g. the shipped ones; the discriminator then starts afresh) that start a decoder phase
+    (FOUNDATION_DECODER) with the encoder frozen. ``device``: auto, cpu or cuda."""
     from synthmed.models.builders import build_autoencoder
     from synthmed.runtime import resolve_device, resolve_precision
     from synthmed.training.tasks import AutoencoderTask
@@ -246,13 +249,16 @@ def train_foundation(
     return trainer.run(resume=(out_dir / stage / "last.pt").exists())
 
 
-def _start_decoder_phase(task, checkpoint: Path) -> None:
-    """Load ``checkpoint``'s EMA autoencoder and its discriminator into ``task`` and freeze the encoder."""
+def _start_decoder_phase(task, init: Path) -> None:
+    """Load ``init``'s autoencoder (and a checkpoint's discriminator) into ``task``; freeze the encoder."""
     from synthmed.artifacts import checkpoint as ckpt
+    from synthmed.models.foundation import foundation_weights
 
-    weights, _ = ema_weights(checkpoint)
-    task.model.load_state_dict(weights)
-    task.disc.load_state_dict(ckpt.load(checkpoint)["models"]["discriminator"])
+    if init.suffix == ".safetensors":
+        task.model.load_state_dict(foundation_weights(task.cfg.arch, init)[0])
+    else:
+        task.model.load_state_dict(ema_weights(init)[0])
+        task.disc.load_state_dict(ckpt.load(init)["models"]["discriminator"])
     for part in ENCODER_PARTS:
         getattr(task.model, part).requires_grad_(False)
 
@@ -307,6 +313,7 @@ def _phase(cfg: AutoencoderConfig, steps: int) -> dict:
         "kl_weight",
         "adv_weight",
         "adv_start",
+        "disc_warmup",
         "adv_adaptive",
         "disc_lr_factor",
         "decode_mean",
@@ -321,13 +328,13 @@ def export_foundation(
     data_root: Path,
     cache: Path,
     out_dir: Path,
-    encoder_checkpoint: Path | None = None,
+    encoder_steps: int | None = None,
     notes: tuple[str, ...] = (),
 ) -> dict:
     """Measure a checkpoint's EMA weights on every modality's validation images and write them as the shipped
     foundation autoencoder (safetensors and its JSON record) in ``out_dir``; returns the record.
 
-    ``encoder_checkpoint``: ``checkpoint`` is of the decoder phase, started from this first-phase one.
+    ``encoder_steps``: ``checkpoint`` is of the decoder phase, started from first-phase weights of this step.
     ``notes``: what a reader of the model card should know about how these weights were trained."""
     from synthmed.models.builders import build_autoencoder
 
@@ -339,9 +346,9 @@ def export_foundation(
     sets = load_foundation_sets(data_root, cache)
     metrics = {s.name: reconstruction_metrics(model, s.val) for s in sets}
     phases = {"autoencoder": _phase(cfg, step)}
-    if encoder_checkpoint is not None:
+    if encoder_steps is not None:
         phases = {
-            "autoencoder": _phase(cfg, ema_weights(encoder_checkpoint)[1]),
+            "autoencoder": _phase(cfg, encoder_steps),
             "decoder": _phase(FOUNDATION_DECODER, step),
         }
     card = {

@@ -189,23 +189,35 @@ class AutoencoderTask:
             loss = loss + self.cfg.spectral_weight * spec
             logs["spectral"] = spec.item()
         losses = {"autoencoder": loss}
-        if self.disc is not None and step >= self.cfg.adv_start:
-            n = len(x)
-            # Real and reconstructed images pass the discriminator as one batch: given a batch each, it learns
-            # to tell the batches apart by its BatchNorm statistics, not the images (it then scores a blurred
-            # and a sharp image alike, one at a time), and teaches the decoder no detail.
+        if self.disc is not None and step >= self.cfg.adv_start - self.cfg.disc_warmup:
+            losses, adv_logs = self._adversarial(x, recon, losses, step)
+            logs |= adv_logs
+        return losses, logs
+
+    def _adversarial(
+        self, x: torch.Tensor, recon: torch.Tensor, losses: dict[str, torch.Tensor], step: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The discriminator's loss and, from adv_start (before it: its warm-up), the decoder's adversarial
+        term. Real and reconstructed images pass the discriminator as one batch: given a batch each, it learns
+        to tell the batches apart by its BatchNorm statistics, not the images (it then scores a blurred and a
+        sharp image alike, one at a time), and teaches the decoder no detail."""
+        assert self.disc is not None
+        n, logs = len(x), {}
+        if step >= self.cfg.adv_start:
             gen_adv = self.adv_loss(
                 self.disc(torch.cat([x, recon]))[-1][n:], target_is_real=True, for_discriminator=False
             )
-            adaptive = self._adaptive_weight(loss, gen_adv) if self.cfg.adv_adaptive else 1.0
-            weight = self.cfg.adv_weight * adaptive
-            losses["autoencoder"] = loss + weight * gen_adv
-            scores = self.disc(torch.cat([x, recon.detach()]))[-1]
-            fake = self.adv_loss(scores[n:], target_is_real=False, for_discriminator=True)
-            real = self.adv_loss(scores[:n], target_is_real=True, for_discriminator=True)
-            losses["discriminator"] = self.cfg.adv_weight * 0.5 * (fake + real)
-            logs |= {"adv_g": gen_adv.item(), "adv_weight": float(weight)}
-            logs |= {"d_real": scores[:n].mean().item(), "d_fake": scores[n:].mean().item()}
+            rec = losses["autoencoder"]
+            weight = self.cfg.adv_weight * (
+                self._adaptive_weight(rec, gen_adv) if self.cfg.adv_adaptive else 1.0
+            )
+            losses = {"autoencoder": rec + weight * gen_adv}
+            logs = {"adv_g": gen_adv.item(), "adv_weight": float(weight)}
+        scores = self.disc(torch.cat([x, recon.detach()]))[-1]
+        fake = self.adv_loss(scores[n:], target_is_real=False, for_discriminator=True)
+        real = self.adv_loss(scores[:n], target_is_real=True, for_discriminator=True)
+        losses["discriminator"] = self.cfg.adv_weight * 0.5 * (fake + real)
+        logs |= {"d_real": scores[:n].mean().item(), "d_fake": scores[n:].mean().item()}
         return losses, logs
 
     def _adaptive_weight(self, rec_loss: torch.Tensor, gen_adv: torch.Tensor) -> torch.Tensor:
