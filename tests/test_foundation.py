@@ -320,5 +320,5 @@ def test_model_card_lists_every_training_phase() -> None:
     }
     record |= {"notes": ["the decoder phase was stopped early"]}
     card = model_card(record)
-    assert "| decoder | 5 | 0.0002 |" in card and "adv_adaptive True" in card
+    assert "| decoder | 5 | 0.0002 |" in card and "disc_warmup 500" in card
     assert "- the decoder phase was stopped early" in card
