@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from synthmed.models.foundation import shipped_card
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 RESULTS = Path(__file__).parent / "results"
 
@@ -92,6 +94,8 @@ def machine() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        # the shipped weights change between versions and most benchmarks' generators stand on them
+        "foundation_autoencoder_sha256": shipped_card()["sha256"],
     }
 
 
