@@ -188,30 +188,28 @@ class AutoencoderTask:
             spec = spectral_loss(recon, x)
             loss = loss + self.cfg.spectral_weight * spec
             logs["spectral"] = spec.item()
-        losses = {"autoencoder": loss}
-        if self.disc is not None and step >= self.cfg.adv_start - self.cfg.disc_warmup:
-            losses, adv_logs = self._adversarial(x, recon, losses, step)
-            logs |= adv_logs
-        return losses, logs
+        if self.disc is None or step < self.cfg.adv_start - self.cfg.disc_warmup:
+            return {"autoencoder": loss}, logs
+        losses, adv_logs = self._adversarial(x, recon, loss, step)
+        return losses, logs | adv_logs
 
     def _adversarial(
-        self, x: torch.Tensor, recon: torch.Tensor, losses: dict[str, torch.Tensor], step: int
+        self, x: torch.Tensor, recon: torch.Tensor, rec: torch.Tensor, step: int
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """The discriminator's loss and, from adv_start (before it: its warm-up), the decoder's adversarial
         term. Real and reconstructed images pass the discriminator as one batch: given a batch each, it learns
         to tell the batches apart by its BatchNorm statistics, not the images (it then scores a blurred and a
         sharp image alike, one at a time), and teaches the decoder no detail."""
         assert self.disc is not None
-        n, logs = len(x), {}
+        n, logs, losses = len(x), {}, {"autoencoder": rec}
         if step >= self.cfg.adv_start:
             gen_adv = self.adv_loss(
                 self.disc(torch.cat([x, recon]))[-1][n:], target_is_real=True, for_discriminator=False
             )
-            rec = losses["autoencoder"]
             weight = self.cfg.adv_weight * (
                 self._adaptive_weight(rec, gen_adv) if self.cfg.adv_adaptive else 1.0
             )
-            losses = {"autoencoder": rec + weight * gen_adv}
+            losses["autoencoder"] = rec + weight * gen_adv
             logs = {"adv_g": gen_adv.item(), "adv_weight": float(weight)}
         scores = self.disc(torch.cat([x, recon.detach()]))[-1]
         fake = self.adv_loss(scores[n:], target_is_real=False, for_discriminator=True)
